@@ -1,0 +1,53 @@
+"""Shared fixtures: tiny random timm ViTs, saved as w2e model folders."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from timm.models.vision_transformer import VisionTransformer
+
+from w2e.models import ModelBundle, file_sha256, load_local_model
+
+TINY_KWARGS = {"img_size": 16, "patch_size": 4, "in_chans": 3, "num_classes": 5, "embed_dim": 32, "depth": 6,
+               "num_heads": 2, "mlp_ratio": 4.0}
+TINY_CLASSES = ["apple", "banana", "cherry", "damson", "elderberry"]
+
+
+def tiny_model(seed: int = 0, **overrides) -> VisionTransformer:
+    """A random ViT small enough for unit tests."""
+    torch.manual_seed(seed)
+    return VisionTransformer(**{**TINY_KWARGS, **overrides}).eval()
+
+
+def write_model_dir(directory: Path, model: VisionTransformer, kwargs: dict | None = None, classes=None) -> Path:
+    """Save ``model`` as a w2e model folder (safetensors + manifest.json)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(directory / "model.safetensors"))
+    manifest = {
+        "format": "w2e.model/1",
+        "name": directory.name,
+        "architecture": {"family": "vit", "kwargs": kwargs or TINY_KWARGS},
+        "weights": "model.safetensors",
+        "class_names": classes or TINY_CLASSES,
+        "preprocessing": {"input_size": [3, 16, 16], "mean": [0.5] * 3, "std": [0.5] * 3,
+                          "interpolation": "bilinear", "crop_pct": 1.0},
+        "edit": {"lr": 1e-2},
+        "files": {"model.safetensors": file_sha256(directory / "model.safetensors")},
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+@pytest.fixture
+def tiny_dir(tmp_path: Path) -> Path:
+    """A folder holding a tiny random ViT checkpoint and manifest."""
+    return write_model_dir(tmp_path / "tiny", tiny_model())
+
+
+@pytest.fixture
+def tiny_bundle(tiny_dir: Path) -> ModelBundle:
+    """The tiny model loaded through the public loader."""
+    return load_local_model(tiny_dir)

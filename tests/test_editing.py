@@ -1,0 +1,91 @@
+import torch
+
+from w2e.edit import Edit, edited_state_dict, edits_applied
+from w2e.editing import EditConfig
+from w2e.editor import Editor
+from w2e.masks import topk_mask
+from w2e.models import load_local_model
+
+
+def _wrong_label(editor: Editor, image: torch.Tensor) -> int:
+    return int((editor.probabilities(image)[0].argmax() + 1) % len(editor.bundle.class_names))
+
+
+def _snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_edit_succeeds_touches_only_masked_weights_and_leaves_base_untouched(tiny_bundle):
+    editor = Editor(tiny_bundle)
+    before = _snapshot(tiny_bundle.model)
+    image = torch.randn(1, 3, 16, 16)
+    label = _wrong_label(editor, image)
+    mask = torch.rand(tiny_bundle.site.mask_shape, generator=torch.Generator().manual_seed(0))
+    edit = editor.edit(image, label, rho=0.25, mask=mask, config=EditConfig(lr=1e-2))
+    assert edit.success and edit.steps > 0
+    assert int(editor.probabilities(image, [edit])[0].argmax()) == label
+    for name, tensor in tiny_bundle.model.state_dict().items():
+        assert torch.equal(tensor, before[name]), f"base weight {name} was changed"
+    binary = topk_mask(mask, 0.25)
+    assert torch.equal(edit.binary_mask(), binary)
+    edited = edited_state_dict(tiny_bundle.model, tiny_bundle.site, [edit])
+    for row, layer in enumerate(tiny_bundle.site.layers):
+        diff = (edited[layer.param_name] != before[layer.param_name])
+        changed = diff.any(dim=1 - layer.axis)
+        assert not changed[~binary[row]].any(), f"{layer.param_name} changed outside the mask"
+    unedited = set(before) - {layer.param_name for layer in tiny_bundle.site.layers}
+    assert all(torch.equal(edited[name], before[name]) for name in unedited)
+
+
+def test_apply_and_remove_restore_bit_identical(tiny_bundle):
+    editor = Editor(tiny_bundle)
+    image = torch.randn(1, 3, 16, 16)
+    edit = editor.edit(image, _wrong_label(editor, image), rho=0.3, mask=torch.rand(tiny_bundle.site.mask_shape),
+                       config=EditConfig(lr=1e-2))
+    before = _snapshot(tiny_bundle.model)
+    with edits_applied(tiny_bundle.model, tiny_bundle.site, [edit]):
+        expected = tiny_bundle.model(image)
+    handle = edit.apply_(tiny_bundle.model)
+    assert torch.equal(tiny_bundle.model(image), expected)
+    handle.remove()
+    assert all(torch.equal(v, before[k]) for k, v in tiny_bundle.model.state_dict().items())
+
+
+def test_stacked_edits_fix_both_images(tiny_bundle):
+    editor = Editor(tiny_bundle)
+    images = torch.randn(2, 3, 16, 16)
+    labels = [_wrong_label(editor, images[i : i + 1]) for i in range(2)]
+    config = EditConfig(lr=1e-2, max_steps=200)
+    first = editor.edit(images[:1], labels[0], rho=0.3, mask=torch.rand(tiny_bundle.site.mask_shape), config=config)
+    second = editor.edit(images[1:], labels[1], rho=0.3, mask=torch.rand(tiny_bundle.site.mask_shape),
+                         prior_edits=[first], config=config)
+    assert second.success
+    probs = editor.probabilities(images, [first, second])
+    assert int(probs[1].argmax()) == labels[1]
+
+
+def test_save_load_and_export_round_trip(tiny_bundle, tmp_path):
+    editor = Editor(tiny_bundle)
+    image = torch.randn(3, 3, 16, 16)
+    edit = editor.edit(image[:1], _wrong_label(editor, image[:1]), rho=0.2, mask=torch.rand(tiny_bundle.site.mask_shape),
+                       config=EditConfig(lr=1e-2))
+    edit.save(tmp_path / "edit.safetensors")
+    loaded = Edit.load(tmp_path / "edit.safetensors")
+    assert loaded.site == edit.site and loaded.steps == edit.steps and loaded.success == edit.success
+    assert all(torch.equal(a, b) for a, b in zip(loaded.deltas, edit.deltas))
+    from w2e.cli import _export
+
+    _export(tiny_bundle, loaded, tmp_path / "exported")
+    reloaded = load_local_model(tmp_path / "exported")
+    with torch.no_grad(), edits_applied(tiny_bundle.model, tiny_bundle.site, [edit]):
+        expected = tiny_bundle.model(image)
+    with torch.no_grad():
+        assert torch.equal(reloaded.model(image), expected)
+
+
+def test_failed_edit_is_reported_as_failed(tiny_bundle):
+    editor = Editor(tiny_bundle)
+    image = torch.randn(1, 3, 16, 16)
+    edit = editor.edit(image, _wrong_label(editor, image), rho=0.01, mask=torch.rand(tiny_bundle.site.mask_shape),
+                       config=EditConfig(lr=1e-9, max_steps=3))
+    assert not edit.success and edit.steps == 3 and len(edit.losses) == 4

@@ -1,0 +1,43 @@
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import tiny_model
+from w2e.runner import cached_prefix, forward_prefix, forward_suffix
+from w2e.site import UnsupportedModelError, default_site_blocks, site_for_model
+
+
+def test_default_site_is_papers_relative_position():
+    assert default_site_blocks(12) == (7, 8, 9)
+    assert default_site_blocks(24) == (14, 15, 16, 17, 18, 19)
+    assert len(default_site_blocks(2)) >= 1
+
+
+def test_site_shape_derived_from_model():
+    model = tiny_model(embed_dim=48, mlp_ratio=2.0, depth=12)
+    site = site_for_model(model)
+    assert site.blocks == (7, 8, 9)
+    assert site.mask_shape == (6, 96)
+    assert site.num_parameters == 6 * 96 * 48
+    custom = site_for_model(model, [2, 3])
+    assert custom.mask_shape == (4, 96) and custom.start == 2
+
+
+def test_site_rejects_bad_models_and_blocks():
+    with pytest.raises(UnsupportedModelError):
+        site_for_model(nn.Linear(3, 3))
+    with pytest.raises(ValueError):
+        site_for_model(tiny_model(), [99])
+
+
+def test_cached_and_full_forward_agree():
+    model = tiny_model()
+    site = site_for_model(model)
+    images = torch.randn(7, 3, 16, 16)
+    with torch.no_grad():
+        full = model(images)
+        tokens = cached_prefix(model, images, site.start, batch_size=3)
+        cached = forward_suffix(model, tokens, site.start)
+        assert torch.allclose(full, cached, atol=1e-5)
+        features = forward_suffix(model, forward_prefix(model, images, site.start), site.start, pre_logits=True)
+    assert features.shape == (7, model.embed_dim)

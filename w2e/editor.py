@@ -1,0 +1,166 @@
+"""High-level editing API: where to edit (mask), how to edit (masked fine-tuning), locality."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .benchmark_data import BenchmarkData, load_benchmark
+from .edit import Edit, edits_applied
+from .editing import EditConfig, ProgressFn, masked_fine_tune
+from .hypernet import Hypernetwork, load_hypernetwork
+from .mask_search import MaskSearchConfig, test_time_mask
+from .masks import binarize, ensemble
+from .models import ModelBundle
+from .preprocess import normalise_array, preprocess
+from .runner import cached_prefix, forward_suffix
+
+#: Default kept fraction of the site (the paper's rho as the authors' code uses it).
+DEFAULT_RHO = 0.1
+
+
+@dataclass(frozen=True)
+class LocalityResult:
+    """Agreement with the base model on a fixed image set after some edits."""
+
+    rate: float
+    flipped: np.ndarray
+    before: np.ndarray
+    after: np.ndarray
+
+
+class PrefixCache:
+    """Prefix tokens of a fixed image set, computed once, and the base model's predictions."""
+
+    def __init__(self, bundle: ModelBundle, inputs: torch.Tensor, batch_size: int = 256) -> None:
+        self.bundle = bundle
+        self.batch_size = batch_size
+        self.tokens = cached_prefix(bundle.model, inputs.to(bundle.device), bundle.site.start, batch_size)
+        self.base_predictions = self.predictions(())
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @torch.no_grad()
+    def logits(self, edits: Sequence[Edit] = ()) -> torch.Tensor:
+        """Logits of every cached image with ``edits`` applied (base model when empty)."""
+        site, model = self.bundle.site, self.bundle.model
+        with edits_applied(model, site, edits):
+            chunks = [forward_suffix(model, self.tokens[i : i + self.batch_size], site.start)
+                      for i in range(0, len(self.tokens), self.batch_size)]
+        return torch.cat(chunks) if chunks else torch.zeros(0, len(self.bundle.class_names))
+
+    def predictions(self, edits: Sequence[Edit] = ()) -> torch.Tensor:
+        """Top-1 predictions with ``edits`` applied."""
+        return self.logits(edits).argmax(-1).cpu()
+
+    def locality(self, edits: Sequence[Edit]) -> LocalityResult:
+        """Share of images whose prediction is unchanged by ``edits``, and which ones flipped."""
+        after = self.predictions(edits)
+        same = after == self.base_predictions
+        return LocalityResult(float(same.float().mean()) if len(same) else float("nan"),
+                              np.flatnonzero(~same.numpy()), self.base_predictions.numpy(), after.numpy())
+
+
+class Editor:
+    """Edits one shared, frozen model; edits are sparse deltas, never copies of the model."""
+
+    def __init__(self, bundle: ModelBundle, hypernetwork: Hypernetwork | None = None, use_bundled_hypernetwork: bool = True,
+                 edit_config: EditConfig | None = None, search_config: MaskSearchConfig = MaskSearchConfig()) -> None:
+        self.bundle = bundle
+        if hypernetwork is None and use_bundled_hypernetwork and bundle.hypernetwork_path is not None:
+            hypernetwork = load_hypernetwork(bundle.hypernetwork_path, bundle.site, bundle.sha256)
+        self.hypernetwork = hypernetwork.to(bundle.device).eval() if hypernetwork is not None else None
+        self.edit_config = edit_config or EditConfig(lr=bundle.edit_lr)
+        self.search_config = search_config
+        self._benchmark: BenchmarkData | None = None
+        self._locality: PrefixCache | None = None
+
+    @property
+    def mask_source(self) -> str:
+        """``"hypernetwork"`` or ``"test-time search"`` (used when no hypernetwork exists)."""
+        return "hypernetwork" if self.hypernetwork is not None else "test-time search"
+
+    def inputs(self, images: torch.Tensor | Image.Image | Sequence[Image.Image]) -> torch.Tensor:
+        """Preprocess PIL images with the model's own config (tensors pass through)."""
+        if isinstance(images, torch.Tensor):
+            batch = images if images.dim() == 4 else images.unsqueeze(0)
+        else:
+            batch = preprocess(images, self.bundle.preprocessing)
+        return batch.to(self.bundle.device)
+
+    @torch.no_grad()
+    def probabilities(self, images, edits: Sequence[Edit] = ()) -> torch.Tensor:
+        """Class probabilities ``(N, classes)`` with ``edits`` applied."""
+        with edits_applied(self.bundle.model, self.bundle.site, edits):
+            return self.bundle.model(self.inputs(images)).softmax(-1).cpu()
+
+    @torch.no_grad()
+    def features(self, images) -> torch.Tensor:
+        """The frozen model's final [cls] feature, the hypernetwork's input."""
+        x = self.inputs(images)
+        tokens = cached_prefix(self.bundle.model, x, self.bundle.site.start)
+        return forward_suffix(self.bundle.model, tokens, self.bundle.site.start, pre_logits=True)
+
+    def continuous_mask(self, images, label: int | None = None) -> torch.Tensor:
+        """Continuous mask over the site for one image (several images: averaged).
+
+        Uses the hypernetwork when there is one, else the test-time mask search, which needs
+        ``label``.
+        """
+        x = self.inputs(images)
+        if self.hypernetwork is not None:
+            with torch.no_grad():
+                masks = self.hypernetwork.mask(self.features(x)).cpu()
+            return ensemble(masks)
+        if label is None:
+            raise ValueError("the test-time mask search needs the right label of the image")
+        masks = [test_time_mask(self.bundle.model, self.bundle.site, x[i : i + 1], label, self.search_config) for i in range(len(x))]
+        return ensemble(torch.stack(masks).cpu())
+
+    def edit(self, images, label: int | Sequence[int], rho: float = DEFAULT_RHO, mode: str = "topk",
+             mask: torch.Tensor | None = None, prior_edits: Sequence[Edit] = (), progress: ProgressFn | None = None,
+             config: EditConfig | None = None) -> Edit:
+        """Locate (mask at ``rho``) and fine-tune so ``images`` are classified as ``label``.
+
+        ``mask`` (continuous) skips the hypernetwork; ``prior_edits`` are stacked under the new
+        edit. Returns an :class:`Edit` whose ``success`` says whether it worked.
+        """
+        x = self.inputs(images)
+        labels = torch.as_tensor([label] * len(x) if isinstance(label, int) else list(label), device=x.device)
+        continuous = mask if mask is not None else self.continuous_mask(x, int(labels[0]))
+        binary = binarize(continuous, rho, mode)
+        tokens = cached_prefix(self.bundle.model, x, self.bundle.site.start)
+        edit = masked_fine_tune(self.bundle.model, self.bundle.site, tokens, labels, binary, config or self.edit_config,
+                                prior_edits, progress)
+        edit.info.update({"rho": rho, "mode": mode, "mask_source": "given" if mask is not None else self.mask_source,
+                          "base_model": self.bundle.name, "base_sha256": self.bundle.sha256})
+        return edit
+
+    @property
+    def benchmark(self) -> BenchmarkData | None:
+        """The model's bundled benchmark (failure groups and locality set), if any."""
+        if self._benchmark is None and self.bundle.benchmark_path is not None:
+            self._benchmark = load_benchmark(self.bundle.benchmark_path)
+        return self._benchmark
+
+    def benchmark_inputs(self, indices: np.ndarray) -> torch.Tensor:
+        """Model inputs of benchmark images by index."""
+        if self.benchmark is None:
+            raise ValueError(f"model {self.bundle.name!r} has no bundled benchmark")
+        return normalise_array(self.benchmark.images[indices], self.bundle.preprocessing)
+
+    @property
+    def locality_cache(self) -> PrefixCache | None:
+        """Prefix cache of the locality set (built on first use), or ``None`` without one."""
+        if self._locality is None and self.benchmark is not None and len(self.benchmark.locality_indices):
+            self._locality = PrefixCache(self.bundle, self.benchmark_inputs(self.benchmark.locality_indices))
+        return self._locality
+
+    def locality(self, edits: Sequence[Edit]) -> LocalityResult | None:
+        """Locality of ``edits`` on the bundled locality set, or ``None`` without one."""
+        cache = self.locality_cache
+        return cache.locality(edits) if cache is not None else None

@@ -1,0 +1,122 @@
+"""The where-to-edit hypernetwork: [cls] feature -> continuous mask over the edit site."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from .site import EditSite
+
+HYPERNET_FORMAT = "w2e.hypernetwork/1"
+
+
+class HypernetworkMismatchError(ValueError):
+    """A hypernetwork was paired with a base model it was not trained for."""
+
+
+@dataclass(frozen=True)
+class HypernetConfig:
+    """Architecture of the hypernetwork and the base model it belongs to."""
+
+    feature_dim: int
+    num_layers: int
+    hidden_size: int
+    depth: int = 3
+    num_heads: int = 4
+    sharpness: float = 10.0
+    base_model: str = ""
+    base_sha256: str = ""
+    site: dict | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return {"format": HYPERNET_FORMAT, **asdict(self)}
+
+
+def default_num_heads(feature_dim: int, head_dim: int = 64) -> int:
+    """Heads for the hypernetwork's attention blocks: width / head_dim, at least 1, dividing the width."""
+    heads = max(1, feature_dim // head_dim)
+    while feature_dim % heads:
+        heads -= 1
+    return heads
+
+
+class Hypernetwork(nn.Module):
+    """Tokens, one per edited FC layer, attend to the frozen model's [cls] feature.
+
+    Input ``(B, feature_dim)``; output logits ``(B, num_layers, hidden_size)``. The mask is
+    ``sigmoid(sharpness * logits)`` (:meth:`mask`).
+    """
+
+    def __init__(self, config: HypernetConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.layer_tokens = nn.Parameter(torch.zeros(config.num_layers, config.feature_dim))
+        self.blocks = nn.Sequential(*[Block(config.feature_dim, config.num_heads) for _ in range(config.depth)])
+        self.norm = nn.LayerNorm(config.feature_dim)
+        self.head_weight = nn.Parameter(torch.empty(config.num_layers, config.feature_dim, config.hidden_size))
+        self.head_bias = nn.Parameter(torch.zeros(config.num_layers, config.hidden_size))
+        nn.init.trunc_normal_(self.head_weight, std=config.feature_dim**-0.5)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        batch = features.shape[0]
+        tokens = torch.cat([features[:, None, :], self.layer_tokens.expand(batch, -1, -1)], dim=1)
+        tokens = self.norm(self.blocks(tokens))[:, 1:]
+        return torch.einsum("bln,lnm->blm", tokens, self.head_weight) + self.head_bias
+
+    def mask(self, features: torch.Tensor) -> torch.Tensor:
+        """Continuous mask in (0, 1), shape ``(B, num_layers, hidden_size)``."""
+        return torch.sigmoid(self.config.sharpness * self(features))
+
+    def save(self, path: str | Path) -> None:
+        """Write ``path`` (safetensors) and ``path`` with ``.json`` suffix (config)."""
+        path = Path(path)
+        config_json = json.dumps(self.config.to_dict(), indent=1)
+        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(path), metadata={"w2e_hypernetwork": config_json})
+        path.with_suffix(".json").write_text(config_json)
+
+
+def new_hypernetwork(site: EditSite, base_model: str, base_sha256: str, **options) -> Hypernetwork:
+    """A fresh hypernetwork for ``site`` of the base model identified by name and sha256."""
+    options.setdefault("num_heads", default_num_heads(site.feature_dim))
+    config = HypernetConfig(
+        feature_dim=site.feature_dim,
+        num_layers=site.mask_shape[0],
+        hidden_size=site.hidden_size,
+        base_model=base_model,
+        base_sha256=base_sha256,
+        site=site.to_dict(),
+        **options,
+    )
+    return Hypernetwork(config)
+
+
+def load_hypernetwork(path: str | Path, site: EditSite, base_sha256: str) -> Hypernetwork:
+    """Load a hypernetwork and refuse it unless it was trained for this base model and site."""
+    path = Path(path)
+    config_path = path.with_suffix(".json")
+    for needed in (path, config_path):
+        if not needed.is_file():
+            raise FileNotFoundError(f"hypernetwork file missing: {needed}")
+    raw = json.loads(config_path.read_text())
+    if raw.pop("format", None) != HYPERNET_FORMAT:
+        raise ValueError(f"{config_path} is not a w2e hypernetwork config")
+    config = HypernetConfig(**raw)
+    if config.base_sha256 != base_sha256:
+        raise HypernetworkMismatchError(
+            f"{path} was trained for base model {config.base_model!r} (sha256 {config.base_sha256[:12]}...), "
+            f"not for this model (sha256 {base_sha256[:12]}...)"
+        )
+    if config.site != site.to_dict():
+        raise HypernetworkMismatchError(f"{path} was trained for edit site {config.site}, not {site.to_dict()}")
+    model = Hypernetwork(config)
+    try:
+        model.load_state_dict(load_file(str(path)))
+    except (RuntimeError, OSError) as error:
+        raise ValueError(f"{path}: corrupt or mismatched hypernetwork weights ({error})") from error
+    return model.eval()

@@ -1,0 +1,52 @@
+"""Class labels given as names or indices, with close-name suggestions for typos."""
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Sequence
+
+
+class UnknownLabelError(ValueError):
+    """A label that names no class; ``suggestions`` holds close class names."""
+
+    def __init__(self, label: str, suggestions: list[str]) -> None:
+        hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+        super().__init__(f"unknown label {label!r}{hint}")
+        self.label = label
+        self.suggestions = suggestions
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", name.strip().lower())
+
+
+def resolve_label(label: str | int, class_names: Sequence[str]) -> int:
+    """Class index for ``label``: an index (``3`` or ``"3"``) or a name, case-insensitive.
+
+    Names match ignoring case, spaces, underscores and hyphens; for ImageNet's comma-separated
+    names any one synonym matches. Raises :class:`UnknownLabelError` with suggestions.
+    """
+    if isinstance(label, int) or (isinstance(label, str) and label.strip().isdigit()):
+        index = int(label)
+        if 0 <= index < len(class_names):
+            return index
+        raise UnknownLabelError(str(label), [f"an index in 0..{len(class_names) - 1}"])
+    wanted = _normalise(label)
+    synonyms: dict[str, int] = {}
+    for index, name in enumerate(class_names):
+        synonyms.setdefault(_normalise(name), index)
+        for part in name.split(","):
+            synonyms.setdefault(_normalise(part), index)
+    if wanted in synonyms:
+        return synonyms[wanted]
+    close = difflib.get_close_matches(wanted, list(synonyms), n=3, cutoff=0.6)
+    return_names = [class_names[synonyms[c]] for c in close]
+    raise UnknownLabelError(label, list(dict.fromkeys(return_names)))
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1,000 ImageNet-1k class descriptions shipped with timm (no network)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo("imagenet-1k")
+    return [info.index_to_description(i) for i in range(info.num_classes())]

@@ -1,0 +1,207 @@
+"""Meta-training the where-to-edit hypernetwork on CutMix pseudo-samples (decoupling trick).
+
+Each iteration takes a batch of natural images ``x'``, makes pseudo-samples ``x`` by CutMix,
+optimises one auxiliary mask per episode (all episodes of the batch at once, on the prefix
+tokens of ``x`` computed once), then fits the hypernetwork to those masks. Runs on CPU or
+CUDA, resumes from its checkpoint, and uses DDP when launched by ``torchrun``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .cutmix import CutMixConfig, cutmix
+from .hypernet import Hypernetwork, load_hypernetwork, new_hypernetwork
+from .mask_search import MaskSearchConfig, distillation_kl, optimise_aux_masks
+from .models import ModelBundle
+from .runner import forward_prefix, forward_suffix, patch_size
+
+HYPERNET_FILE = "hypernet.safetensors"
+STATE_FILE = "meta_state.safetensors"
+LOG_FILE = "meta_log.jsonl"
+
+
+class ImageSource(Protocol):
+    """Preprocessed images by index (see :mod:`w2e.data`)."""
+
+    def __len__(self) -> int: ...
+
+    def get(self, indices: torch.Tensor) -> torch.Tensor: ...
+
+
+@dataclass(frozen=True)
+class MetaTrainConfig:
+    """Meta-training knobs (defaults from the paper / authors' code, see METHOD.md section 4)."""
+
+    iterations: int = 7000
+    batch_size: int = 8
+    hyper_lr: float = 1e-4
+    hyper_steps: int = 4
+    fit_weight: float = 0.1
+    cosine_schedule: bool = True
+    hyper_depth: int = 3
+    seed: int = 0
+    checkpoint_every: int = 100
+    search: MaskSearchConfig = field(default_factory=MaskSearchConfig)
+    cutmix: CutMixConfig = field(default_factory=CutMixConfig)
+
+    def to_dict(self) -> dict:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def episode_batch(bundle: ModelBundle, images: torch.Tensor, donors: torch.Tensor, config: MetaTrainConfig,
+                  generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Optimise auxiliary masks for a batch of episodes at once; return targets and features.
+
+    Returns ``features`` (hypernetwork input: [cls] feature of each pseudo-sample), ``target``
+    (``sigmoid(k m~*)``), and ``kl`` (reliability loss per episode after the inner loop).
+    """
+    model, site = bundle.model, bundle.site
+    mixed = cutmix(images, donors, patch_size(model), config.cutmix, generator)
+    with torch.no_grad():
+        natural_logits = model(images)
+        tokens = forward_prefix(model, mixed, site.start)
+        features = forward_suffix(model, tokens, site.start, pre_logits=True)
+    loss_fn = distillation_kl(natural_logits, config.search.temperature)
+    aux, kl = optimise_aux_masks(model, site, tokens, loss_fn, len(images), config.search, generator)
+    return {"features": features, "target": torch.sigmoid(config.search.sharpness * aux), "kl": kl}
+
+
+def fit_hypernetwork(hypernet: torch.nn.Module, optimizer: torch.optim.Optimizer, features: torch.Tensor,
+                     target: torch.Tensor, config: MetaTrainConfig) -> float:
+    """A few optimiser steps of weighted element-wise BCE between predicted and target masks."""
+    loss = torch.zeros(())
+    for _ in range(config.hyper_steps):
+        logits = hypernet(features) * config.search.sharpness
+        loss = config.fit_weight * F.binary_cross_entropy_with_logits(logits, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return float(loss.detach())
+
+
+def _lr(iteration: int, config: MetaTrainConfig) -> float:
+    if not config.cosine_schedule:
+        return config.hyper_lr
+    return config.hyper_lr * 0.5 * (1 + math.cos(math.pi * iteration / max(1, config.iterations)))
+
+
+def _save_checkpoint(out_dir: Path, hypernet: Hypernetwork, optimizer: torch.optim.Optimizer, iteration: int) -> None:
+    hypernet.save(out_dir / HYPERNET_FILE)
+    tensors = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            tensors[f"{index}.{name}"] = torch.as_tensor(value).contiguous()
+    tmp = out_dir / (STATE_FILE + ".tmp")
+    save_file(tensors, str(tmp), metadata={"iteration": str(iteration)})
+    tmp.replace(out_dir / STATE_FILE)
+
+
+def _resume(out_dir: Path, bundle: ModelBundle, hypernet: Hypernetwork, optimizer: torch.optim.Optimizer) -> int:
+    state_path = out_dir / STATE_FILE
+    if not state_path.is_file() or not (out_dir / HYPERNET_FILE).is_file():
+        return 0
+    saved = load_hypernetwork(out_dir / HYPERNET_FILE, bundle.site, bundle.sha256)
+    hypernet.load_state_dict(saved.state_dict())
+    from safetensors import safe_open
+
+    with safe_open(str(state_path), "pt") as handle:
+        iteration = int(handle.metadata()["iteration"])
+    state: dict[int, dict] = {}
+    for key, value in load_file(str(state_path)).items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    optim_state = optimizer.state_dict()
+    optim_state["state"] = state
+    optimizer.load_state_dict(optim_state)
+    log_path = out_dir / LOG_FILE
+    if log_path.is_file():
+        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["iteration"] <= iteration]
+        log_path.write_text("".join(line + "\n" for line in kept))
+    return iteration
+
+
+def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, config: MetaTrainConfig = MetaTrainConfig(),
+               log: Callable[[dict], None] | None = None, show_progress: bool = True) -> Path:
+    """Meta-train (or resume) a hypernetwork for ``bundle``; returns the hypernetwork path.
+
+    Writes ``hypernet.safetensors`` (+ ``.json``), ``meta_state.safetensors`` (optimiser state
+    and iteration) and ``meta_log.jsonl`` (KL, mask density and fit loss per iteration) to
+    ``out_dir``. Under ``torchrun`` every process takes its own episodes and gradients are
+    averaged by DDP; only rank 0 writes files.
+    """
+    out_dir = Path(out_dir)
+    rank, world = _rank_world()
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    hypernet = new_hypernetwork(bundle.site, bundle.name, bundle.sha256, depth=config.hyper_depth,
+                                sharpness=config.search.sharpness).to(bundle.device)
+    optimizer = torch.optim.RMSprop(hypernet.parameters(), lr=config.hyper_lr)
+    if world > 1:
+        dist.barrier()
+    start = _resume(out_dir, bundle, hypernet, optimizer)
+    trainer: torch.nn.Module = hypernet
+    if world > 1:
+        trainer = torch.nn.parallel.DistributedDataParallel(hypernet)
+    bar = tqdm(range(start, config.iterations), desc="meta-train", disable=not show_progress or rank != 0,
+               initial=start, total=config.iterations)
+    for iteration in bar:
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration * world + rank)
+        picks = torch.randint(0, len(source), (2, config.batch_size), generator=generator)
+        images = source.get(picks[0]).to(bundle.device)
+        donors = source.get(picks[1]).to(bundle.device)
+        episodes = episode_batch(bundle, images, donors, config, generator)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr(iteration, config)
+        fit = fit_hypernetwork(trainer, optimizer, episodes["features"], episodes["target"], config)
+        target = episodes["target"]
+        entry = {
+            "iteration": iteration + 1,
+            "kl": float(episodes["kl"].mean()),
+            "mask_mean": float(target.mean()),
+            "mask_density": float((target > 0.5).float().mean()),
+            "fit_loss": fit,
+            "seconds": time.perf_counter() - started,
+        }
+        if rank == 0:
+            with open(out_dir / LOG_FILE, "a") as handle:
+                handle.write(json.dumps(entry) + "\n")
+            if log is not None:
+                log(entry)
+            bar.set_postfix(kl=f"{entry['kl']:.3f}", density=f"{entry['mask_density']:.3f}")
+            if (iteration + 1) % config.checkpoint_every == 0 or iteration + 1 == config.iterations:
+                _save_checkpoint(out_dir, hypernet, optimizer, iteration + 1)
+    if world > 1:
+        dist.barrier()
+    return out_dir / HYPERNET_FILE
+
+
+def init_distributed_from_env() -> bool:
+    """Initialise ``torch.distributed`` when launched by ``torchrun``; returns whether it did."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True

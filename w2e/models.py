@@ -1,0 +1,235 @@
+"""Loading a model to edit: a bundled world, a local checkpoint folder, or a timm hub name."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Sequence
+
+import timm
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from .runner import check_vit
+from .site import EditSite, site_for_model
+from .preprocess import PreprocessConfig
+
+MODEL_FORMAT = "w2e.model/1"
+MANIFEST_NAME = "manifest.json"
+#: Default model of the CLI and the app.
+DEFAULT_MODEL = "fashion"
+#: Editing learning rates of the paper (METHOD.md section 5) for its two base models.
+PAPER_EDIT_LR = {
+    "vit_base_patch16_224.augreg_in21k_ft_in1k": 2e-5,
+    "vit_small_patch16_224.augreg_in21k_ft_in1k": 1e-4,
+}
+FALLBACK_EDIT_LR = 1e-4
+
+
+class CheckpointError(RuntimeError):
+    """A missing, corrupt or mismatched checkpoint file (the message names the file)."""
+
+
+def project_root() -> Path:
+    """Folder holding ``checkpoints/`` and ``assets/`` (``W2E_HOME`` overrides)."""
+    return Path(os.environ.get("W2E_HOME", Path(__file__).resolve().parent.parent))
+
+
+def world_dir(name: str) -> Path:
+    """Checkpoint folder of a bundled world."""
+    return project_root() / "checkpoints" / name
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """sha256 over a model's tensors (names, dtypes, shapes, bytes) in sorted order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+@dataclass
+class ModelBundle:
+    """A frozen model in eval mode with everything needed to edit it."""
+
+    name: str
+    model: nn.Module
+    class_names: list[str]
+    preprocessing: PreprocessConfig
+    site: EditSite
+    edit_lr: float
+    directory: Path | None = None
+    manifest: dict = field(default_factory=dict)
+
+    @cached_property
+    def sha256(self) -> str:
+        """Fingerprint of the base weights (pairs hypernetworks with their base model)."""
+        return state_dict_sha256(self.model)
+
+    @property
+    def device(self) -> torch.device:
+        """Device the model lives on."""
+        return next(self.model.parameters()).device
+
+    def resolve_path(self, key: str) -> Path | None:
+        """A file named in the manifest under ``key``, relative to the model folder."""
+        value = self.manifest.get(key)
+        if not value or self.directory is None:
+            return None
+        return (self.directory / value).resolve()
+
+    @property
+    def hypernetwork_path(self) -> Path | None:
+        """The bundled hypernetwork, if the manifest names one."""
+        return self.resolve_path("hypernetwork")
+
+    @property
+    def benchmark_path(self) -> Path | None:
+        """The bundled benchmark (groups and locality set), if the manifest names one."""
+        return self.resolve_path("benchmark")
+
+
+def _freeze(model: nn.Module, device: str | torch.device) -> nn.Module:
+    model.eval().to(device)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def _build_architecture(architecture: dict) -> nn.Module:
+    kwargs = dict(architecture.get("kwargs", {}))
+    if "timm_model" in architecture:
+        return timm.create_model(architecture["timm_model"], pretrained=False, **kwargs)
+    family = architecture.get("family")
+    if family == "vit":
+        from timm.models.vision_transformer import VisionTransformer
+
+        return VisionTransformer(**kwargs)
+    if family == "small_cnn":
+        from .worlds.fashion_models import SmallConvNet
+
+        return SmallConvNet(**kwargs)
+    raise CheckpointError(f"unknown architecture {architecture!r}: give 'timm_model' or family 'vit'")
+
+
+def load_weights(model: nn.Module, path: Path, expected_sha256: str | None = None) -> None:
+    """Load safetensors ``path`` into ``model`` strictly; errors name the file."""
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file missing: {path}")
+    if expected_sha256 and file_sha256(path) != expected_sha256:
+        raise CheckpointError(f"checkpoint file {path} does not match the sha256 in its manifest (corrupt or replaced)")
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"checkpoint file {path} is corrupt or not safetensors ({error})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first_line = str(error).splitlines()[1:2] or [str(error)]
+        raise CheckpointError(f"checkpoint file {path} does not match the architecture: {first_line[0].strip()}") from None
+
+
+def read_manifest(directory: Path) -> dict:
+    """Read and check ``directory/manifest.json``."""
+    path = directory / MANIFEST_NAME
+    if not path.is_file():
+        raise CheckpointError(f"model manifest missing: {path}")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"model manifest {path} is not valid JSON ({error})") from None
+    for key in ("architecture", "weights", "class_names", "preprocessing"):
+        if key not in manifest:
+            raise CheckpointError(f"model manifest {path} lacks {key!r}")
+    return manifest
+
+
+def load_local_model(directory: str | Path, site_blocks: Sequence[int] | None = None, device: str | torch.device = "cpu") -> ModelBundle:
+    """Load a folder holding safetensors weights and a ``manifest.json``."""
+    directory = Path(directory).resolve()
+    manifest = read_manifest(directory)
+    model = _build_architecture(manifest["architecture"])
+    weights = directory / manifest["weights"]
+    load_weights(model, weights, manifest.get("files", {}).get(manifest["weights"]))
+    check_vit(model)
+    class_names = list(manifest["class_names"])
+    num_classes = getattr(model, "num_classes", len(class_names))
+    if num_classes != len(class_names):
+        raise CheckpointError(f"{directory / MANIFEST_NAME} lists {len(class_names)} class names for a {num_classes}-class model")
+    edit = manifest.get("edit", {})
+    blocks = site_blocks if site_blocks is not None else edit.get("site_blocks")
+    return ModelBundle(
+        name=manifest.get("name", directory.name),
+        model=_freeze(model, device),
+        class_names=class_names,
+        preprocessing=PreprocessConfig.from_dict(manifest["preprocessing"]),
+        site=site_for_model(model, blocks),
+        edit_lr=float(edit.get("lr", FALLBACK_EDIT_LR)),
+        directory=directory,
+        manifest=manifest,
+    )
+
+
+def load_timm_model(name: str, site_blocks: Sequence[int] | None = None, device: str | torch.device = "cpu") -> ModelBundle:
+    """Load a pretrained timm ViT through the Hugging Face Hub (needs internet the first time)."""
+    from .labels import imagenet_class_names
+
+    try:
+        model = timm.create_model(name, pretrained=True)
+    except RuntimeError as error:
+        raise CheckpointError(f"could not load pretrained weights for timm model {name!r}: {error}") from None
+    check_vit(model)
+    num_classes = getattr(model, "num_classes", 0)
+    class_names = imagenet_class_names()
+    if num_classes != len(class_names):
+        class_names = [str(i) for i in range(num_classes)]
+    return ModelBundle(
+        name=name,
+        model=_freeze(model, device),
+        class_names=class_names,
+        preprocessing=PreprocessConfig.from_timm(model),
+        site=site_for_model(model, site_blocks),
+        edit_lr=PAPER_EDIT_LR.get(name, FALLBACK_EDIT_LR),
+    )
+
+
+def load_model(spec: str = DEFAULT_MODEL, site_blocks: Sequence[int] | None = None, device: str | torch.device = "cpu") -> ModelBundle:
+    """Load by bundled world name (``fashion``), local folder path, or timm model name."""
+    if (project_root() / "checkpoints" / spec / MANIFEST_NAME).is_file() and "/" not in spec:
+        return load_local_model(world_dir(spec), site_blocks, device)
+    path = Path(spec)
+    if path.is_dir():
+        return load_local_model(path, site_blocks, device)
+    if spec in timm.list_models(pretrained=True) or spec.split(".")[0] in timm.list_models():
+        return load_timm_model(spec, site_blocks, device)
+    raise CheckpointError(
+        f"unknown model {spec!r}: not a bundled world ({', '.join(bundled_worlds()) or 'none built'}), "
+        "not a folder with manifest.json, not a timm model name"
+    )
+
+
+def bundled_worlds() -> list[str]:
+    """Names of the worlds shipped in ``checkpoints/``."""
+    root = project_root() / "checkpoints"
+    return sorted(p.name for p in root.iterdir() if (p / MANIFEST_NAME).is_file()) if root.is_dir() else []
+
+
+def best_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,56 @@
+"""Split a timm ViT forward pass at the edit site: a cached prefix and a re-run suffix."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .site import UnsupportedModelError
+
+_REQUIRED = ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks", "norm", "forward_head")
+
+
+def check_vit(model: nn.Module) -> None:
+    """Raise :class:`UnsupportedModelError` unless ``model`` has timm's ViT forward structure."""
+    missing = [name for name in _REQUIRED if not hasattr(model, name)]
+    if missing:
+        raise UnsupportedModelError(f"{type(model).__name__} lacks {', '.join(missing)}; w2e needs a timm ViT")
+
+
+def forward_prefix(model: nn.Module, images: torch.Tensor, start: int) -> torch.Tensor:
+    """Tokens entering ``model.blocks[start]`` for a batch of preprocessed images."""
+    x = model.patch_embed(images)
+    x = model._pos_embed(x)
+    x = model.patch_drop(x)
+    x = model.norm_pre(x)
+    for block in model.blocks[:start]:
+        x = block(x)
+    return x
+
+
+def forward_suffix(model: nn.Module, tokens: torch.Tensor, start: int, pre_logits: bool = False) -> torch.Tensor:
+    """Logits (or pre-logit features) from tokens entering ``model.blocks[start]``."""
+    x = tokens
+    for block in model.blocks[start:]:
+        x = block(x)
+    x = model.norm(x)
+    return model.forward_head(x, pre_logits=pre_logits)
+
+
+@torch.no_grad()
+def cached_prefix(model: nn.Module, images: torch.Tensor, start: int, batch_size: int = 256) -> torch.Tensor:
+    """Prefix tokens of many images, computed once without gradients, in batches."""
+    chunks = [forward_prefix(model, images[i : i + batch_size], start) for i in range(0, len(images), batch_size)]
+    return torch.cat(chunks) if chunks else images.new_zeros(0)
+
+
+@torch.no_grad()
+def suffix_predictions(model: nn.Module, tokens: torch.Tensor, start: int, batch_size: int = 512) -> torch.Tensor:
+    """Top-1 predictions from cached prefix tokens, in batches."""
+    preds = [forward_suffix(model, tokens[i : i + batch_size], start).argmax(-1) for i in range(0, len(tokens), batch_size)]
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+
+def patch_size(model: nn.Module) -> int:
+    """Side of the model's square patches (the grid CutMix aligns to)."""
+    size = getattr(model.patch_embed, "patch_size", 1)
+    return int(size[0] if isinstance(size, (tuple, list)) else size)

@@ -1,0 +1,409 @@
+"""Stages that turn the fashion world's trained models into its editing benchmark.
+
+Outputs ``benchmark.safetensors`` with uint8 ``images`` (N, 28, 28) and int64 ``labels``,
+``groups`` (group index, -1 for locality images), ``source`` (0 test, 1 left-out train,
+2 shifted test), ``source_index`` (index in that split) and ``shift`` (index into
+``shift_names``, -1 for unshifted images), and a JSON ``info`` metadata entry. Editing groups
+come first (natural MAD groups, largest first, then the style and lighting groups), then the
+locality images.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import timm.models.vision_transformer as vit
+import torch
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from .fashion_data import FASHION_CLASSES, FashionSplit, load_fashion_split
+from .fashion_models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS, SmallConvNet
+from .fashion_stages import in_distribution_test_indices, left_out_indices, stage_subpopulations
+from .locality import select_near_boundary
+from .mad import mad_groups
+from .shifts import SHIFT_NAMES, render_shift
+from .training import to_model_input
+
+SOURCE_NAMES: tuple[str, ...] = ("test", "left_out_train", "shifted_test")
+SHIFT_GROUP_NAMES: dict[str, tuple[str, str]] = {
+    "sketch": ("style-sketch", "style"),
+    "stagelight": ("lighting-stagelight", "lighting"),
+}
+PREDICTIONS_FILE = "benchmark_predictions.safetensors"
+BENCHMARK_FILE = "benchmark.safetensors"
+
+
+@dataclass(frozen=True)
+class BenchmarkConfig:
+    """Knobs of the benchmark construction; recorded in the file's ``info``."""
+
+    mad_min_group_size: int = 25
+    mad_budget: int | None = None
+    shift_seed: int = 0
+    shift_min_group_size: int = 150
+    shift_max_group_size: int = 600
+    subset_seed: int = 0
+    locality_margin: float = 0.05
+    locality_min_count: int = 500
+    locality_widen_step: float = 0.01
+    n_examples: int = 10
+    example_scale: int = 4
+
+
+@dataclass(frozen=True)
+class BenchmarkData:
+    """The benchmark's arrays (one row per image) and its ``info`` dict."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    source: np.ndarray
+    source_index: np.ndarray
+    shift: np.ndarray
+    info: dict
+
+
+def read_model_weights(path: Path) -> dict[str, torch.Tensor]:
+    """Model weights from an exported model file or from a training state (``model.`` keys)."""
+    tensors = load_file(str(path))
+    if any(key.startswith("optim.") for key in tensors):
+        return {key[len("model.") :]: value for key, value in tensors.items() if key.startswith("model.")}
+    return tensors
+
+
+def load_base_model(path: Path) -> torch.nn.Module:
+    """The base ViT with weights from ``path`` (strict: every weight must be present)."""
+    model = vit.VisionTransformer(**BASE_VIT_KWARGS)
+    model.load_state_dict(read_model_weights(path))
+    return model.eval()
+
+
+def load_stronger_model(path: Path) -> torch.nn.Module:
+    """The stronger CNN with weights from ``path`` (strict)."""
+    model = SmallConvNet(**STRONGER_CNN_KWARGS)
+    model.load_state_dict(read_model_weights(path))
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_probs(model: torch.nn.Module, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+    """Softmax probabilities (float64, (N, C)) of ``model`` on uint8 images, as in training."""
+    model.eval()
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        inputs = to_model_input(np.array(images[start : start + batch_size]), FASHION_MEAN, FASHION_STD)
+        chunks.append(torch.softmax(model(inputs).double(), dim=-1).numpy())
+    return np.concatenate(chunks) if chunks else np.zeros((0, len(FASHION_CLASSES)))
+
+
+def render_test_shifts(test_images: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """Every test image rendered under each shift of :data:`SHIFT_NAMES` (seeded)."""
+    return {name: render_shift(name, test_images, seed=seed + index) for index, name in enumerate(SHIFT_NAMES)}
+
+
+def compute_predictions(
+    base: torch.nn.Module,
+    stronger: torch.nn.Module,
+    test: FashionSplit,
+    left_out_images: np.ndarray,
+    shift_seed: int,
+) -> dict[str, np.ndarray]:
+    """Probabilities of both models on the MAD pool and of the base model on shifted tests.
+
+    Keys: ``base.test``, ``base.left_out``, ``stronger.test``, ``stronger.left_out`` and
+    ``base.<shift>`` for every shift name.
+    """
+    predictions = {
+        "base.test": predict_probs(base, test.images),
+        "base.left_out": predict_probs(base, left_out_images),
+        "stronger.test": predict_probs(stronger, test.images),
+        "stronger.left_out": predict_probs(stronger, left_out_images),
+    }
+    for name, rendered in render_test_shifts(test.images, shift_seed).items():
+        predictions[f"base.{name}"] = predict_probs(base, rendered)
+    return predictions
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stage_predictions(work: Path, base_path: Path, stronger_path: Path, shift_seed: int = 0) -> dict[str, np.ndarray]:
+    """Run both models over the pool (cached in ``work``, keyed by model hashes and seed)."""
+    key = json.dumps({"base": _sha256(base_path), "stronger": _sha256(stronger_path), "shift_seed": shift_seed})
+    cache = work / PREDICTIONS_FILE
+    if cache.exists():
+        with safe_open(str(cache), "np") as handle:
+            if handle.metadata().get("key") == key:
+                return {name: handle.get_tensor(name) for name in handle.keys()}
+    subpops = stage_subpopulations(work)
+    test, train = load_fashion_split("test"), load_fashion_split("train")
+    left_out = train.images[left_out_indices(subpops)]
+    predictions = compute_predictions(
+        load_base_model(base_path), load_stronger_model(stronger_path), test, left_out, shift_seed
+    )
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    save_file({k: torch.from_numpy(v) for k, v in predictions.items()}, str(tmp), metadata={"key": key})
+    tmp.replace(cache)
+    return predictions
+
+
+def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    return float((probs.argmax(1) == labels).mean()) if len(labels) else float("nan")
+
+
+def _class_counts(labels: np.ndarray) -> dict[str, int]:
+    counts = np.bincount(labels, minlength=len(FASHION_CLASSES))
+    return {FASHION_CLASSES[c]: int(n) for c, n in enumerate(counts) if n}
+
+
+@dataclass(frozen=True)
+class _Block:
+    """Consecutive benchmark rows sharing a group index."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    group: int
+    source: np.ndarray
+    source_index: np.ndarray
+    shift: np.ndarray
+
+
+def _identity(source: np.ndarray, shift: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """One integer per image identifying (source, shift, source index)."""
+    return (source * (len(SHIFT_NAMES) + 1) + shift + 1) * (1 << 32) + index
+
+
+def _natural_blocks(
+    test: FashionSplit, train: FashionSplit, left_out: np.ndarray, predictions: dict[str, np.ndarray], config: BenchmarkConfig
+) -> tuple[list[_Block], list[str], dict[str, int], dict]:
+    """MAD groups over the pool of test images followed by left-out training images."""
+    images = np.concatenate([test.images, train.images[left_out]])
+    labels = np.concatenate([test.labels, train.labels[left_out]])
+    source = np.concatenate([np.zeros(len(test.labels), np.int64), np.ones(len(left_out), np.int64)])
+    index = np.concatenate([np.arange(len(test.labels)), left_out]).astype(np.int64)
+    mad = mad_groups(
+        np.concatenate([predictions["base.test"], predictions["base.left_out"]]),
+        np.concatenate([predictions["stronger.test"], predictions["stronger.left_out"]]),
+        labels,
+        FASHION_CLASSES,
+        min_group_size=config.mad_min_group_size,
+        budget=config.mad_budget,
+    )
+    blocks = [
+        _Block(images[g.pool_indices], labels[g.pool_indices], number, source[g.pool_indices],
+               index[g.pool_indices], np.full(len(g.pool_indices), -1, np.int64))
+        for number, g in enumerate(mad.groups)
+    ]
+    stats = {"pool_size": len(labels), "picked": len(mad.selected), "verified": len(mad.verified)}
+    return blocks, [g.name for g in mad.groups], mad.discarded_groups, stats
+
+
+def _shift_blocks(
+    test: FashionSplit, rendered: dict[str, np.ndarray], predictions: dict[str, np.ndarray], first_group: int,
+    config: BenchmarkConfig,
+) -> tuple[list[_Block], list[str], list[str], dict[str, int]]:
+    """One group per shift: rendered test images the base model gets wrong (capped, seeded)."""
+    rng = np.random.default_rng(config.subset_seed)
+    blocks: list[_Block] = []
+    names: list[str] = []
+    kinds: list[str] = []
+    discarded: dict[str, int] = {}
+    for code, shift_name in enumerate(SHIFT_NAMES):
+        name, kind = SHIFT_GROUP_NAMES[shift_name]
+        wrong = np.flatnonzero(predictions[f"base.{shift_name}"].argmax(1) != test.labels)
+        if len(wrong) > config.shift_max_group_size:
+            wrong = np.sort(rng.choice(wrong, size=config.shift_max_group_size, replace=False))
+        if len(wrong) < config.shift_min_group_size:
+            discarded[name] = len(wrong)
+            continue
+        blocks.append(_Block(rendered[shift_name][wrong], test.labels[wrong], first_group + len(blocks),
+                             np.full(len(wrong), 2, np.int64), wrong.astype(np.int64), np.full(len(wrong), code, np.int64)))
+        names.append(name)
+        kinds.append(kind)
+    return blocks, names, kinds, discarded
+
+
+def _locality_block(
+    test: FashionSplit, rendered: dict[str, np.ndarray], in_distribution: np.ndarray,
+    predictions: dict[str, np.ndarray], benchmark: list[_Block], config: BenchmarkConfig,
+) -> tuple[_Block, float]:
+    """Near-boundary in-distribution test images and their shifted renderings, minus group images."""
+    n = len(in_distribution)
+    variants = [(-1, test.images, predictions["base.test"])] + [
+        (code, rendered[name], predictions[f"base.{name}"]) for code, name in enumerate(SHIFT_NAMES)
+    ]
+    shift = np.repeat(np.array([v[0] for v in variants], np.int64), n)
+    source = np.where(shift < 0, 0, 2).astype(np.int64)
+    index = np.tile(in_distribution.astype(np.int64), len(variants))
+    labels = np.tile(test.labels[in_distribution], len(variants))
+    probs = np.concatenate([v[2][in_distribution] for v in variants])
+    taken = np.concatenate([_identity(b.source, b.shift, b.source_index) for b in benchmark] + [np.zeros(0, np.int64)])
+    excluded = np.isin(_identity(source, shift, index), taken)
+    selection = select_near_boundary(
+        probs, labels, excluded, config.locality_margin, config.locality_min_count, config.locality_widen_step
+    )
+    chosen = selection.indices
+    images = np.concatenate([v[1][in_distribution] for v in variants])[chosen]
+    return _Block(images, labels[chosen], -1, source[chosen], index[chosen], shift[chosen]), selection.margin
+
+
+def assemble_benchmark(
+    test: FashionSplit,
+    train: FashionSplit,
+    left_out: np.ndarray,
+    in_distribution: np.ndarray,
+    predictions: dict[str, np.ndarray],
+    config: BenchmarkConfig = BenchmarkConfig(),
+) -> tuple[BenchmarkData, dict]:
+    """Build the benchmark from the models' predictions; return it and figures for the manifest.
+
+    ``left_out`` are the training indices held out of the base model (the MAD pool is the test
+    set followed by them); ``in_distribution`` the test indices outside held-out
+    subpopulations (the locality candidates, with their shifted renderings).
+    """
+    rendered = render_test_shifts(test.images, config.shift_seed)
+    natural, natural_names, discarded, mad_stats = _natural_blocks(test, train, left_out, predictions, config)
+    shifted, shift_names, shift_kinds, shift_discarded = _shift_blocks(
+        test, rendered, predictions, len(natural), config
+    )
+    locality, margin = _locality_block(test, rendered, in_distribution, predictions, natural + shifted, config)
+    blocks = natural + shifted + [locality]
+    group_names = natural_names + shift_names
+    group_kinds = ["natural"] * len(natural_names) + shift_kinds
+    info = {
+        "group_names": group_names,
+        "group_kinds": group_kinds,
+        "locality_margin": margin,
+        "class_names": list(FASHION_CLASSES),
+        "source_names": list(SOURCE_NAMES),
+        "shift_names": list(SHIFT_NAMES),
+        "config": asdict(config),
+    }
+    data = BenchmarkData(
+        images=np.concatenate([b.images for b in blocks]).astype(np.uint8),
+        labels=np.concatenate([b.labels for b in blocks]).astype(np.int64),
+        groups=np.concatenate([np.full(len(b.labels), b.group, np.int64) for b in blocks]),
+        source=np.concatenate([b.source for b in blocks]),
+        source_index=np.concatenate([b.source_index for b in blocks]),
+        shift=np.concatenate([b.shift for b in blocks]),
+        info=info,
+    )
+    figures = {
+        "groups": [
+            {"name": name, "kind": kind, "size": len(block.labels), "classes": _class_counts(block.labels)}
+            for name, kind, block in zip(group_names, group_kinds, natural + shifted)
+        ],
+        "n_natural_groups": len(natural),
+        "discarded_groups": {**discarded, **shift_discarded},
+        "mad": mad_stats,
+        "locality": {
+            "size": len(locality.labels),
+            "margin": margin,
+            "by_shift": {
+                name: int((locality.shift == code).sum()) for code, name in [(-1, "none"), *enumerate(SHIFT_NAMES)]
+            },
+        },
+        "accuracy": {
+            "base_in_distribution_test": _accuracy(predictions["base.test"][in_distribution], test.labels[in_distribution]),
+            "base_test": _accuracy(predictions["base.test"], test.labels),
+            "base_left_out_train": _accuracy(predictions["base.left_out"], train.labels[left_out]),
+            "stronger_test": _accuracy(predictions["stronger.test"], test.labels),
+            **{f"base_{name}_test": _accuracy(predictions[f"base.{name}"], test.labels) for name in SHIFT_NAMES},
+        },
+    }
+    return data, figures
+
+
+def write_benchmark(path: Path, data: BenchmarkData) -> None:
+    """Write ``data`` as a safetensors file with the JSON ``info`` metadata entry."""
+    tensors = {
+        "images": torch.from_numpy(np.ascontiguousarray(data.images, dtype=np.uint8)),
+        **{
+            name: torch.from_numpy(np.ascontiguousarray(getattr(data, name), dtype=np.int64))
+            for name in ("labels", "groups", "source", "source_index", "shift")
+        },
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"info": json.dumps(data.info)})
+    tmp.replace(path)
+
+
+def read_benchmark(path: Path) -> BenchmarkData:
+    """Read a file written by :func:`write_benchmark`."""
+    with safe_open(str(path), "np") as handle:
+        arrays = {name: handle.get_tensor(name) for name in handle.keys()}
+        info = json.loads(handle.metadata()["info"])
+    return BenchmarkData(info=info, **arrays)
+
+
+def write_examples(data: BenchmarkData, out_dir: Path, count: int, scale: int) -> list[Path]:
+    """Save ``count`` example failures as PNGs named ``<group>__<true label>__<n>.png``.
+
+    Examples are taken round-robin over the groups (the n-th image of each group in file
+    order). Each PNG is the 28 px image upscaled ``scale`` times with nearest neighbour, so
+    the original pixels are every ``scale``-th pixel; the exact images are in the benchmark
+    file. Earlier example PNGs in ``out_dir`` are removed first.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for old in out_dir.glob("*__*__*.png"):
+        old.unlink()
+    members = [np.flatnonzero(data.groups == g) for g in range(len(data.info["group_names"]))]
+    written: list[Path] = []
+    rank = 0
+    while len(written) < count and any(rank < len(m) for m in members):
+        for group, indices in enumerate(members):
+            if len(written) == count or rank >= len(indices):
+                continue
+            row = indices[rank]
+            label = data.info["class_names"][int(data.labels[row])]
+            path = out_dir / f"{data.info['group_names'][group]}__{label}__{rank}.png"
+            image = Image.fromarray(data.images[row], mode="L")
+            image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST).save(path)
+            written.append(path)
+        rank += 1
+    return written
+
+
+def stage_benchmark(
+    work: Path,
+    assets_dir: Path,
+    config: BenchmarkConfig = BenchmarkConfig(),
+    base_path: Path | None = None,
+    stronger_path: Path | None = None,
+) -> dict:
+    """Build ``assets_dir/benchmark.safetensors`` and example PNGs; return the figures.
+
+    Model paths default to the exported files of the training stages in ``work``.
+    """
+    base_path = base_path or work / "base" / "model.safetensors"
+    stronger_path = stronger_path or work / "stronger" / "model.safetensors"
+    for path in (base_path, stronger_path):
+        if not path.is_file():
+            raise FileNotFoundError(f"model weights not found: {path}; run the training stages first")
+    predictions = stage_predictions(work, base_path, stronger_path, config.shift_seed)
+    subpops = stage_subpopulations(work)
+    data, figures = assemble_benchmark(
+        load_fashion_split("test"),
+        load_fashion_split("train"),
+        left_out_indices(subpops),
+        in_distribution_test_indices(subpops),
+        predictions,
+        config,
+    )
+    write_benchmark(assets_dir / BENCHMARK_FILE, data)
+    examples = write_examples(data, assets_dir / "examples", config.n_examples, config.example_scale)
+    figures["examples"] = [path.name for path in examples]
+    figures["models_sha256"] = {"base": _sha256(base_path), "stronger": _sha256(stronger_path)}
+    return figures

@@ -1,0 +1,165 @@
+"""Supervised training of the world's classifiers, with safetensors checkpoints and resume."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """Everything that determines a training run; recorded in the world manifest."""
+
+    epochs: int = 12
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    crop_padding: int = 2
+    hflip: bool = True
+    seed: int = 0
+
+
+def augment(batch: torch.Tensor, recipe: TrainRecipe, generator: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding and horizontal flip, per image, on a (B, C, H, W) batch."""
+    pad = recipe.crop_padding
+    n, _, height, width = batch.shape
+    if pad > 0:
+        padded = F.pad(batch, (pad, pad, pad, pad))
+        offsets = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+        rows = offsets[:, 0, None] + torch.arange(height)[None]
+        cols = offsets[:, 1, None] + torch.arange(width)[None]
+        batch = padded[
+            torch.arange(n)[:, None, None, None],
+            torch.arange(batch.shape[1])[None, :, None, None],
+            rows[:, None, :, None],
+            cols[:, None, None, :],
+        ]
+    if recipe.hflip:
+        flip = torch.rand(n, generator=generator) < 0.5
+        batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+    return batch
+
+
+def _lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
+    for index, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).contiguous()
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"epoch": str(epoch)})
+    tmp.replace(path)
+
+
+def _load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    tensors = load_file(str(path))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    optim_state = optimizer.state_dict()
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    optim_state["state"] = state
+    optimizer.load_state_dict(optim_state)
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return int(handle.metadata()["epoch"])
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+    """Top-1 accuracy of ``model`` on preprocessed ``inputs``."""
+    model.eval()
+    correct = 0
+    for start in range(0, len(inputs), batch_size):
+        logits = model(inputs[start : start + batch_size])
+        correct += int((logits.argmax(-1) == labels[start : start + batch_size]).sum())
+    return correct / max(1, len(inputs))
+
+
+def train_classifier(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: TrainRecipe,
+    work_dir: Path,
+    eval_inputs: torch.Tensor | None = None,
+    eval_labels: torch.Tensor | None = None,
+) -> list[dict]:
+    """Train ``model`` with AdamW and a warm-up + cosine schedule; resume from ``work_dir``.
+
+    A checkpoint (model and optimiser state, safetensors) is written after every epoch, so an
+    interrupted run continues from the last finished epoch with the same data order.
+    Returns the per-epoch log (loss, learning rate, held-out accuracy, seconds).
+    """
+    work_dir.mkdir(parents=True, exist_ok=True)
+    state_path = work_dir / "train_state.safetensors"
+    log_path = work_dir / "train_log.json"
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    start_epoch = 0
+    log: list[dict] = []
+    if state_path.exists():
+        start_epoch = _load_state(state_path, model, optimizer)
+        log = json.loads(log_path.read_text()) if log_path.exists() else []
+    steps_per_epoch = math.ceil(len(inputs) / recipe.batch_size)
+    total_steps = recipe.epochs * steps_per_epoch
+    warmup_steps = int(recipe.warmup_epochs * steps_per_epoch)
+    for epoch in range(start_epoch, recipe.epochs):
+        generator = torch.Generator().manual_seed(recipe.seed * 1000 + epoch)
+        order = torch.randperm(len(inputs), generator=generator)
+        model.train()
+        started = time.time()
+        total_loss = 0.0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False)
+        for step_in_epoch in bar:
+            step = epoch * steps_per_epoch + step_in_epoch
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(step, total_steps, warmup_steps, recipe.lr)
+            index = order[step_in_epoch * recipe.batch_size : (step_in_epoch + 1) * recipe.batch_size]
+            batch = augment(inputs[index], recipe, generator)
+            loss = F.cross_entropy(model(batch), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total_loss += float(loss)
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        entry = {
+            "epoch": epoch + 1,
+            "train_loss": total_loss / steps_per_epoch,
+            "seconds": time.time() - started,
+        }
+        if eval_inputs is not None and eval_labels is not None:
+            entry["eval_accuracy"] = evaluate_accuracy(model, eval_inputs, eval_labels)
+        log.append(entry)
+        print(json.dumps(entry), flush=True)
+        _save_state(state_path, model, optimizer, epoch + 1)
+        log_path.write_text(json.dumps(log, indent=1))
+    model.eval()
+    return log
+
+
+def recipe_dict(recipe: TrainRecipe) -> dict:
+    """The recipe as a JSON-ready dict."""
+    return asdict(recipe)
+
+
+def to_model_input(images: np.ndarray, mean: float, std: float) -> torch.Tensor:
+    """uint8 (N, 28, 28) images -> normalised float (N, 1, 28, 28) tensor."""
+    return ((torch.from_numpy(images).float() / 255.0 - mean) / std).unsqueeze(1)
