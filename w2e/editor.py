@@ -12,7 +12,7 @@ from .benchmark_data import BenchmarkData, load_benchmark
 from .edit import Edit, edits_applied
 from .editing import EditConfig, ProgressFn, masked_fine_tune
 from .hypernet import Hypernetwork, load_hypernetwork
-from .mask_search import MaskSearchConfig, test_time_mask
+from .mask_search import MaskSearchConfig, search_mask
 from .masks import binarize, ensemble
 from .models import ModelBundle
 from .preprocess import normalise_array, preprocess
@@ -118,7 +118,7 @@ class Editor:
             return ensemble(masks)
         if label is None:
             raise ValueError("the test-time mask search needs the right label of the image")
-        masks = [test_time_mask(self.bundle.model, self.bundle.site, x[i : i + 1], label, self.search_config) for i in range(len(x))]
+        masks = [search_mask(self.bundle.model, self.bundle.site, x[i : i + 1], label, self.search_config) for i in range(len(x))]
         return ensemble(torch.stack(masks).cpu())
 
     def edit(self, images, label: int | Sequence[int], rho: float = DEFAULT_RHO, mode: str = "topk",

@@ -58,8 +58,11 @@ def _zero_deltas(model: nn.Module, site: EditSite, batch: int | None, device: to
     return [torch.zeros(*lead, *shape, device=device) for shape in shapes]
 
 
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
 def inner_loop(model: nn.Module, site: EditSite, tokens: torch.Tensor, loss_fn: LossFn, masks: torch.Tensor,
-               steps: int, lr: float) -> list[torch.Tensor]:
+               steps: int, lr: float, forward: Forward) -> list[torch.Tensor]:
     """``steps`` of masked SGD from the base weights; returns the (detached) deltas."""
     batch = masks.shape[0] if masks.dim() == 3 else None
     reduce = torch.sum if batch is not None else torch.mean
@@ -69,29 +72,36 @@ def inner_loop(model: nn.Module, site: EditSite, tokens: torch.Tensor, loss_fn: 
         for delta in deltas:
             delta.requires_grad_(True)
         with weight_overrides(_masked_weights(model, site, masks, deltas)):
-            loss = reduce(loss_fn(forward_suffix(model, tokens, site.start)))
+            loss = reduce(loss_fn(forward(tokens)))
         grads = torch.autograd.grad(loss, deltas)
         deltas = [(delta - lr * grad).detach() for delta, grad in zip(deltas, grads)]
     return deltas
 
 
 def optimise_aux_masks(model: nn.Module, site: EditSite, tokens: torch.Tensor, loss_fn: LossFn, num_masks: int | None,
-                       config: MaskSearchConfig, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                       config: MaskSearchConfig, generator: torch.Generator | None = None,
+                       forward: Forward | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Optimise auxiliary masks; returns ``(m~*, final reliability loss per mask)``.
 
     ``num_masks`` = batch size for one mask per sample (episodes), or ``None`` for a single
     mask shared by all of ``tokens``. ``loss_fn(logits)`` returns one loss per sample.
+    ``forward`` maps ``tokens`` to logits (default: the suffix from the site's first block, so
+    ``tokens`` are prefix tokens; pass the model itself to feed whole images instead).
     """
     make_overridable(model, site)
+    if forward is None:
+        def forward(cached: torch.Tensor) -> torch.Tensor:
+            return forward_suffix(model, cached, site.start)
+
     shape = (num_masks, *site.mask_shape) if num_masks is not None else site.mask_shape
     aux = (torch.rand(shape, generator=generator) * 2 - 1).to(tokens.device).requires_grad_(True)
     optimizer = _outer_optimizer(config, aux)
     reliability = torch.zeros(())
     for _ in range(config.outer_steps):
         masks = torch.sigmoid(config.sharpness * aux)
-        deltas = inner_loop(model, site, tokens, loss_fn, masks, config.inner_steps, config.inner_lr)
+        deltas = inner_loop(model, site, tokens, loss_fn, masks, config.inner_steps, config.inner_lr, forward)
         with weight_overrides(_masked_weights(model, site, masks, deltas)):
-            per_sample = loss_fn(forward_suffix(model, tokens, site.start))
+            per_sample = loss_fn(forward(tokens))
         total = per_sample.sum() if num_masks is not None else per_sample.mean()
         reliability = per_sample.detach() if num_masks is not None else total.detach()
         sparsity = masks.mean(dim=(-2, -1)).sum()
@@ -120,7 +130,7 @@ def distillation_kl(target_logits: torch.Tensor, temperature: float) -> LossFn:
     return loss
 
 
-def test_time_mask(model: nn.Module, site: EditSite, image: torch.Tensor, label: int, config: MaskSearchConfig = MaskSearchConfig(),
+def search_mask(model: nn.Module, site: EditSite, image: torch.Tensor, label: int, config: MaskSearchConfig = MaskSearchConfig(),
                    num_pseudo: int = 8, cutmix_config: CutMixConfig = CutMixConfig(), donors: torch.Tensor | None = None,
                    seed: int = 0) -> torch.Tensor:
     """Continuous mask for one editing image without a hypernetwork (test-time search).

@@ -1,0 +1,170 @@
+"""Speed of w2e's fast paths against the naive way, measured in one run; prints ratios.
+
+    python benchmarks/speed.py                  # ViT-B/16 geometry (random weights) + fashion geometry
+    python benchmarks/speed.py --quick          # fewer repetitions
+
+1. Editing: masked fine-tuning on prefix-cached tokens vs (a) a full forward and backward
+   through the whole network each step (the authors' approach: the model's own parameters
+   are trainable, gradients are masked) and (b) a full forward with the prefix frozen.
+2. Meta-training: episodes per second, a batch of episodes vectorised on the prefix cache vs
+   one episode at a time with full forwards.
+3. Locality re-evaluation: suffix on cached tokens vs full forward of every image.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
+
+from w2e.cutmix import cutmix
+from w2e.editing import EditConfig, masked_fine_tune
+from w2e.editor import PrefixCache
+from w2e.masks import topk_mask
+from w2e.mask_search import MaskSearchConfig, distillation_kl, optimise_aux_masks
+from w2e.meta import MetaTrainConfig, episode_batch
+from w2e.models import ModelBundle
+from w2e.preprocess import PreprocessConfig
+from w2e.runner import cached_prefix, patch_size
+from w2e.site import site_for_model
+
+GEOMETRIES = {
+    "vit_base_patch16_224": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, num_classes=1000),
+    "fashion": dict(img_size=28, patch_size=4, in_chans=1, embed_dim=128, depth=12, num_heads=4, num_classes=10),
+}
+
+
+def _bundle(name: str) -> ModelBundle:
+    torch.manual_seed(0)
+    model = VisionTransformer(**GEOMETRIES[name]).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    channels = GEOMETRIES[name].get("in_chans", 3)
+    size = GEOMETRIES[name]["img_size"]
+    config = PreprocessConfig((channels, size, size), (0.5,) * channels, (0.5,) * channels)
+    return ModelBundle(name, model, [str(i) for i in range(GEOMETRIES[name]["num_classes"])], config,
+                       site_for_model(model), 1e-4)
+
+
+def _images(bundle: ModelBundle, count: int) -> torch.Tensor:
+    return torch.randn(count, *bundle.preprocessing.input_size, generator=torch.Generator().manual_seed(1))
+
+
+def _timed(fn, repeats: int) -> float:
+    fn()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - started) / repeats
+
+
+def bench_edit(bundle: ModelBundle, steps: int, repeats: int) -> dict:
+    """Seconds per edit of ``steps`` steps: cached vs the two naive variants."""
+    image = _images(bundle, 1)
+    label = torch.tensor([1])
+    binary = topk_mask(torch.rand(bundle.site.mask_shape), 0.1)
+    config = EditConfig(lr=1e-12, max_steps=steps, loss_stop=-1.0)
+
+    def cached() -> None:
+        tokens = cached_prefix(bundle.model, image, bundle.site.start)
+        masked_fine_tune(bundle.model, bundle.site, tokens, label, binary, config)
+
+    def naive(full_backward: bool) -> None:
+        model = copy.deepcopy(bundle.model)
+        params = [bundle.site.linear(model, layer).weight for layer in bundle.site.layers]
+        if full_backward:
+            model.requires_grad_(True)
+        for param in params:
+            param.requires_grad_(True)
+        optimizer = torch.optim.RMSprop(params, lr=1e-12)
+        masks = [binary[row].view(-1, 1) if layer.axis == 0 else binary[row].view(1, -1)
+                 for row, layer in enumerate(bundle.site.layers)]
+        for _ in range(steps):
+            loss = F.cross_entropy(model(image), label)
+            optimizer.zero_grad()
+            loss.backward()
+            for param, mask in zip(params, masks):
+                param.grad.mul_(mask)
+            optimizer.step()
+
+    cached_s = _timed(cached, repeats)
+    frozen_s = _timed(lambda: naive(False), repeats)
+    full_s = _timed(lambda: naive(True), repeats)
+    return {"steps": steps, "cached_s": cached_s, "naive_frozen_prefix_s": frozen_s, "naive_full_backward_s": full_s,
+            "ratio_vs_full_backward": full_s / cached_s, "ratio_vs_frozen_prefix": frozen_s / cached_s}
+
+
+def bench_meta(bundle: ModelBundle, batch: int, repeats: int, search: MaskSearchConfig) -> dict:
+    """Episodes per second: vectorised on the prefix cache vs one at a time with full forwards."""
+    config = MetaTrainConfig(batch_size=batch, search=search)
+    images, donors = _images(bundle, batch), _images(bundle, batch).flip(0)
+
+    def vectorised() -> None:
+        episode_batch(bundle, images, donors, config, torch.Generator().manual_seed(0))
+
+    def one_at_a_time() -> None:
+        for i in range(batch):
+            _single_episode_full_forward(bundle, images[i : i + 1], donors[i : i + 1], config)
+
+    fast = _timed(vectorised, repeats)
+    slow = _timed(one_at_a_time, repeats)
+    return {"batch": batch, "episodes_per_s_vectorised": batch / fast, "episodes_per_s_sequential": batch / slow,
+            "ratio": slow / fast, "search": search.to_dict()}
+
+
+def _single_episode_full_forward(bundle: ModelBundle, image: torch.Tensor, donor: torch.Tensor, config: MetaTrainConfig) -> None:
+    """The naive episode: no prefix cache, every inner and outer pass runs the whole model."""
+    model = bundle.model
+    mixed = cutmix(image, donor, patch_size(model), config.cutmix, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        target = model(image)
+    loss_fn = distillation_kl(target, config.search.temperature)
+    optimise_aux_masks(model, bundle.site, mixed, loss_fn, 1, config.search, torch.Generator().manual_seed(0), forward=model)
+
+
+def bench_locality(bundle: ModelBundle, count: int, repeats: int) -> dict:
+    """Seconds to re-evaluate a locality set: cached suffix vs full forwards."""
+    images = _images(bundle, count)
+    cache = PrefixCache(bundle, images)
+
+    @torch.no_grad()
+    def full() -> None:
+        for i in range(0, count, 256):
+            bundle.model(images[i : i + 256]).argmax(-1)
+
+    cached_s = _timed(lambda: cache.predictions(()), repeats)
+    full_s = _timed(full, repeats)
+    return {"images": count, "cached_s": cached_s, "full_s": full_s, "ratio": full_s / cached_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    args = parser.parse_args()
+    repeats = 1 if args.quick else 3
+    vitb, fashion = _bundle("vit_base_patch16_224"), _bundle("fashion")
+    results = {
+        "torch_threads": torch.get_num_threads(),
+        "edit_vit_base": bench_edit(vitb, steps=5 if args.quick else 10, repeats=repeats),
+        "edit_fashion": bench_edit(fashion, steps=20, repeats=repeats),
+        "meta_fashion": bench_meta(fashion, batch=8, repeats=repeats, search=MaskSearchConfig()),
+        "meta_vit_base": bench_meta(vitb, batch=4, repeats=1, search=MaskSearchConfig(outer_steps=1, inner_steps=1)),
+        "locality_vit_base": bench_locality(vitb, count=64 if args.quick else 128, repeats=repeats),
+        "locality_fashion": bench_locality(fashion, count=2000, repeats=repeats),
+    }
+    for name, row in results.items():
+        if isinstance(row, dict):
+            ratios = {k: round(v, 2) for k, v in row.items() if "ratio" in k}
+            print(f"{name:20s} {ratios}")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from w2e.cli import main
+
+
+@pytest.fixture
+def image_file(tmp_path: Path) -> Path:
+    path = tmp_path / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def _run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_predict_json(tiny_dir, image_file, capsys):
+    code, out, _ = _run(capsys, "predict", image_file, "--model", tiny_dir, "--json", "--top", "3")
+    assert code == 0
+    top = json.loads(out)["top"]
+    assert len(top) == 3 and abs(sum(t["probability"] for t in top)) <= 1.0 + 1e-6
+
+
+def test_edit_json_contract(tiny_dir, image_file, tmp_path, capsys):
+    save = tmp_path / "edit.safetensors"
+    code, out, _ = _run(capsys, "edit", image_file, "--model", tiny_dir, "--label", "cherry", "--rho", "0.5",
+                        "--no-hypernetwork", "--lr", "0.01", "--save", save, "--json")
+    payload = json.loads(out)
+    for key in ("success", "steps", "seconds", "label", "pred_before", "pred_after", "density", "locality_rate"):
+        assert key in payload
+    assert payload["label"] == "cherry" and payload["locality_rate"] is None
+    assert code == (0 if payload["success"] else 1)
+    assert save.is_file()
+
+
+def test_label_by_index_and_mask(tiny_dir, image_file, capsys):
+    code, out, _ = _run(capsys, "mask", image_file, "--model", tiny_dir, "--label", "2", "--rho", "0.25", "--json")
+    assert code == 0
+    payload = json.loads(out)
+    assert payload["mask_source"] == "test-time search"
+    assert sum(layer["selected"] for layer in payload["layers"]) == round(0.25 * np.prod(payload["mask_shape"]))
+
+
+def test_unknown_label_exits_2_with_suggestion(tiny_dir, image_file, capsys):
+    code, _, err = _run(capsys, "edit", image_file, "--model", tiny_dir, "--label", "banan")
+    assert code == 2 and "banana" in err
+
+
+@pytest.mark.parametrize("kind", ["text", "truncated", "huge", "empty"])
+def test_bad_images_exit_2_with_one_line(tiny_dir, tmp_path, image_file, capsys, kind):
+    path = tmp_path / f"bad-{kind}.png"
+    if kind == "text":
+        path.write_text("this is not an image")
+    elif kind == "truncated":
+        path.write_bytes(image_file.read_bytes()[:60])
+    elif kind == "huge":
+        path.write_bytes(_png_header(60000, 60000))
+    else:
+        path.write_bytes(b"")
+    code, _, err = _run(capsys, "predict", path, "--model", tiny_dir)
+    assert code == 2
+    assert err.startswith("w2e: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_missing_or_corrupt_checkpoint_names_the_file(tiny_dir, image_file, capsys):
+    weights = tiny_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    code, _, err = _run(capsys, "predict", image_file, "--model", tiny_dir)
+    assert code == 2 and "model.safetensors" in err
+    weights.unlink()
+    code, _, err = _run(capsys, "predict", image_file, "--model", tiny_dir)
+    assert code == 2 and "missing" in err and "model.safetensors" in err
+
+
+def test_unknown_model_is_a_clear_error(image_file, capsys):
+    code, _, err = _run(capsys, "predict", image_file, "--model", "no-such-model-anywhere")
+    assert code == 2 and "unknown model" in err
+
+
+def _png_header(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b"")

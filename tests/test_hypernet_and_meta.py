@@ -1,0 +1,98 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import tiny_model, write_model_dir
+from w2e.data import TensorSource
+from w2e.editor import Editor
+from w2e.hypernet import HypernetworkMismatchError, load_hypernetwork, new_hypernetwork
+from w2e.mask_search import MaskSearchConfig, search_mask
+from w2e.meta import LOG_FILE, MetaTrainConfig, meta_train
+from w2e.models import load_local_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_hypernetwork_output_shape_and_round_trip(tiny_bundle, tmp_path):
+    hyper = new_hypernetwork(tiny_bundle.site, tiny_bundle.name, tiny_bundle.sha256, depth=1)
+    features = torch.randn(3, tiny_bundle.site.feature_dim)
+    mask = hyper.mask(features).detach()
+    assert mask.shape == (3, *tiny_bundle.site.mask_shape)
+    assert float(mask.min()) >= 0 and float(mask.max()) <= 1
+    hyper.save(tmp_path / "h.safetensors")
+    loaded = load_hypernetwork(tmp_path / "h.safetensors", tiny_bundle.site, tiny_bundle.sha256)
+    assert torch.equal(loaded.mask(features), hyper.eval().mask(features))
+
+
+def test_hypernetwork_refuses_another_base_model(tiny_bundle, tmp_path):
+    hyper = new_hypernetwork(tiny_bundle.site, tiny_bundle.name, tiny_bundle.sha256, depth=1)
+    hyper.save(tmp_path / "h.safetensors")
+    other = load_local_model(write_model_dir(tmp_path / "other", tiny_model(seed=1)))
+    with pytest.raises(HypernetworkMismatchError, match="trained for base model"):
+        load_hypernetwork(tmp_path / "h.safetensors", other.site, other.sha256)
+    with pytest.raises(HypernetworkMismatchError, match="edit site"):
+        from w2e.site import site_for_model
+
+        load_hypernetwork(tmp_path / "h.safetensors", site_for_model(tiny_bundle.model, [1, 2]), tiny_bundle.sha256)
+
+
+def test_meta_training_fits_and_resumes(tiny_bundle, tmp_path):
+    source = TensorSource(torch.randn(32, 3, 16, 16))
+    config = MetaTrainConfig(iterations=12, batch_size=4, hyper_lr=1e-3, hyper_depth=1, checkpoint_every=6,
+                             search=MaskSearchConfig(outer_steps=3, inner_steps=2, inner_lr=0.5))
+    meta_train(tiny_bundle, source, tmp_path, config, show_progress=False)
+    log = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert [entry["iteration"] for entry in log] == list(range(1, 13))
+    first, last = log[0]["fit_loss"], log[-1]["fit_loss"]
+    assert last < first, f"hypernetwork fit loss did not fall: {first} -> {last}"
+    longer = MetaTrainConfig(**{**config.__dict__, "iterations": 15})
+    meta_train(tiny_bundle, source, tmp_path, longer, show_progress=False)
+    log = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert [entry["iteration"] for entry in log] == list(range(1, 16))
+    editor = Editor(tiny_bundle, load_hypernetwork(tmp_path / "hypernet.safetensors", tiny_bundle.site, tiny_bundle.sha256))
+    assert editor.mask_source == "hypernetwork"
+    assert editor.continuous_mask(torch.randn(1, 3, 16, 16)).shape == tiny_bundle.site.mask_shape
+
+
+def test_test_time_mask_search_gives_a_usable_mask(tiny_bundle):
+    image = torch.randn(1, 3, 16, 16)
+    mask = search_mask(tiny_bundle.model, tiny_bundle.site, image, 2, MaskSearchConfig(outer_steps=3, inner_steps=2))
+    assert mask.shape == tiny_bundle.site.mask_shape
+    assert 0 <= float(mask.min()) and float(mask.max()) <= 1
+    editor = Editor(tiny_bundle)
+    assert editor.mask_source == "test-time search"
+    edit = editor.edit(image, 2, rho=0.3)
+    assert edit.info["mask_source"] == "test-time search"
+
+
+@pytest.mark.slow
+def test_ddp_meta_training_with_two_gloo_processes(tiny_dir, tmp_path):
+    script = tmp_path / "ddp_job.py"
+    script.write_text(
+        "import torch, sys\n"
+        "from w2e.meta import init_distributed_from_env, meta_train, MetaTrainConfig\n"
+        "from w2e.mask_search import MaskSearchConfig\n"
+        "from w2e.data import TensorSource\n"
+        "from w2e.models import load_local_model\n"
+        "torch.set_num_threads(1)\n"
+        "assert init_distributed_from_env()\n"
+        "bundle = load_local_model(sys.argv[1])\n"
+        "source = TensorSource(torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(0)))\n"
+        "config = MetaTrainConfig(iterations=3, batch_size=2, hyper_depth=1, checkpoint_every=3,\n"
+        "                         search=MaskSearchConfig(outer_steps=2, inner_steps=1))\n"
+        "meta_train(bundle, source, sys.argv[2], config, show_progress=False)\n"
+        "import torch.distributed as dist\n"
+        "dist.destroy_process_group()\n"
+    )
+    out = tmp_path / "ddp_out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
+                             str(script), str(tiny_dir), str(out)], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (out / "hypernet.safetensors").is_file()
+    assert len((out / LOG_FILE).read_text().splitlines()) == 3
