@@ -1,0 +1,185 @@
+"""``w2e world build fashion``: build, ship and check the bundled fashion world."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..benchmark_data import load_benchmark
+from ..data import TensorSource
+from ..mask_search import MaskSearchConfig
+from ..meta import LOG_FILE, MetaTrainConfig, meta_train
+from ..models import ModelBundle, file_sha256, load_local_model, project_root
+from ..preprocess import normalise_array
+from .fashion_benchmark import BenchmarkConfig, stage_benchmark
+from .fashion_data import FASHION_CLASSES, FASHION_SUPERCLASSES, load_fashion_split
+from .fashion_models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS
+from .fashion_stages import (BASE_RECIPE, STRONGER_RECIPE, in_distribution_test_indices, left_out_indices,
+                             stage_subpopulations, stage_train_base, stage_train_stronger)
+from .subpopulations import SubpopulationConfig
+from .training import evaluate_accuracy
+
+WORLD = "fashion"
+#: Edit learning rate for the fashion ViT (RMSProp; the paper's 2e-5 is for ViT-B/16).
+FASHION_EDIT_LR = 1e-3
+#: Meta-training of the bundled hypernetwork, scaled to what a 2-core CPU does in ~30 min.
+FASHION_META = MetaTrainConfig(iterations=600, batch_size=8, hyper_lr=1e-3, checkpoint_every=50,
+                               search=MaskSearchConfig(inner_lr=0.1))
+
+
+def world_paths(root: Path | None = None) -> dict[str, Path]:
+    """Where the world's build work and shipped files live."""
+    root = root or project_root()
+    return {"work": root / ".build" / WORLD, "checkpoints": root / "checkpoints" / WORLD, "assets": root / "assets" / WORLD}
+
+
+def _manifest(figures: dict, hypernet: bool, meta_config: MetaTrainConfig) -> dict:
+    return {
+        "format": "w2e.model/1",
+        "name": WORLD,
+        "description": "Fashion-MNIST ViT with held-out subpopulations, its editing benchmark and hypernetwork",
+        "architecture": {"family": "vit", "kwargs": BASE_VIT_KWARGS},
+        "weights": "base.safetensors",
+        "class_names": list(FASHION_CLASSES),
+        "class_hierarchy": FASHION_SUPERCLASSES,
+        "preprocessing": {"input_size": [1, 28, 28], "mean": [FASHION_MEAN], "std": [FASHION_STD],
+                          "interpolation": "bilinear", "crop_pct": 1.0,
+                          "photo": {"fit_object": True, "invert_light_background": True}},
+        "edit": {"lr": FASHION_EDIT_LR, "site_blocks": [7, 8, 9]},
+        "hypernetwork": "hypernet.safetensors" if hypernet else None,
+        "benchmark": "../../assets/fashion/benchmark.safetensors",
+        "subpopulations": "subpopulations.json",
+        "stronger": {"architecture": {"family": "small_cnn", "kwargs": STRONGER_CNN_KWARGS}, "weights": "stronger.safetensors"},
+        "recipes": {"base": asdict(BASE_RECIPE), "stronger": asdict(STRONGER_RECIPE),
+                    "subpopulations": asdict(SubpopulationConfig()), "benchmark": asdict(BenchmarkConfig()),
+                    "meta_training": meta_config.to_dict()},
+        "figures": figures,
+    }
+
+
+def _shipped_files(paths: dict[str, Path], manifest: dict) -> list[Path]:
+    ckpt, assets = paths["checkpoints"], paths["assets"]
+    files = [ckpt / "base.safetensors", ckpt / "stronger.safetensors", ckpt / "subpopulations.json",
+             assets / "benchmark.safetensors"]
+    if manifest.get("hypernetwork"):
+        files += [ckpt / "hypernet.safetensors", ckpt / "hypernet.json", ckpt / LOG_FILE]
+    files += sorted((assets / "examples").glob("*.png"))
+    return files
+
+
+def _write_manifest(paths: dict[str, Path], manifest: dict) -> None:
+    ckpt = paths["checkpoints"]
+    manifest["files"] = {str(Path(_relative(p, ckpt))): file_sha256(p) for p in _shipped_files(paths, manifest)}
+    (ckpt / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def _relative(path: Path, start: Path) -> str:
+    import os
+
+    return os.path.relpath(path, start)
+
+
+def meta_training_source(bundle: ModelBundle) -> TensorSource:
+    """The base model's own training images (held-out subpopulations excluded), preprocessed."""
+    subpops_path = bundle.resolve_path("subpopulations")
+    if subpops_path is None or not subpops_path.is_file():
+        raise FileNotFoundError(f"model {bundle.name!r} has no subpopulations.json; is it the fashion world?")
+    subpops = json.loads(subpops_path.read_text())
+    train = load_fashion_split("train")
+    keep = np.setdiff1d(np.arange(len(train.labels)), left_out_indices(subpops))
+    return TensorSource(normalise_array(train.images[keep], bundle.preprocessing))
+
+
+def build_fashion_world(check: bool = False, root: Path | None = None, meta_config: MetaTrainConfig = FASHION_META) -> dict:
+    """Run every stage (each resumes from ``.build/fashion``) and ship the outputs; or check them."""
+    paths = world_paths(root)
+    if check:
+        return check_fashion_world(paths)
+    work, ckpt, assets = paths["work"], paths["checkpoints"], paths["assets"]
+    ckpt.mkdir(parents=True, exist_ok=True)
+    assets.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn):
+        started = time.time()
+        result = fn()
+        timings[name] = round(time.time() - started, 1)
+        return result
+
+    subpops = timed("subpopulations", lambda: stage_subpopulations(work))
+    base_path = timed("train_base", lambda: stage_train_base(work))
+    stronger_path = timed("train_stronger", lambda: stage_train_stronger(work))
+    figures = timed("benchmark", lambda: stage_benchmark(work, assets))
+    shutil.copyfile(base_path, ckpt / "base.safetensors")
+    shutil.copyfile(stronger_path, ckpt / "stronger.safetensors")
+    (ckpt / "subpopulations.json").write_text(json.dumps(subpops))
+    figures["train_logs"] = {name: json.loads((work / name / "train_log.json").read_text()) for name in ("base", "stronger")}
+    figures["subpopulations"] = [{"class": s["class_name"], "train_members": len(s["train_members"]),
+                                  "left_out": len(s["left_out"]), "test_members": len(s["test_members"])}
+                                 for s in subpops["subpopulations"]]
+    manifest = _manifest(figures, hypernet=False, meta_config=meta_config)
+    _write_manifest(paths, manifest)
+    bundle = load_local_model(ckpt)
+    hyper = timed("meta_train", lambda: meta_train(bundle, meta_training_source(bundle), work / "meta", meta_config))
+    shutil.copyfile(hyper, ckpt / "hypernet.safetensors")
+    shutil.copyfile(hyper.with_suffix(".json"), ckpt / "hypernet.json")
+    shutil.copyfile(work / "meta" / LOG_FILE, ckpt / LOG_FILE)
+    figures["build_seconds"] = timings
+    manifest = _manifest(figures, hypernet=True, meta_config=meta_config)
+    _write_manifest(paths, manifest)
+    print(json.dumps({k: v for k, v in figures.items() if k != "train_logs"}, indent=1))
+    return manifest
+
+
+def check_fashion_world(paths: dict[str, Path]) -> dict:
+    """Verify shipped files against the manifest and recompute the cheap figures.
+
+    Raises ``RuntimeError`` listing every mismatch.
+    """
+    ckpt = paths["checkpoints"]
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    problems = []
+    for name, digest in manifest["files"].items():
+        path = (ckpt / name).resolve()
+        if not path.is_file():
+            problems.append(f"missing: {path}")
+        elif file_sha256(path) != digest:
+            problems.append(f"sha256 mismatch: {path}")
+    subpops = json.loads((ckpt / "subpopulations.json").read_text())
+    rebuilt = stage_subpopulations_fresh()
+    if [s["left_out"] for s in rebuilt["subpopulations"]] != [s["left_out"] for s in subpops["subpopulations"]]:
+        problems.append("held-out subpopulation indices do not rebuild identically")
+    bundle = load_local_model(ckpt)
+    test = load_fashion_split("test")
+    inside = in_distribution_test_indices(subpops)
+    accuracy = evaluate_accuracy(bundle.model, normalise_array(test.images[inside], bundle.preprocessing),
+                                 torch.from_numpy(test.labels[inside]))
+    recorded = manifest["figures"]["accuracy"]["base_in_distribution_test"]
+    if abs(accuracy - recorded) > 1e-4:
+        problems.append(f"base in-distribution accuracy {accuracy:.4f} != manifest {recorded:.4f}")
+    bench = load_benchmark(bundle.benchmark_path)
+    groups = bench.groups >= 0
+    with torch.no_grad():
+        preds = bundle.model(normalise_array(bench.images[groups], bundle.preprocessing)).argmax(-1).numpy()
+    wrong = int((preds != bench.labels[groups]).sum())
+    if wrong != int(groups.sum()):
+        problems.append(f"{int(groups.sum()) - wrong} editing samples are classified correctly by the base model")
+    if problems:
+        raise RuntimeError("fashion world check failed:\n  " + "\n  ".join(problems))
+    summary = {"files_checked": len(manifest["files"]), "base_in_distribution_accuracy": accuracy,
+               "editing_samples_misclassified": wrong, "status": "ok"}
+    print(json.dumps(summary, indent=1))
+    return summary
+
+
+def stage_subpopulations_fresh() -> dict:
+    """Recompute the held-out subpopulations from the data (no cache)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return stage_subpopulations(Path(tmp))
