@@ -183,7 +183,8 @@ def test_photo_sixteen_bit_matches_eight_bit() -> None:
     eight = np.asarray(photo("L"))
     sixteen = Image.fromarray(eight.astype(np.uint16) * 257)
     assert sixteen.mode.startswith("I;16")
-    np.testing.assert_array_equal(np.asarray(fit_photo_to_frame(sixteen, 28)), np.asarray(fit_photo_to_frame(photo("L"), 28)))
+    expected = np.asarray(fit_photo_to_frame(photo("L"), 28))
+    np.testing.assert_array_equal(np.asarray(fit_photo_to_frame(sixteen, 28)), expected)
 
 
 @needs_fashion

@@ -5,11 +5,10 @@ to the corner colour, resize the longest edge to the frame, sharpen, pad the sho
 centred, negate, 8-bit grey. :func:`fit_photo_to_frame` follows the same steps for phone
 photos, with three adjustments for them: trimming looks at a slightly blurred copy, takes the
 background colour as the median of its border (not a single corner) and widens the tolerance
-with the border's noise; the background
-is inverted only when it is light (a garment shot on a dark background is already "light on
-black"); and the background level is stretched to black, since phone backgrounds are grey
-rather than white. Large photos are reduced with a Lanczos filter rather than by skipping
-pixels, which would alias.
+with the border's noise; the background is inverted only when it is light (a garment shot
+on a dark background is already "light on black"); and the background level is stretched to
+black, since phone backgrounds are grey rather than white. Large photos are reduced with a
+Lanczos filter rather than by skipping pixels, which would alias.
 """
 from __future__ import annotations
 
@@ -75,13 +74,13 @@ def fit_photo_to_frame(image: Image.Image, size: int, invert_light_background: b
     """Fit the garment in ``image`` into a ``size`` x ``size`` Fashion-MNIST-style 'L' image.
 
     Steps: grey levels (any mode: RGBA, CMYK, palette, 16-bit, float); background = median of
-    the border pixels of a lightly blurred copy; if it is light (> 127) and ``invert_light_background``, negate so the
-    garment is light on dark; trim to the bounding box of pixels further than 5% of the range
-    (or three robust standard deviations of the border, if larger) from the background in
-    the blurred copy;
-    stretch a dark background level to black; resize the longest edge to ``size``; sharpen;
-    pad the short edge centred with the background (black, or the original light colour when
-    a light background is kept). A uniform image has no object and is only resized.
+    the border of a lightly blurred copy; trim to the bounding box of the pixels of that copy
+    further than 5% of the range (or three robust standard deviations of the border, if
+    larger) from the background; if the background is light (> 127) and
+    ``invert_light_background``, negate so the garment is light on dark; stretch a dark
+    background level to black; resize the longest edge to ``size``; sharpen; pad the short
+    edge centred with the background (black, or the light colour when a light background is
+    kept). A uniform image has no object and is only resized.
     """
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
@@ -93,7 +92,7 @@ def fit_photo_to_frame(image: Image.Image, size: int, invert_light_background: b
     noise = 1.4826 * float(np.median(np.abs(border - background)))
     box = _object_box(smooth, background, max(TRIM_TOLERANCE, 3.0 * noise), radius)
     if box is None:
-        flat = Image.fromarray(np.clip(gray, 0, 255).round().astype(np.uint8), mode="L")
+        flat = Image.fromarray(np.clip(gray, 0, 255).round().astype(np.uint8))
         return flat.resize((size, size), Image.Resampling.LANCZOS)
     if invert_light_background and background > 127.0:
         gray, background = 255.0 - gray, 255.0 - background
@@ -104,7 +103,7 @@ def fit_photo_to_frame(image: Image.Image, size: int, invert_light_background: b
         crop = (crop - background) * (255.0 / max(255.0 - background, 1.0))
     else:
         fill = round(background)
-    garment = Image.fromarray(np.clip(crop, 0, 255).round().astype(np.uint8), mode="L")
+    garment = Image.fromarray(np.clip(crop, 0, 255).round().astype(np.uint8))
     width, height = garment.size
     scale = size / max(width, height)
     new_size = (max(1, min(size, round(width * scale))), max(1, min(size, round(height * scale))))

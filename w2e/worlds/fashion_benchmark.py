@@ -185,7 +185,11 @@ def _identity(source: np.ndarray, shift: np.ndarray, index: np.ndarray) -> np.nd
 
 
 def _natural_blocks(
-    test: FashionSplit, train: FashionSplit, left_out: np.ndarray, predictions: dict[str, np.ndarray], config: BenchmarkConfig
+    test: FashionSplit,
+    train: FashionSplit,
+    left_out: np.ndarray,
+    predictions: dict[str, np.ndarray],
+    config: BenchmarkConfig,
 ) -> tuple[list[_Block], list[str], dict[str, int], dict]:
     """MAD groups over the pool of test images followed by left-out training images."""
     images = np.concatenate([test.images, train.images[left_out]])
@@ -200,17 +204,20 @@ def _natural_blocks(
         min_group_size=config.mad_min_group_size,
         budget=config.mad_budget,
     )
-    blocks = [
-        _Block(images[g.pool_indices], labels[g.pool_indices], number, source[g.pool_indices],
-               index[g.pool_indices], np.full(len(g.pool_indices), -1, np.int64))
-        for number, g in enumerate(mad.groups)
-    ]
+    blocks = []
+    for number, group in enumerate(mad.groups):
+        members = group.pool_indices
+        no_shift = np.full(len(members), -1, np.int64)
+        blocks.append(_Block(images[members], labels[members], number, source[members], index[members], no_shift))
     stats = {"pool_size": len(labels), "picked": len(mad.selected), "verified": len(mad.verified)}
     return blocks, [g.name for g in mad.groups], mad.discarded_groups, stats
 
 
 def _shift_blocks(
-    test: FashionSplit, rendered: dict[str, np.ndarray], predictions: dict[str, np.ndarray], first_group: int,
+    test: FashionSplit,
+    rendered: dict[str, np.ndarray],
+    predictions: dict[str, np.ndarray],
+    first_group: int,
     config: BenchmarkConfig,
 ) -> tuple[list[_Block], list[str], list[str], dict[str, int]]:
     """One group per shift: rendered test images the base model gets wrong (capped, seeded)."""
@@ -227,16 +234,23 @@ def _shift_blocks(
         if len(wrong) < config.shift_min_group_size:
             discarded[name] = len(wrong)
             continue
-        blocks.append(_Block(rendered[shift_name][wrong], test.labels[wrong], first_group + len(blocks),
-                             np.full(len(wrong), 2, np.int64), wrong.astype(np.int64), np.full(len(wrong), code, np.int64)))
+        source = np.full(len(wrong), 2, np.int64)
+        shift = np.full(len(wrong), code, np.int64)
+        group = first_group + len(blocks)
+        images = rendered[shift_name][wrong]
+        blocks.append(_Block(images, test.labels[wrong], group, source, wrong.astype(np.int64), shift))
         names.append(name)
         kinds.append(kind)
     return blocks, names, kinds, discarded
 
 
 def _locality_block(
-    test: FashionSplit, rendered: dict[str, np.ndarray], in_distribution: np.ndarray,
-    predictions: dict[str, np.ndarray], benchmark: list[_Block], config: BenchmarkConfig,
+    test: FashionSplit,
+    rendered: dict[str, np.ndarray],
+    in_distribution: np.ndarray,
+    predictions: dict[str, np.ndarray],
+    benchmark: list[_Block],
+    config: BenchmarkConfig,
 ) -> tuple[_Block, float]:
     """Near-boundary in-distribution test images and their shifted renderings, minus group images."""
     n = len(in_distribution)
@@ -299,6 +313,7 @@ def assemble_benchmark(
         shift=np.concatenate([b.shift for b in blocks]),
         info=info,
     )
+    in_dist_accuracy = _accuracy(predictions["base.test"][in_distribution], test.labels[in_distribution])
     figures = {
         "groups": [
             {"name": name, "kind": kind, "size": len(block.labels), "classes": _class_counts(block.labels)}
@@ -315,7 +330,7 @@ def assemble_benchmark(
             },
         },
         "accuracy": {
-            "base_in_distribution_test": _accuracy(predictions["base.test"][in_distribution], test.labels[in_distribution]),
+            "base_in_distribution_test": in_dist_accuracy,
             "base_test": _accuracy(predictions["base.test"], test.labels),
             "base_left_out_train": _accuracy(predictions["base.left_out"], train.labels[left_out]),
             "stronger_test": _accuracy(predictions["stronger.test"], test.labels),
@@ -369,7 +384,7 @@ def write_examples(data: BenchmarkData, out_dir: Path, count: int, scale: int) -
             row = indices[rank]
             label = data.info["class_names"][int(data.labels[row])]
             path = out_dir / f"{data.info['group_names'][group]}__{label}__{rank}.png"
-            image = Image.fromarray(data.images[row], mode="L")
+            image = Image.fromarray(data.images[row])
             image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST).save(path)
             written.append(path)
         rank += 1

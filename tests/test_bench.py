@@ -1,0 +1,315 @@
+"""The editing benchmark (w2e.bench): metrics, every method's reversibility and knob, resume, CLI."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.numpy import save_file
+
+from tests.conftest import tiny_model, write_model_dir
+from w2e.bench import BenchOptions, run_bench
+from w2e.bench.ablations import EnsembleMethod, mask_specificity
+from w2e.bench.data import BenchContext, EvalLimits, load_any_benchmark, load_image_folder
+from w2e.bench.hooks import has_hooks
+from w2e.bench.methods import Resources, registry
+from w2e.bench.metrics import (group_generalization, iou_matrix, locality_rate, pareto_front, success_rate,
+                               summarise_records)
+from w2e.bench.pgd import PGDConfig, pgd_pseudo_samples
+from w2e.bench.records import RecordStore
+from w2e.data import TensorSource
+from w2e.hypernet import new_hypernetwork
+from w2e.models import load_local_model
+from w2e.preprocess import normalise_array
+
+GROUP_NAMES = ["apple-banana", "cherry-damson", "style"]
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics on hand-made cases
+# ---------------------------------------------------------------------------------------------
+def test_group_generalization_has_no_minus_one_bias():
+    # 4 images, every edit fixes every image of the group: GR must be 1, not (4 - 1) / 4.
+    assert group_generalization(np.ones((4, 4), bool), [0, 1, 2, 3]) == 1.0
+    # Edit from image 0 fixes only itself and image 1: 1 of the 3 others.
+    correct = np.array([[1, 1, 0, 0]], bool)
+    assert group_generalization(correct, [0]) == pytest.approx(1 / 3)
+    # The editing sample's own column is what is excluded, wherever it is.
+    correct = np.array([[0, 1, 1, 0], [1, 1, 1, 1]], bool)
+    assert group_generalization(correct, [3, 0]) == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_success_and_locality_rates():
+    assert success_rate([1, 2, 3, 4], [1, 2, 0, 0]) == 0.5
+    assert locality_rate([0, 1, 2, 3], [0, 1, 2, 0]) == 0.75
+    assert locality_rate([0, 1], np.array([[0, 1], [1, 1]])) == 0.75  # mean over edits
+
+
+def test_summary_averages_gr_over_groups_not_edits():
+    def rec(group, gr, lr, sr=1):
+        return {"method": "m", "knob": "rho", "value": 0.1, "group": group, "sr_correct": sr, "sr_total": 1,
+                "gr_correct": gr[0], "gr_total": gr[1], "lr_same": lr[0], "lr_total": lr[1], "seconds": 1.0, "steps": 3}
+
+    records = [rec(0, (1, 1), (10, 10)), rec(1, (0, 10), (5, 10), sr=0), rec(1, (5, 10), (0, 10))]
+    (row,) = summarise_records(records, ["a", "b"])
+    assert row["gr"] == pytest.approx((1.0 + 0.25) / 2)  # pooled over edits would be 6/21
+    assert row["lr"] == pytest.approx(0.5)
+    assert row["sr"] == pytest.approx(2 / 3)
+    assert row["gr_by_group"] == {"a": 1.0, "b": 0.25}
+    assert pareto_front([(0.5, 0.5), (0.6, 0.4), (0.4, 0.4)]) == [0, 1]
+
+
+def test_iou_matrix_within_and_across():
+    a = np.array([1, 1, 0, 0], bool)
+    b = np.array([1, 0, 0, 0], bool)
+    c = np.array([0, 0, 1, 1], bool)
+    matrix = iou_matrix([a, b, c], [0, 0, 1], 2)
+    assert matrix[0, 0] == pytest.approx(0.5)
+    assert np.isnan(matrix[1, 1])  # a single mask has no within-group pair
+    assert matrix[0, 1] == pytest.approx(0.0) and matrix[1, 0] == pytest.approx(0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# fixtures: a tiny random ViT and a fake benchmark file
+# ---------------------------------------------------------------------------------------------
+def write_fake_benchmark(path: Path, bundle, per_group: int = 6, locality: int = 16, seed: int = 0) -> Path:
+    """A BenchmarkData-compatible safetensors file: 3 groups (mostly base failures) + locality."""
+    rng = np.random.default_rng(seed)
+    n = per_group * len(GROUP_NAMES) + locality
+    images = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+    with torch.no_grad():
+        preds = bundle.model(normalise_array(images, bundle.preprocessing)).argmax(-1).numpy()
+    groups = np.concatenate([np.repeat(np.arange(len(GROUP_NAMES)), per_group), -np.ones(locality, np.int64)])
+    labels = np.where(groups >= 0, (preds + 1) % 5, preds)
+    labels[per_group] = preds[per_group]  # one image the base model already gets right
+    save_file({"images": images, "labels": labels.astype(np.int64), "groups": groups.astype(np.int64)}, str(path),
+              metadata={"info": json.dumps({"group_names": GROUP_NAMES})})
+    return path
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    bundle = load_local_model(write_model_dir(root / "tiny", tiny_model()))
+    bench = write_fake_benchmark(root / "bench.safetensors", bundle)
+    data = load_any_benchmark(bench, bundle.preprocessing)
+    torch.manual_seed(0)
+    hyper = new_hypernetwork(bundle.site, bundle.name, bundle.sha256, depth=1).eval()
+    source = TensorSource(torch.randn(48, 3, 16, 16))
+    ctx = BenchContext(bundle, data, EvalLimits(edits_per_group=1, max_group_eval=None, max_locality=None), seed=0)
+    return {"root": root, "bundle": bundle, "bench": bench, "data": data, "hyper": hyper, "source": source, "ctx": ctx}
+
+
+FAST = {"max_steps": 4, "loss_stop": -1.0}  # fixed step count: knob comparisons see the same schedule
+FAST_SETTINGS = {
+    "w2e": FAST, "search": {**FAST, "search": {"outer_steps": 2, "inner_steps": 1}, "num_pseudo": 3},
+    "ft": FAST, "ft-l1": FAST, "ft-l2": FAST, "random": FAST, "kn": {**FAST, "ig_steps": 4}, "spt": FAST,
+    "tpatcher": {**FAST, "memory_images": 8}, "rome": {**FAST, "covariance_images": 8}, "lora": {**FAST, "lr": 0.05},
+    "ke": {"iterations": 2, "batch_size": 4, "hidden": 16}, "mend": {"iterations": 2, "batch_size": 4, "rank": 8},
+}
+
+
+def _method(world, name, tmp_path, **extra):
+    resources = Resources(world["hyper"], world["source"], tmp_path, quick=True, seed=0, log=lambda _: None)
+    method = registry()[name](world["ctx"], resources, None, **{**FAST_SETTINGS[name], **extra})
+    method.prepare()
+    return method
+
+
+def _state(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("name", list(registry()))
+def test_every_method_edits_and_is_reversible(world, name, tmp_path):
+    bundle, ctx = world["bundle"], world["ctx"]
+    model = bundle.model
+    before = _state(model)
+    sample = ctx.samples[0]
+    x = ctx.sample_inputs(sample)
+    with torch.no_grad():
+        base_out = model(x)
+    method = _method(world, name, tmp_path)
+    value = method.values[-1]
+    edit = method.edit(sample, value)
+    counts = ctx.evaluate(edit, sample)
+    assert counts["sr_total"] == 1 and counts["lr_total"] == len(ctx.locality_rows)
+    assert counts["gr_total"] == len(ctx.eval_rows[sample.group]) - 1
+    with torch.no_grad(), edit.apply():
+        edited_out = model(x)
+    assert not torch.equal(edited_out, base_out), f"{name}: the edit has no effect"
+    # reversible: weights bit-identical, no hook left, outputs back to the base model's
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items()), f"{name} changed base weights"
+    assert not has_hooks(model)
+    with torch.no_grad():
+        assert torch.equal(model(x), base_out)
+    # an exception inside the edit's context also leaves the model clean
+    with pytest.raises(RuntimeError), edit.apply():
+        raise RuntimeError("boom")
+    assert not has_hooks(model)
+    with torch.no_grad():
+        assert torch.equal(model(x), base_out)
+
+
+@pytest.mark.parametrize("name", ["w2e", "random", "kn", "spt", "search"])
+def test_rho_sets_the_edited_density(world, name, tmp_path):
+    method = _method(world, name, tmp_path)
+    sample = world["ctx"].samples[0]
+    for rho in (0.5, 0.1):
+        edit = method.edit(sample, rho)
+        assert edit.density == pytest.approx(rho, abs=1 / np.prod(world["bundle"].site.mask_shape))
+
+
+def test_ft_edits_the_whole_site(world, tmp_path):
+    edit = _method(world, "ft", tmp_path).edit(world["ctx"].samples[0], 1.0)
+    assert edit.density == 1.0 and edit.level == world["bundle"].site.start
+
+
+@pytest.mark.parametrize("name", ["ft-l1", "ft-l2"])
+def test_penalty_shrinks_the_change(world, name, tmp_path):
+    method = _method(world, name, tmp_path, lr=1e-2)
+    sample = world["ctx"].samples[0]
+    weak, strong = method.edit(sample, 0.0), method.edit(sample, 1e3)
+    assert strong.info["delta_norm"] < weak.info["delta_norm"]
+
+
+def test_lora_rank_is_the_knob(world, tmp_path):
+    method = _method(world, "lora", tmp_path, max_steps=2)
+    sample = world["ctx"].samples[0]
+    model = world["bundle"].model
+    for rank in (1, 3):
+        edit = method.edit(sample, rank)
+        assert edit.level == 0
+        qkv = model.blocks[0].attn.qkv
+        with torch.no_grad(), edit.apply():
+            from w2e.overrides import _ACTIVE
+
+            weight = _ACTIVE.get()[id(qkv)]
+        delta = weight - qkv.weight
+        width = qkv.out_features // 3
+        assert int(torch.linalg.matrix_rank(delta[:width])) == rank
+        assert torch.count_nonzero(delta[width : 2 * width]) == 0  # keys untouched
+        assert int(torch.linalg.matrix_rank(delta[2 * width :])) == rank
+
+
+def test_rome_is_rank_one_on_the_last_fc2_and_tpatcher_adds_one_neuron(world, tmp_path):
+    depth = len(world["bundle"].model.blocks)
+    sample = world["ctx"].samples[0]
+    rome = _method(world, "rome", tmp_path).edit(sample, None)
+    assert rome.level == depth - 1
+    width = world["bundle"].site.feature_dim
+    assert rome.num_parameters == width * world["bundle"].site.hidden_size
+    tp = _method(world, "tpatcher", tmp_path).edit(sample, None)
+    assert tp.level == depth - 1 and tp.num_parameters == 2 * width + 2
+
+
+def test_ke_and_mend_edit_the_last_three_ffns(world, tmp_path):
+    depth = len(world["bundle"].model.blocks)
+    for name in ("ke", "mend"):
+        method = _method(world, name, tmp_path)
+        edit = method.edit(world["ctx"].samples[0], None)
+        assert edit.level == depth - 3 and edit.steps == 1
+        assert method.summary["settings"]["iterations"] == 2
+        # trained once, then loaded from the work folder
+        again = _method(world, name, tmp_path)
+        assert again.summary == method.summary
+
+
+def test_ensemble_and_mask_specificity(world, tmp_path):
+    ctx = world["ctx"]
+    resources = Resources(world["hyper"], None, tmp_path, quick=True, log=lambda _: None)
+    method = EnsembleMethod(ctx, resources, None, **FAST)
+    pairs = method.samples(2)
+    assert pairs and all(len(s.rows) == 2 and s.rows[0] != s.rows[1] for s in pairs)
+    edit = method.edit(pairs[0], 2)
+    counts = ctx.evaluate(edit, pairs[0])
+    assert counts["sr_total"] == 2 and counts["gr_total"] == len(ctx.eval_rows[pairs[0].group]) - 2
+    spec = mask_specificity(ctx, method)
+    assert len(spec["matrix"]) == len(GROUP_NAMES) and spec["rho"] == 0.05
+
+
+def test_pgd_stays_in_the_pixel_ball_and_raises_the_loss(world):
+    bundle = world["bundle"]
+    x = torch.randn(4, 3, 16, 16).clamp(-1, 1)  # mean 0.5 / std 0.5: valid pixels
+    with torch.no_grad():
+        labels = bundle.model(x).argmax(-1)
+    adv = pgd_pseudo_samples(bundle.model, x, labels, bundle.preprocessing, PGDConfig())
+    pixels, adv_pixels = x * 0.5 + 0.5, adv * 0.5 + 0.5
+    assert float((adv_pixels - pixels).abs().max()) <= 8 / 255 + 1e-6
+    assert float(adv_pixels.min()) >= -1e-6 and float(adv_pixels.max()) <= 1 + 1e-6
+    loss = lambda inp: torch.nn.functional.cross_entropy(bundle.model(inp), labels)  # noqa: E731
+    with torch.no_grad():
+        assert loss(adv) > loss(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# the runner: outputs and resume after an interruption
+# ---------------------------------------------------------------------------------------------
+def _run(world, out, **options):
+    opts = BenchOptions(methods=["ft", "random", "tpatcher"], quick=True, edits_per_group=2, ablations=("iou",),
+                        method_settings={"ft": FAST, "random": FAST, "tpatcher": FAST}, **options)
+    return run_bench(world["bundle"], world["data"], out, opts, world["hyper"], world["source"], progress=False,
+                     log=lambda _: None)
+
+
+def test_run_writes_outputs_and_resumes_after_a_kill(world, tmp_path):
+    first = _run(world, tmp_path / "a")
+    lines = (tmp_path / "a" / "edits.jsonl").read_text().splitlines()
+    n = len(lines)
+    assert n == sum(row["edits"] for row in first["summary"]) and n > 4
+    assert first["base_model_unchanged"] and first["iou"]["masks"] > 0
+    html = (tmp_path / "a" / "report.html").read_text()
+    assert "plotly" in html.lower() and len(html) > 1_000_000  # plotly.js inlined: works offline
+    # simulate a kill mid-run: some complete records and one half-written line
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "edits.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][: len(lines[3]) // 2])
+    store = RecordStore(tmp_path / "b" / "edits.jsonl")
+    assert store.dropped == 1 and len(store.records) == 3
+    second = _run(world, tmp_path / "b")
+    assert sum(m["new_edits"] for m in second["methods"].values()) == n - 3
+    assert len((tmp_path / "b" / "edits.jsonl").read_text().splitlines()) == n
+    timing = ("median_seconds",)
+    strip = lambda rows: [{k: v for k, v in row.items() if k not in timing} for row in rows]  # noqa: E731
+    assert strip(second["summary"]) == strip(first["summary"])  # resumed results equal an uninterrupted run
+    from w2e.bench.runner import reaggregate
+
+    assert reaggregate(tmp_path / "b") == second["summary"]
+    # a rerun has nothing left to do
+    third = _run(world, tmp_path / "b")
+    assert sum(m["new_edits"] for m in third["methods"].values()) == 0
+
+
+def test_image_folder_benchmark(world, tmp_path):
+    rng = np.random.default_rng(0)
+    for folder, count in (("2_cherry-apple", 3), ("0_apple-banana", 2), ("locality/any", 4)):
+        (tmp_path / folder).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / folder / f"{i}.png")
+    data = load_image_folder(tmp_path, world["bundle"].preprocessing)
+    assert data.group_names == ["apple-banana", "cherry-apple"]
+    assert data.images.shape == (9, 16, 16, 3) and data.images.dtype == np.uint8
+    assert data.labels[:5].tolist() == [0, 0, 2, 2, 2] and (data.groups == -1).sum() == 4
+
+
+def test_cli_parser_and_run(world, tmp_path, capsys):
+    from w2e.bench.cli import add_bench_parser
+
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench", "--model", str(world["root"] / "tiny"), "--benchmark", str(world["bench"]),
+                              "--methods", "ft,rome", "--quick", "--out", str(tmp_path / "out"), "--edits-per-group", "1",
+                              "--seed", "3", "--ablations", "none", "--train-data", "none", "--set", "ft.max_steps=3",
+                              "--set", "rome.max_steps=3", "--knob", "ft=1.0"])
+    args.func(args)
+    out = capsys.readouterr().out
+    assert "ft" in out and "rome" in out
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["protocol"]["seed"] == 3 and results["methods"]["ft"]["settings"]["max_steps"] == 3
+    assert results["methods"]["rome"]["settings"]["covariance"] is False
+    args = parser.parse_args(["bench", "--list"])
+    args.func(args)
+    assert "lora" in capsys.readouterr().out

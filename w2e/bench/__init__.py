@@ -1,0 +1,59 @@
+"""Editing benchmark: SR, GR, LR and GR-LR curves for every method of the paper (``w2e bench``).
+
+Protocol (METHOD.md sections 6-8)
+---------------------------------
+- Benchmark: failure groups plus a locality set, from a benchmark file
+  (:func:`w2e.benchmark_data.load_benchmark`: uint8 images at the model's input size, labels,
+  groups with -1 for the locality set, group names) or an image folder with one folder per
+  group named ``<class index>_<name>`` and a ``locality/`` folder, read with the model's own
+  preprocessing.
+- Editing samples: the images of each group the base model gets wrong, in a seeded order;
+  the first ``--edits-per-group`` of every group are edited. Every edit starts from the base
+  model (edits are never stacked), and no edit ever writes the shared base weights: edits
+  are per-thread weight overrides or thread-scoped hooks, and the runner checks after every
+  method that the base state dict is bit-identical and no hook is left.
+- SR: share of editing samples predicted right after their own edit.
+- GR: for one edit, the share of the *other* images of its group predicted right (N - 1
+  images, not the authors' biased (correct - 1)/N); mean over the group's edits, then over
+  groups.
+- LR: share of locality images whose prediction equals the base model's, mean over edits.
+- GR-LR curves: each method swept over its knob (w2e/search/random/KN/SPT: kept fraction rho
+  of the site; FT-L1/L2: penalty weight; LoRA: rank; FT, T-Patcher, ROME, KE, MEND: one
+  setting). Settings follow METHOD.md section 8, scaled to the model, and are recorded in
+  results.json with every method.
+
+Ablations: w2e with 1, 2 and 3 samples of a group (masks averaged by
+:func:`w2e.masks.ensemble`); mask specificity (IoU of rho = 0.05 masks within and across
+groups); hypernetworks meta-trained on CutMix vs PGD pseudo-samples (same short budget).
+
+Outputs in ``--out`` (default ``runs/bench-<model>``): ``edits.jsonl`` (one record per edit,
+flushed as soon as it is evaluated; rerunning the same command skips recorded edits, so an
+interrupted run resumes, and records can be re-aggregated with
+:func:`w2e.bench.metrics.summarise_records`), ``results.json``, and a self-contained
+``report.html`` (plotly.js inlined): GR-LR curves overall and per group, the SR table, the IoU
+heatmap, median seconds and steps per edit; a summary table is printed in the terminal.
+
+``--quick``: 1 editing sample per group, GR on at most 32 images of each group, LR on at
+most 128 locality images, 1-2 values of each knob (rho 0.25 and 0.05, FT-L1 1e-3, FT-L2 0.1,
+LoRA rank 8, ensembles of 1 and 3), and short meta-training (KE/MEND 60 iterations,
+CutMix/PGD hypernetworks 4). The full run: about 30 editing samples in all
+(``round(30 / groups)`` per group, between 1 and 5), GR on at most 200 images per group, LR
+on at most 400 locality images (seeded subsets; ``all`` lifts a cap), every knob value,
+KE/MEND 400 iterations, CutMix/PGD hypernetworks 50 iterations.
+
+Speed: tokens entering the first edited block are computed once for every image of the run
+and shared by all methods editing at or after that block; methods that edit later blocks
+(T-Patcher, ROME: last block; KE/MEND: last three) derive their cache from it; LoRA, which
+changes every MSA, runs batched full forwards from block 0's tokens. Evaluation of one edit
+is one batched pass over its group's images and the locality set.
+"""
+from .data import BenchContext, EditSample, EvalLimits, load_any_benchmark, load_image_folder
+from .metrics import group_generalization, iou_matrix, locality_rate, success_rate, summarise_records
+from .methods import BenchEdit, Method, Resources, registry
+from .runner import BenchOptions, run_bench
+
+__all__ = [
+    "BenchContext", "BenchEdit", "BenchOptions", "EditSample", "EvalLimits", "Method", "Resources",
+    "group_generalization", "iou_matrix", "load_any_benchmark", "load_image_folder", "locality_rate", "registry",
+    "run_bench", "success_rate", "summarise_records",
+]

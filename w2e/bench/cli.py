@@ -1,0 +1,236 @@
+"""``w2e bench`` (run the editing benchmark) and ``w2e bench-train`` (meta-train KE/MEND/ablation hypernets)."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from ..models import DEFAULT_MODEL
+
+EPILOG = """\
+methods (--methods, comma list; default: all of the paper's comparison plus the ablation variants):
+  w2e (rho)  search (rho)  ft  ft-l1 (penalty)  ft-l2 (penalty)  random (rho)  kn (rho)  spt (rho)
+  tpatcher  rome  lora (rank)  ke  mend   |  ablations: w2e-ensemble (samples)  w2e-cutmix (rho)  w2e-pgd (rho)
+--quick: 1 editing sample per group, GR on <= 32 images per group, LR on <= 128 locality images,
+  1-2 knob values per method, short meta-training (KE/MEND 60 iterations, CutMix/PGD hypernets 4).
+full (default): about 30 editing samples in all (round(30 / groups), 1..5 per group; 3 for 10
+  groups), GR on <= 200 images per group, LR on <= 400 locality images, every knob value,
+  KE/MEND 400 iterations, CutMix/PGD hypernets 50. 'all' lifts a cap (--edits-per-group all).
+Results: OUT/edits.jsonl (one record per edit; reruns resume), OUT/results.json, OUT/report.html.
+"""
+
+
+def _optional_int(text: str) -> int | None:
+    if text.lower() in ("all", "none"):
+        return None
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("give a positive number or 'all'")
+    return value
+
+
+def _site_blocks(text: str) -> list[int]:
+    try:
+        if ":" in text:
+            start, stop = text.split(":")
+            return list(range(int(start), int(stop)))
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--site-blocks {text!r}: use '7:10' or '7,8,9'") from None
+
+
+def _knob(text: str) -> tuple[str, tuple]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--knob {text!r}: use METHOD=v1,v2,...")
+    name, values = text.split("=", 1)
+    parsed = tuple(json.loads(v) for v in values.split(",") if v)
+    return name.strip(), parsed
+
+
+def _setting(text: str) -> tuple[str, str, object]:
+    match = re.match(r"^([\w-]+)\.(\w+)=(.*)$", text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"--set {text!r}: use METHOD.key=value (value as JSON)")
+    try:
+        value = json.loads(match.group(3))
+    except json.JSONDecodeError:
+        value = match.group(3)
+    return match.group(1), match.group(2), value
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, help="bundled world, model folder or timm name (default: fashion)")
+    p.add_argument("--site-blocks", type=_site_blocks, default=None, help="edit site blocks, e.g. 7:10")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: best available)")
+    p.add_argument("--train-data", default="auto",
+                   help="training images for KE/MEND meta-training, T-Patcher's memory, ROME's key covariance and "
+                        "the CutMix/PGD ablation: an image folder, 'fashion', or 'none' (default: the world's own)")
+    p.add_argument("--out", default=None, help="output folder (default: runs/bench-<model>)")
+    p.add_argument("--quick", action="store_true", help="the documented quick subset (see below)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", dest="settings", type=_setting, action="append", default=[],
+                   help="override a method setting, e.g. --set lora.lr=0.001 (repeatable)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+
+
+def add_bench_parser(subparsers) -> None:
+    """Add the ``bench`` and ``bench-train`` subcommands to the ``w2e`` parser."""
+    p = subparsers.add_parser("bench", help="editing benchmark: SR, GR, LR and GR-LR curves of every method",
+                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    p.add_argument("--benchmark", default=None, help="benchmark file or image folder (default: the model's bundled one)")
+    p.add_argument("--methods", default=None, help="comma list (default: all); see below")
+    p.add_argument("--edits-per-group", type=_optional_int, default=-1, help="editing samples per group, or 'all'")
+    p.add_argument("--max-group-eval", type=_optional_int, default=-1, help="GR images per group, or 'all'")
+    p.add_argument("--max-locality", type=_optional_int, default=-1, help="locality images, or 'all'")
+    p.add_argument("--hypernetwork", default=None, help="hypernetwork file for w2e (default: the model's bundled one)")
+    p.add_argument("--ablations", default=",".join(("ensemble", "iou", "pseudo")),
+                   help="comma list of ensemble,iou,pseudo, or 'none' (default: all)")
+    p.add_argument("--knob", dest="knobs", type=_knob, action="append", default=[],
+                   help="knob values of a method, e.g. --knob lora=4,8 (repeatable)")
+    p.add_argument("--json", action="store_true", help="print results.json's summary as JSON instead of a table")
+    p.add_argument("--list", action="store_true", help="list the methods, their knobs and values, and exit")
+    p.set_defaults(func=cmd_bench)
+
+    p = subparsers.add_parser("bench-train", help="meta-train the KE/MEND baselines (and the CutMix/PGD hypernets)",
+                              epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(p)
+    p.add_argument("which", nargs="*", default=["ke", "mend"], help="ke, mend, w2e-cutmix, w2e-pgd (default: ke mend)")
+    p.set_defaults(func=cmd_bench_train)
+
+
+def _cli_error(message: str) -> Exception:
+    from ..cli import CliError
+
+    return CliError(message)
+
+
+def _out_dir(args) -> Path:
+    if args.out:
+        return Path(args.out)
+    name = Path(args.model).name if Path(args.model).is_dir() else args.model
+    return Path("runs") / f"bench-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}"
+
+
+def _bundle(args):
+    import torch
+
+    from ..models import best_device, load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load_model(args.model, site_blocks=args.site_blocks, device=args.device or best_device())
+
+
+def resolve_train_source(spec: str | None, model_spec: str, bundle):
+    """Training images ("seen data"): a folder, the fashion world's, or ``None``."""
+    from ..data import FolderSource
+
+    if spec in (None, "none"):
+        return None
+    if spec not in ("auto", "fashion"):
+        if Path(spec).is_dir():
+            return FolderSource(spec, bundle.preprocessing)
+        raise _cli_error(f"--train-data {spec!r}: not a folder of images, 'fashion', 'auto' or 'none'")
+    if spec == "fashion" or model_spec == "fashion":
+        try:
+            from ..worlds.fashion_world import meta_training_source
+
+            return meta_training_source(bundle)
+        except (ImportError, FileNotFoundError, OSError) as error:
+            if spec == "fashion":
+                raise _cli_error(f"fashion training images unavailable: {error}") from None
+            print(f"w2e bench: no training images ({error}); methods that need them are skipped", file=sys.stderr)
+    return None
+
+
+def _method_settings(args) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for name, key, value in args.settings:
+        out.setdefault(name, {})[key] = value
+    return out
+
+
+def _list_methods(quick: bool) -> str:
+    from .ablations import ablation_registry
+    from .methods import registry
+
+    lines = []
+    for name, cls in {**registry(), **ablation_registry()}.items():
+        values = cls.quick_values if quick and cls.quick_values is not None else cls.full_values
+        knob = f"{cls.knob} in {list(values)}" if cls.knob else "single setting"
+        lines.append(f"{name:<13} {cls.title:<45} {knob}")
+    return "\n".join(lines)
+
+
+def cmd_bench(args) -> None:
+    """Run (or resume) the benchmark and print the summary table."""
+    from ..hypernet import load_hypernetwork
+    from .data import load_any_benchmark
+    from .report import format_table
+    from .runner import ABLATIONS, BenchOptions, all_method_names, run_bench
+
+    if args.list:
+        print(_list_methods(args.quick))
+        return
+    methods = None
+    if args.methods:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in methods if m not in all_method_names()]
+        if unknown:
+            raise _cli_error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(all_method_names())}")
+    ablations = () if args.ablations in ("", "none") else tuple(a.strip() for a in args.ablations.split(","))
+    bad = [a for a in ablations if a not in ABLATIONS]
+    if bad:
+        raise _cli_error(f"unknown ablation(s) {', '.join(bad)}; choose from {', '.join(ABLATIONS)}")
+    bundle = _bundle(args)
+    bench_path = Path(args.benchmark) if args.benchmark else bundle.benchmark_path
+    if bench_path is None:
+        raise _cli_error(f"model {bundle.name!r} has no bundled benchmark; give --benchmark FILE_OR_FOLDER")
+    try:
+        data = load_any_benchmark(bench_path, bundle.preprocessing)
+    except ValueError as error:
+        raise _cli_error(str(error)) from None
+    hyper_path = Path(args.hypernetwork) if args.hypernetwork else bundle.hypernetwork_path
+    hypernetwork = load_hypernetwork(hyper_path, bundle.site, bundle.sha256).to(bundle.device) if hyper_path else None
+    source = resolve_train_source(args.train_data, args.model, bundle)
+    options = BenchOptions(methods=methods, quick=args.quick, seed=args.seed, edits_per_group=args.edits_per_group,
+                           max_group_eval=args.max_group_eval, max_locality=args.max_locality, ablations=ablations,
+                           knob_values=dict(args.knobs), method_settings=_method_settings(args))
+    out = _out_dir(args)
+    results = run_bench(bundle, data, out, options, hypernetwork, source, str(bench_path))
+    if args.json:
+        print(json.dumps({"summary": results["summary"], "skipped": results["skipped"], "out": str(out)}))
+    else:
+        print(format_table(results))
+        print(f"results: {out / 'results.json'}  report: {out / 'report.html'}  per-edit records: {out / 'edits.jsonl'}")
+
+
+def cmd_bench_train(args) -> None:
+    """Meta-train KE/MEND (and the ablation hypernetworks) into OUT, where ``w2e bench`` finds them."""
+    from .ablations import ablation_registry
+    from .hyperedit import default_hyper_settings, load_or_train_hyper_editor
+    from .methods import Resources
+
+    bundle = _bundle(args)
+    source = resolve_train_source(args.train_data, args.model, bundle)
+    if source is None:
+        raise _cli_error("meta-training needs training images: give --train-data FOLDER")
+    out = _out_dir(args)
+    settings = _method_settings(args)
+    for which in args.which:
+        if which in ("ke", "mend"):
+            config = {**default_hyper_settings(which, args.quick), **settings.get(which, {})}
+            _, summary = load_or_train_hyper_editor(which, bundle, source, config, out, args.seed)
+            print(f"{which}: {json.dumps(summary)}")
+        elif which in ("w2e-cutmix", "w2e-pgd"):
+            from types import SimpleNamespace
+
+            resources = Resources(None, source, out, args.quick, args.seed)
+            method = ablation_registry()[which](SimpleNamespace(bundle=bundle), resources, None, **settings.get(which, {}))
+            method.prepare()
+            print(f"{which}: {json.dumps(method.summary)}")
+        else:
+            raise _cli_error(f"bench-train: unknown {which!r}; choose from ke, mend, w2e-cutmix, w2e-pgd")

@@ -1,0 +1,62 @@
+"""Thread-scoped forward hooks and weight overrides for layers outside the edit site.
+
+Baselines that are not site-structured (T-Patcher's extra neuron, KN's activation scaling,
+ROME's hidden-state search) change a module's output. :func:`scoped_forward_hook` registers a
+hook only for the duration of a ``with`` block, and the hook acts only in the context (thread)
+that entered the block, so other users of the shared model never see it. LoRA uses the core
+per-thread weight override (:mod:`w2e.overrides`) on timm's fused ``attn.qkv`` layers.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Callable, Iterator
+
+from torch import nn
+
+from ..overrides import OverridableLinear
+
+_ACTIVE: ContextVar[frozenset[int]] = ContextVar("w2e_bench_hooks", default=frozenset())
+
+
+@contextmanager
+def scoped_forward_hook(module: nn.Module, fn: Callable, pre: bool = False) -> Iterator[None]:
+    """Run ``fn`` as a forward (or forward-pre) hook of ``module`` inside the block, this context only.
+
+    The hook is removed in ``finally``, so an exception inside the block leaves the model as it
+    was. ``fn`` has torch's hook signature: ``fn(module, args, output)`` (or ``fn(module, args)``).
+    """
+    marker = object()
+    key = id(marker)
+
+    if pre:
+        def hook(mod, args):  # noqa: ANN001
+            return fn(mod, args) if key in _ACTIVE.get() else None
+
+        handle = module.register_forward_pre_hook(hook)
+    else:
+        def hook(mod, args, output):  # noqa: ANN001
+            return fn(mod, args, output) if key in _ACTIVE.get() else None
+
+        handle = module.register_forward_hook(hook)
+    token = _ACTIVE.set(_ACTIVE.get() | {key})
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+        handle.remove()
+        del marker
+
+
+def make_linear_overridable(linear: nn.Module) -> OverridableLinear:
+    """Switch one ``nn.Linear`` to :class:`OverridableLinear` (idempotent; same as the site's layers)."""
+    if type(linear) is nn.Linear:
+        linear.__class__ = OverridableLinear
+    elif not isinstance(linear, OverridableLinear):
+        raise TypeError(f"cannot override a {type(linear).__name__}")
+    return linear  # type: ignore[return-value]
+
+
+def has_hooks(model: nn.Module) -> bool:
+    """Whether any module of ``model`` carries a forward or forward-pre hook."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())

@@ -1,0 +1,677 @@
+"""The editing methods of the benchmark, one registry, each with the knob its GR-LR curve sweeps.
+
+Every method turns an :class:`~w2e.bench.data.EditSample` into a :class:`BenchEdit`: a
+description of the edit plus ``apply()``, a context manager that makes the model behave
+edited *for the current thread only*. Nothing ever writes the shared base weights:
+
+- site-structured methods (w2e, search, FT, FT-L1/L2, random, KN, SPT) and KE/MEND/ROME
+  produce a core :class:`w2e.edit.Edit` (sparse or dense deltas on an
+  :class:`~w2e.site.EditSite`), applied with :func:`w2e.edit.edits_applied`;
+- LoRA overrides the fused ``attn.qkv`` weights through the same per-thread override mechanism;
+- T-Patcher adds a neuron through a thread-scoped forward hook removed in ``finally``.
+
+``BenchEdit.level`` is the first block the edit changes: evaluation starts from the cached
+tokens entering that block (site methods: ``site.start``; T-Patcher/ROME: the last block;
+KE/MEND: the third-last; LoRA: block 0, i.e. full forwards of all blocks, batched).
+"""
+from __future__ import annotations
+
+import math
+import time
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, ContextManager, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..edit import Edit, edits_applied
+from ..editing import EditConfig, masked_fine_tune
+from ..mask_search import MaskSearchConfig, search_mask
+from ..masks import binarize, ensemble
+from ..overrides import make_overridable, weight_overrides
+from ..runner import forward_suffix
+from ..site import EditSite, site_for_model
+from .data import BenchContext, EditSample
+from .hooks import make_linear_overridable, scoped_forward_hook
+
+#: w2e's kept fractions of the site (paper: sparsity 0.25..0.95), also used by random/KN/SPT.
+DENSITIES = (0.75, 0.5, 0.25, 0.1, 0.05)
+QUICK_DENSITIES = (0.25, 0.05)
+#: Editing learning rate of the paper's ViT-B/16 (LoRA's Adam lr 1e-4 is scaled by bundle lr / this).
+PAPER_VIT_B_EDIT_LR = 2e-5
+
+
+@dataclass
+class BenchEdit:
+    """One edit as the benchmark sees it (see the module docstring)."""
+
+    level: int
+    apply: Callable[[], ContextManager]
+    success: bool
+    steps: int
+    seconds: float
+    num_parameters: int
+    density: float | None = None
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Resources:
+    """What some methods need beyond the model: hypernetwork, training images, a work folder."""
+
+    hypernetwork: nn.Module | None = None
+    train_source: object | None = None  # w2e.meta.ImageSource: len() and get(indices)
+    work_dir: object | None = None  # pathlib.Path for trained baselines (KE, MEND, ablations)
+    quick: bool = False
+    seed: int = 0
+    log: Callable[[str], None] = print
+
+
+class Method:
+    """Base class: ``knob`` is swept over ``values`` for the GR-LR curve."""
+
+    name = "method"
+    title = "method"
+    knob: str | None = None
+    full_values: tuple = (None,)
+    quick_values: tuple | None = None
+    needs: tuple[str, ...] = ()
+
+    def __init__(self, ctx: BenchContext, resources: Resources, values: tuple | None = None, **overrides) -> None:
+        self.ctx = ctx
+        self.bundle = ctx.bundle
+        self.model = ctx.bundle.model
+        self.site = ctx.bundle.site
+        self.resources = resources
+        default = self.quick_values if (resources.quick and self.quick_values is not None) else self.full_values
+        self.values = tuple(values) if values else default
+        self.config = {**self.default_settings(), **overrides}
+
+    # -- to override ---------------------------------------------------------------------------
+    def default_settings(self) -> dict:
+        """Settings recorded with the results (and hashed to decide which records are reusable)."""
+        return {}
+
+    @property
+    def level(self) -> int:
+        return self.site.start
+
+    def unavailable(self) -> str | None:
+        """Why this method cannot run (missing hypernetwork or training data), else ``None``."""
+        if "hypernetwork" in self.needs and self.resources.hypernetwork is None:
+            return "no hypernetwork for this model (give --hypernetwork)"
+        if "train_data" in self.needs and self.resources.train_source is None:
+            return "no training images for this model (give --train-data)"
+        return None
+
+    def prepare(self) -> None:
+        """One-off work before the first edit (e.g. meta-training a baseline)."""
+
+    def samples(self, value) -> list[EditSample]:
+        """Editing samples for one knob value (default: the run's editing samples)."""
+        return self.ctx.samples
+
+    def edit(self, sample: EditSample, value) -> BenchEdit:
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        return {"name": self.name, "knob": self.knob, **self.config}
+
+    # -- helpers -------------------------------------------------------------------------------
+    def edit_config(self) -> EditConfig:
+        c = self.config
+        return EditConfig(lr=c["lr"], max_steps=c["max_steps"], loss_stop=c["loss_stop"], optimizer=c["optimizer"])
+
+    def sample_seed(self, sample: EditSample) -> int:
+        return (self.resources.seed * 1_000_003 + zlib.crc32(f"{self.name}|{sample.key}".encode())) % (2**31)
+
+
+def _site_edit(model: nn.Module, edit: Edit, level: int, extra_seconds: float = 0.0, **info) -> BenchEdit:
+    return BenchEdit(level=level, apply=lambda: edits_applied(model, edit.site, [edit]), success=edit.success,
+                     steps=edit.steps, seconds=edit.seconds + extra_seconds, num_parameters=edit.num_parameters,
+                     density=edit.density, info=info)
+
+
+def _paper_ft_settings(bundle) -> dict:
+    return {"lr": bundle.edit_lr, "max_steps": 100, "loss_stop": 0.01, "optimizer": "rmsprop"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Mask-based methods: continuous mask -> top-rho binary mask -> masked fine-tuning (core).
+# ---------------------------------------------------------------------------------------------
+class MaskMethod(Method):
+    """Locate with a continuous mask over the site, keep the top ``rho`` fraction, fine-tune."""
+
+    knob = "rho"
+    full_values = DENSITIES
+    quick_values = QUICK_DENSITIES
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._masks: dict[str, tuple[torch.Tensor, float]] = {}
+
+    def default_settings(self) -> dict:
+        return {**_paper_ft_settings(self.bundle), "binarize": "topk"}
+
+    def continuous_mask(self, sample: EditSample) -> torch.Tensor:
+        raise NotImplementedError
+
+    def cached_mask(self, sample: EditSample) -> tuple[torch.Tensor, float]:
+        """(continuous mask, seconds it took), computed once per sample for all knob values."""
+        if sample.key not in self._masks:
+            started = time.perf_counter()
+            mask = self.continuous_mask(sample)
+            self._masks[sample.key] = (mask.detach().cpu(), time.perf_counter() - started)
+        return self._masks[sample.key]
+
+    def density_for(self, value) -> float:
+        return float(value)
+
+    def edit(self, sample: EditSample, value) -> BenchEdit:
+        mask, mask_seconds = self.cached_mask(sample)
+        binary = binarize(mask, self.density_for(value), self.config["binarize"])
+        tokens = self.ctx.sample_tokens(sample, self.site.start)
+        edit = masked_fine_tune(self.model, self.site, tokens, self.ctx.sample_labels(sample), binary, self.edit_config())
+        return _site_edit(self.model, edit, self.site.start, mask_seconds, mask_seconds=mask_seconds)
+
+
+class W2EMethod(MaskMethod):
+    """Where-to-edit: the bundle's meta-trained hypernetwork gives the mask (Editor's mask)."""
+
+    name, title = "w2e", "W2E (hypernetwork)"
+    needs = ("hypernetwork",)
+
+    def hypernetwork(self) -> nn.Module:
+        return self.resources.hypernetwork
+
+    @torch.no_grad()
+    def continuous_mask(self, sample: EditSample) -> torch.Tensor:
+        tokens = self.ctx.sample_tokens(sample, self.site.start)
+        features = forward_suffix(self.model, tokens, self.site.start, pre_logits=True)
+        return ensemble(self.hypernetwork().mask(features))
+
+
+class SearchMethod(MaskMethod):
+    """Test-time mask search (no hypernetwork): :func:`w2e.mask_search.search_mask` per sample."""
+
+    name, title = "search", "W2E test-time search"
+
+    def default_settings(self) -> dict:
+        return {**super().default_settings(), "search": MaskSearchConfig().to_dict(), "num_pseudo": 8}
+
+    def continuous_mask(self, sample: EditSample) -> torch.Tensor:
+        config = MaskSearchConfig(**self.config["search"])
+        images = self.ctx.sample_inputs(sample)
+        labels = self.ctx.sample_labels(sample)
+        masks = [search_mask(self.model, self.site, images[i : i + 1], int(labels[i]), config,
+                             num_pseudo=self.config["num_pseudo"], seed=self.sample_seed(sample) + i)
+                 for i in range(len(images))]
+        return ensemble(torch.stack(masks).cpu())
+
+
+class FTMethod(MaskMethod):
+    """Plain fine-tuning of the site's FFNs (a density-1 mask)."""
+
+    name, title = "ft", "FT"
+    knob = "density"
+    full_values = (1.0,)
+    quick_values = (1.0,)
+
+    def continuous_mask(self, sample: EditSample) -> torch.Tensor:
+        return torch.ones(self.site.mask_shape)
+
+
+class RandomMaskMethod(MaskMethod):
+    """A uniformly random mask per sample (seeded), at w2e's densities."""
+
+    name, title = "random", "Random mask"
+
+    def continuous_mask(self, sample: EditSample) -> torch.Tensor:
+        return torch.rand(self.site.mask_shape, generator=torch.Generator().manual_seed(self.sample_seed(sample)))
+
+
+class KNMethod(MaskMethod):
+    """Knowledge neurons: integrated-gradient attribution of each FFN neuron to the right class.
+
+    For every site block, its hidden activations are scaled by alpha in (0, 1] (``ig_steps``
+    midpoint Riemann steps, batched); attribution = activation x mean gradient of the right
+    class's probability, summed over tokens (and over the samples). Both FC entries of a
+    neuron get its attribution; the top ``rho`` fraction is fine-tuned.
+    """
+
+    name, title = "kn", "KN"
+
+    def default_settings(self) -> dict:
+        return {**super().default_settings(), "ig_steps": 20}
+
+    def continuous_mask(self, sample: EditSample) -> torch.Tensor:
+        tokens = self.ctx.sample_tokens(sample, self.site.start)
+        labels = self.ctx.sample_labels(sample)
+        return integrated_gradient_scores(self.model, self.site, tokens, labels, self.config["ig_steps"])
+
+
+def integrated_gradient_scores(model: nn.Module, site: EditSite, tokens: torch.Tensor, labels: torch.Tensor,
+                               steps: int = 20) -> torch.Tensor:
+    """Per-neuron integrated gradients (zero baseline) of p(label), shape of the site's mask."""
+    scores = torch.zeros(site.mask_shape)
+    alphas = ((torch.arange(steps, dtype=torch.float32) + 0.5) / steps).to(tokens.device)
+    for row, block in enumerate(site.blocks):
+        act = model.blocks[block].mlp.act
+        total = torch.zeros(site.hidden_size)
+        for i in range(len(tokens)):
+            captured: dict[str, torch.Tensor] = {}
+
+            def scale(_module, _args, output, captured=captured):
+                base = output.detach()
+                scaled = (base * alphas.view(-1, *([1] * (base.dim() - 1)))).requires_grad_(True)
+                captured["base"], captured["scaled"] = base, scaled
+                return scaled
+
+            x = tokens[i : i + 1].expand(steps, *tokens.shape[1:])
+            with torch.enable_grad(), scoped_forward_hook(act, scale):
+                probs = forward_suffix(model, x, site.start).softmax(-1)[:, int(labels[i])]
+                grad = torch.autograd.grad(probs.sum(), captured["scaled"])[0]
+            attribution = captured["base"][0] * grad.mean(0)  # (tokens, hidden)
+            total += attribution.reshape(-1, site.hidden_size).sum(0).cpu()
+        scores[2 * row] = total
+        scores[2 * row + 1] = total
+    return scores
+
+
+class SPTMethod(MaskMethod):
+    """Sensitivity-aware selection: first-order loss change g^2 of each site weight, per neuron."""
+
+    name, title = "spt", "SPT"
+
+    def continuous_mask(self, sample: EditSample) -> torch.Tensor:
+        tokens = self.ctx.sample_tokens(sample, self.site.start)
+        return sensitivity_scores(self.model, self.site, tokens, self.ctx.sample_labels(sample))
+
+
+def sensitivity_scores(model: nn.Module, site: EditSite, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum over each mask entry's weights of the squared gradient of the edit loss."""
+    make_overridable(model, site)
+    linears = [site.linear(model, layer) for layer in site.layers]
+    deltas = [torch.zeros_like(linear.weight, requires_grad=True) for linear in linears]
+    with torch.enable_grad():
+        with weight_overrides({linear: linear.weight + d for linear, d in zip(linears, deltas)}):
+            loss = F.cross_entropy(forward_suffix(model, tokens, site.start), labels)
+        grads = torch.autograd.grad(loss, deltas)
+    rows = [(g**2).sum(dim=1 - layer.axis).cpu() for layer, g in zip(site.layers, grads)]
+    return torch.stack(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# FT with an L1 / L2 penalty on the change.
+# ---------------------------------------------------------------------------------------------
+def penalised_fine_tune(model: nn.Module, site: EditSite, tokens: torch.Tensor, labels: torch.Tensor, norm: int,
+                        weight: float, config: EditConfig) -> Edit:
+    """Fine-tune all site weights with ``weight * ||delta||_norm^norm`` added to the loss.
+
+    Early stopping looks at the cross-entropy alone (right prediction and CE <= loss_stop).
+    """
+    from ..editing import make_optimizer
+
+    make_overridable(model, site)
+    started = time.perf_counter()
+    linears = [site.linear(model, layer) for layer in site.layers]
+    deltas = [torch.zeros_like(linear.weight, requires_grad=True) for linear in linears]
+    optimizer = make_optimizer(config.optimizer, deltas, config.lr)
+    losses, steps, success = [], 0, False
+    while True:
+        with torch.enable_grad():
+            with weight_overrides({linear: linear.weight + d for linear, d in zip(linears, deltas)}):
+                logits = forward_suffix(model, tokens, site.start)
+            ce = F.cross_entropy(logits, labels)
+            penalty = sum((d.abs().sum() if norm == 1 else (d**2).sum()) for d in deltas)
+            loss = ce + weight * penalty
+        losses.append(ce.item())
+        success = bool((logits.argmax(-1) == labels).all())
+        if (success and losses[-1] <= config.loss_stop) or steps >= config.max_steps:
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        steps += 1
+    full = [torch.arange(site.hidden_size) for _ in site.layers]
+    return Edit(site, full, [d.detach().cpu() for d in deltas], int(labels[0]), success, steps, losses,
+                time.perf_counter() - started, {"penalty": f"l{norm}", "weight": weight})
+
+
+class PenaltyMethod(Method):
+    knob = "penalty"
+    norm = 2
+
+    def default_settings(self) -> dict:
+        return {**_paper_ft_settings(self.bundle), "norm": self.norm}
+
+    def edit(self, sample: EditSample, value) -> BenchEdit:
+        tokens = self.ctx.sample_tokens(sample, self.site.start)
+        edit = penalised_fine_tune(self.model, self.site, tokens, self.ctx.sample_labels(sample), self.norm,
+                                   float(value), self.edit_config())
+        delta_norm = float(sum((d.abs().sum() if self.norm == 1 else (d**2).sum()) for d in edit.deltas))
+        return _site_edit(self.model, edit, self.site.start, delta_norm=delta_norm)
+
+
+class FTL2Method(PenaltyMethod):
+    """FT plus ``lambda * ||delta||_2^2`` (sum over the site's weights)."""
+
+    name, title, norm = "ft-l2", "FT-L2", 2
+    full_values = (1e-2, 1e-1, 1.0)
+    quick_values = (1e-1,)
+
+
+class FTL1Method(PenaltyMethod):
+    """FT plus ``lambda * ||delta||_1`` (sum over the site's weights)."""
+
+    name, title, norm = "ft-l1", "FT-L1", 1
+    full_values = (1e-4, 1e-3, 1e-2)
+    quick_values = (1e-3,)
+
+
+# ---------------------------------------------------------------------------------------------
+# T-Patcher: one extra neuron in the last FFN.
+# ---------------------------------------------------------------------------------------------
+def _cls_or_mean(tokens: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """The token the head reads: [cls] (token pooling) or the mean of all tokens."""
+    return tokens[:, 0] if getattr(model, "global_pool", "token") == "token" else tokens.mean(1)
+
+
+@torch.no_grad()
+def capture_input(model: nn.Module, module: nn.Module, tokens: torch.Tensor, level: int, batch_size: int = 256) -> torch.Tensor:
+    """Input of ``module`` (inside some block >= ``level``) when the base model runs on ``tokens``."""
+    owner = next(i for i, block in enumerate(model.blocks) if any(m is module for m in block.modules()))
+    if owner < level:
+        raise ValueError("the module sits before the tokens' level")
+    chunks: list[torch.Tensor] = []
+
+    def grab(_module, args):
+        chunks.append(args[0].detach())
+
+    with scoped_forward_hook(module, grab, pre=True):
+        for i in range(0, len(tokens), batch_size):
+            x = tokens[i : i + batch_size]
+            for block in model.blocks[level : owner + 1]:
+                x = block(x)
+    return torch.cat(chunks)
+
+
+def _train_tokens(ctx: BenchContext, resources: Resources, count: int, level: int) -> torch.Tensor:
+    """Tokens entering ``blocks[level]`` of ``count`` seeded training images ("seen data")."""
+    from ..runner import cached_prefix
+
+    source = resources.train_source
+    generator = torch.Generator().manual_seed(resources.seed + 17)
+    picks = torch.randperm(len(source), generator=generator)[: min(count, len(source))]
+    images = torch.cat([source.get(picks[i : i + 256]) for i in range(0, len(picks), 256)]).to(ctx.bundle.device)
+    return cached_prefix(ctx.bundle.model, images, level, ctx.limits.batch_size)
+
+
+@dataclass
+class PatchNeuron:
+    """``mlp(z) += GELU(mult * (z . key + bias)) * value`` for every token of one FFN."""
+
+    key: torch.Tensor
+    bias: torch.Tensor
+    value: torch.Tensor
+    mult: torch.Tensor
+
+    def pre(self, z: torch.Tensor) -> torch.Tensor:
+        return self.mult * (z @ self.key + self.bias)
+
+    def hook(self, _module, args, output):
+        return output + F.gelu(self.pre(args[0])).unsqueeze(-1) * self.value
+
+
+class TPatcherMethod(Method):
+    """T-Patcher: one neuron added to the last FFN, multiplier initialised at 10, Adam 5e-3.
+
+    Loss: CE on the editing sample + an activation term keeping the patch on for it + a memory
+    term keeping it off (pre-activation below ``-margin``) for ``memory_images`` training
+    images ("previously seen data"; the term is dropped when no training images are given).
+    """
+
+    name, title = "tpatcher", "T-Patcher"
+
+    def default_settings(self) -> dict:
+        return {"lr": 5e-3, "optimizer": "adam", "multiplier": 10.0, "max_steps": 100, "loss_stop": 0.01,
+                "memory_images": 256, "memory_weight": 1.0, "activation_weight": 1.0, "margin": 3.0,
+                "memory": self.resources.train_source is not None}
+
+    @property
+    def level(self) -> int:
+        return self.ctx.depth - 1
+
+    def prepare(self) -> None:
+        self.mlp = self.model.blocks[self.level].mlp
+        self.memory = None
+        if self.resources.train_source is not None and self.config["memory_images"] > 0:
+            tokens = _train_tokens(self.ctx, self.resources, self.config["memory_images"], self.level)
+            self.memory = _cls_or_mean(capture_input(self.model, self.mlp, tokens, self.level), self.model)
+
+    def edit(self, sample: EditSample, value) -> BenchEdit:
+        c = self.config
+        started = time.perf_counter()
+        tokens = self.ctx.sample_tokens(sample, self.level)
+        labels = self.ctx.sample_labels(sample)
+        z = _cls_or_mean(capture_input(self.model, self.mlp, tokens, self.level), self.model)
+        anchor = z.mean(0)
+        norm = anchor.norm().clamp_min(1e-6)
+        patch = PatchNeuron(key=(anchor / norm).clone().requires_grad_(True),
+                            bias=(1.0 / c["multiplier"] - norm).detach().clone().requires_grad_(True),
+                            value=torch.zeros(anchor.shape[0], device=z.device, requires_grad=True),
+                            mult=torch.tensor(float(c["multiplier"]), device=z.device, requires_grad=True))
+        params = [patch.key, patch.bias, patch.value, patch.mult]
+        optimizer = torch.optim.Adam(params, lr=c["lr"])
+        steps, success, losses = 0, False, []
+        while True:
+            with torch.enable_grad(), scoped_forward_hook(self.mlp, patch.hook):
+                logits = forward_suffix(self.model, tokens, self.level)
+                ce = F.cross_entropy(logits, labels)
+                loss = ce + c["activation_weight"] * F.relu(c["margin"] / 3 - patch.pre(z)).mean()
+                if self.memory is not None and c["memory_weight"] > 0:
+                    loss = loss + c["memory_weight"] * F.relu(patch.pre(self.memory) + c["margin"]).mean()
+            losses.append(ce.item())
+            success = bool((logits.argmax(-1) == labels).all())
+            if (success and losses[-1] <= c["loss_stop"]) or steps >= c["max_steps"]:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+        final = PatchNeuron(*(p.detach().clone() for p in params))
+        mlp = self.mlp
+        return BenchEdit(level=self.level, apply=lambda: scoped_forward_hook(mlp, final.hook), success=success,
+                         steps=steps, seconds=time.perf_counter() - started,
+                         num_parameters=sum(p.numel() for p in params), info={"final_loss": losses[-1]})
+
+
+# ---------------------------------------------------------------------------------------------
+# ROME: rank-one update of the last FFN's fc2.
+# ---------------------------------------------------------------------------------------------
+class ROMEMethod(Method):
+    """ROME on the last FFN's second FC.
+
+    1. Key ``k*`` = input of fc2 at the token the head reads; ``o`` = its output there.
+    2. Find a residual ``r`` (Adam lr 0.01, <= 100 steps, stop at CE <= 0.01) such that
+       adding ``r`` to fc2's output there makes the model predict the right class; its norm is
+       clamped to ``clamp_norm`` x ||o|| (ROME's clamp_norm_factor).
+    3. Constrained least squares: ``W' = W + r (C^-1 k*)^T / (k*^T C^-1 k*)`` with
+       ``C = E[k k^T]`` over all tokens of ``covariance_images`` training images (plus a ridge
+       ``ridge * mean diag``), so ``W' k* = W k* + r`` with the least change on seen keys.
+       Without training images C = I (minimum-norm rank-one update).
+    """
+
+    name, title = "rome", "ROME"
+
+    def default_settings(self) -> dict:
+        return {"lr": 0.01, "optimizer": "adam", "max_steps": 100, "loss_stop": 0.01, "clamp_norm": 4.0,
+                "covariance_images": 256, "ridge": 1e-2, "covariance": self.resources.train_source is not None}
+
+    @property
+    def level(self) -> int:
+        return self.ctx.depth - 1
+
+    def prepare(self) -> None:
+        self.fc2 = self.model.blocks[self.level].mlp.fc2
+        self.rome_site = site_for_model(self.model, [self.level])
+        hidden = self.fc2.in_features
+        if self.resources.train_source is not None and self.config["covariance_images"] > 0:
+            tokens = _train_tokens(self.ctx, self.resources, self.config["covariance_images"], self.level)
+            keys = capture_input(self.model, self.fc2, tokens, self.level).reshape(-1, hidden).double()
+            cov = keys.T @ keys / len(keys)
+        else:
+            cov = torch.eye(hidden, dtype=torch.float64, device=self.bundle.device)
+        cov = cov + self.config["ridge"] * cov.diagonal().mean() * torch.eye(hidden, dtype=torch.float64, device=cov.device)
+        self.cov_inv = torch.linalg.inv(cov)
+
+    def edit(self, sample: EditSample, value) -> BenchEdit:
+        c = self.config
+        started = time.perf_counter()
+        tokens = self.ctx.sample_tokens(sample, self.level)
+        labels = self.ctx.sample_labels(sample)
+        token_pool = getattr(self.model, "global_pool", "token") == "token"
+        keys = capture_input(self.model, self.fc2, tokens, self.level)
+        key = (keys[:, 0] if token_pool else keys.mean(1)).mean(0)
+        with torch.no_grad():
+            out_norm = F.linear(key, self.fc2.weight, self.fc2.bias).norm()
+        residual = torch.zeros(self.fc2.out_features, device=tokens.device, requires_grad=True)
+        optimizer = torch.optim.Adam([residual], lr=c["lr"])
+
+        def add(_module, _args, output):
+            if token_pool:
+                output = output.clone()
+                output[:, 0] = output[:, 0] + residual
+                return output
+            return output + residual
+
+        steps, success, losses = 0, False, []
+        while True:
+            with torch.enable_grad(), scoped_forward_hook(self.fc2, add):
+                logits = forward_suffix(self.model, tokens, self.level)
+                loss = F.cross_entropy(logits, labels)
+            losses.append(loss.item())
+            success = bool((logits.argmax(-1) == labels).all())
+            if (success and losses[-1] <= c["loss_stop"]) or steps >= c["max_steps"]:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            with torch.no_grad():
+                limit = c["clamp_norm"] * out_norm
+                if residual.norm() > limit:
+                    residual.mul_(limit / residual.norm())
+        u = self.cov_inv @ key.double()
+        delta = (residual.detach().double()[:, None] * u[None, :] / (u @ key.double())).float().cpu()
+        hidden = self.fc2.in_features
+        edit = Edit(self.rome_site, [torch.zeros(0, dtype=torch.long), torch.arange(hidden)],
+                    [torch.zeros(0, self.fc2.in_features), delta], sample.label, success, steps, losses,
+                    time.perf_counter() - started)
+        return BenchEdit(level=self.level, apply=lambda: edits_applied(self.model, self.rome_site, [edit]),
+                         success=success, steps=steps, seconds=edit.seconds, num_parameters=delta.numel(),
+                         info={"residual_norm": float(residual.detach().norm())})
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA on the q and v slices of every block's fused qkv.
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class LoRAEdit:
+    """Low-rank factors per block: ``(A_q, B_q, A_v, B_v)``; delta_q = B_q A_q * scale."""
+
+    factors: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+    scale: float
+
+    def weights(self, model: nn.Module) -> dict[nn.Module, torch.Tensor]:
+        out = {}
+        for block, (a_q, b_q, a_v, b_v) in zip(model.blocks, self.factors):
+            qkv = block.attn.qkv
+            width = qkv.out_features // 3
+            zeros = qkv.weight.new_zeros(width, qkv.in_features)
+            out[qkv] = qkv.weight + torch.cat([b_q @ a_q, zeros, b_v @ a_v]) * self.scale
+        return out
+
+    @contextmanager
+    def applied(self, model: nn.Module) -> Iterator[None]:
+        with torch.no_grad():
+            weights = self.weights(model)
+        with weight_overrides(weights):
+            yield
+
+
+class LoRAMethod(Method):
+    """LoRA (rank sweep) on queries and values of all MSAs, Adam; B = 0, A Kaiming-uniform.
+
+    timm fuses q, k and v in one ``attn.qkv`` Linear: the low-rank deltas go to its first and
+    last thirds. The lr is the paper's 1e-4 for ViT-B/16 scaled by (model's edit lr / 2e-5).
+    Every block changes, so edits and evaluations run full forwards (from block 0's tokens).
+    """
+
+    name, title = "lora", "LoRA"
+    knob = "rank"
+    full_values = (1, 4, 16)
+    quick_values = (8,)
+
+    def default_settings(self) -> dict:
+        scale = self.bundle.edit_lr / PAPER_VIT_B_EDIT_LR
+        return {"lr": 1e-4 * scale, "lr_paper": 1e-4, "lr_scale": scale, "optimizer": "adam", "max_steps": 100,
+                "loss_stop": 0.01, "alpha_over_rank": 1.0}
+
+    @property
+    def level(self) -> int:
+        return 0
+
+    def prepare(self) -> None:
+        for block in self.model.blocks:
+            make_linear_overridable(block.attn.qkv)
+
+    def edit(self, sample: EditSample, value) -> BenchEdit:
+        c, rank = self.config, int(value)
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(self.sample_seed(sample) + rank)
+        factors = []
+        for block in self.model.blocks:
+            qkv = block.attn.qkv
+            width, dim = qkv.out_features // 3, qkv.in_features
+            bound = 1 / math.sqrt(dim)  # kaiming_uniform_(a=sqrt(5)) bound, as LoRA/PEFT
+            new_a = lambda: ((torch.rand(rank, dim, generator=generator) * 2 - 1) * bound).to(qkv.weight.device)  # noqa: E731
+            factors.append(tuple(t.requires_grad_(True) for t in
+                                 (new_a(), qkv.weight.new_zeros(width, rank), new_a(), qkv.weight.new_zeros(width, rank))))
+        lora = LoRAEdit(factors, c["alpha_over_rank"])
+        params = [t for f in factors for t in f]
+        optimizer = torch.optim.Adam(params, lr=c["lr"])
+        tokens, labels = self.ctx.sample_tokens(sample, 0), self.ctx.sample_labels(sample)
+        steps, success, losses = 0, False, []
+        while True:
+            with torch.enable_grad(), weight_overrides(lora.weights(self.model)):
+                logits = forward_suffix(self.model, tokens, 0)
+                loss = F.cross_entropy(logits, labels)
+            losses.append(loss.item())
+            success = bool((logits.argmax(-1) == labels).all())
+            if (success and losses[-1] <= c["loss_stop"]) or steps >= c["max_steps"]:
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+        final = LoRAEdit([tuple(t.detach().clone() for t in f) for f in factors], lora.scale)
+        model = self.model
+        return BenchEdit(level=0, apply=lambda: final.applied(model), success=success, steps=steps,
+                         seconds=time.perf_counter() - started, num_parameters=sum(p.numel() for p in params),
+                         info={"final_loss": losses[-1]})
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------------
+def registry() -> dict[str, type[Method]]:
+    """Every method of the paper's comparison, by CLI name, in report order."""
+    from .hyperedit import KEMethod, MENDMethod
+
+    methods = [W2EMethod, SearchMethod, FTMethod, FTL1Method, FTL2Method, RandomMaskMethod, KNMethod, SPTMethod,
+               TPatcherMethod, ROMEMethod, LoRAMethod, KEMethod, MENDMethod]
+    return {m.name: m for m in methods}

@@ -1,0 +1,68 @@
+"""Per-edit records as JSONL: appended one line per edit, re-read to resume or re-aggregate."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+
+def settings_hash(*parts) -> str:
+    """Short stable hash of JSON-ready settings (records are reused only when it matches)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def record_key(method: str, value, sample_key: str) -> str:
+    """Identifier of one edit: method, knob value and editing sample."""
+    return f"{method}|{value!r}|{sample_key}"
+
+
+class RecordStore:
+    """Append-only JSONL of per-edit records with crash-safe resume.
+
+    On opening, lines that do not parse (a run killed mid-write) are dropped and the file is
+    rewritten atomically without them; :meth:`done` then tells which edits can be skipped.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.records: dict[tuple[str, str], dict] = {}
+        self.dropped = 0
+        if self.path.is_file():
+            good = []
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                    key = (record["key"], record["settings"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    self.dropped += 1
+                    continue
+                good.append(line)
+                self.records[key] = record
+            if self.dropped:
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text("".join(line + "\n" for line in good))
+                tmp.replace(self.path)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def done(self, key: str, settings: str) -> bool:
+        """Whether the edit ``key`` was already recorded under ``settings``."""
+        return (key, settings) in self.records
+
+    def append(self, record: dict) -> None:
+        """Write one record (must carry ``key`` and ``settings``) and flush it to disk."""
+        line = json.dumps(record, sort_keys=True)
+        with open(self.path, "a") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.records[(record["key"], record["settings"])] = record
+
+    def select(self, settings_by_method: dict[str, str]) -> Iterator[dict]:
+        """Records whose settings hash is the current one of their method."""
+        for (_, settings), record in self.records.items():
+            if settings_by_method.get(record["method"]) == settings:
+                yield record

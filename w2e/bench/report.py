@@ -1,0 +1,167 @@
+"""The benchmark's outputs for people: a self-contained report.html (Plotly) and a terminal table."""
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+#: Methods drawn in the ablation figure rather than the main comparison.
+ABLATION_METHODS = ("w2e-ensemble", "w2e-cutmix", "w2e-pgd")
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _knob(row: dict) -> str:
+    return "-" if row.get("knob") is None else f"{row['knob']}={row['value']}"
+
+
+def format_table(results: dict) -> str:
+    """Plain-text summary: one line per method and knob value, then timing per method."""
+    header = f"{'method':<14} {'knob':<16} {'edits':>5} {'SR':>6} {'GR':>6} {'LR':>6} {'med s':>7} {'steps':>6}"
+    lines = [header, "-" * len(header)]
+    for row in results["summary"]:
+        lines.append(f"{row['method']:<14} {_knob(row):<16} {row['edits']:>5} {_fmt(row['sr']):>6} {_fmt(row['gr']):>6} "
+                     f"{_fmt(row['lr']):>6} {_fmt(row['median_seconds'], 2):>7} {_fmt(row['median_steps'], 0):>6}")
+    for name, reason in results.get("skipped", {}).items():
+        lines.append(f"{name:<14} skipped: {reason}")
+    iou = results.get("iou")
+    if iou:
+        lines.append(f"mask IoU at rho={iou['rho']} ({iou['mask_source']}): within groups {_fmt(iou['within_mean'])}, "
+                     f"across groups {_fmt(iou['across_mean'])}")
+    lines.append(f"total {results['seconds'] / 60:.1f} min")
+    return "\n".join(lines)
+
+
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+            "#17becf", "#000000", "#aec7e8", "#98df8a", "#ffbb78", "#c5b0d5", "#c49c94")
+
+
+def _colour(name: str, methods: dict) -> str:
+    order = list(methods) or [name]
+    index = order.index(name) if name in order else len(order)
+    return _PALETTE[index % len(_PALETTE)]
+
+
+def _curves(rows: list[dict], methods: dict, x_key, y_key, group: str | None = None):
+    import plotly.graph_objects as go
+
+    traces = []
+    by_method: dict[str, list[dict]] = {}
+    for row in rows:
+        by_method.setdefault(row["method"], []).append(row)
+    for name, items in by_method.items():
+        points = []
+        for row in items:
+            x = row[x_key] if group is None else row[x_key].get(group)
+            y = row[y_key] if group is None else row[y_key].get(group)
+            if x is None or y is None:
+                continue
+            points.append((x, y, row))
+        if not points:
+            continue
+        title = methods.get(name, {}).get("title", name)
+        traces.append(go.Scatter(
+            x=[p[0] for p in points], y=[p[1] for p in points], mode="lines+markers", name=title,
+            legendgroup=name, showlegend=group is None, line={"color": _colour(name, methods)},
+            marker={"color": _colour(name, methods), "size": 8},
+            text=[f"{title}<br>{_knob(p[2])}<br>SR {_fmt(p[2]['sr'])} GR {_fmt(p[0])} LR {_fmt(p[1])}"
+                  f"<br>{p[2]['edits']} edits" for p in points],
+            hoverinfo="text"))
+    return traces
+
+
+def _figure_html(fig, first: bool) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=True if first else False,
+                       config={"displaylogo": False, "responsive": True})
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_report(results: dict, path: str | Path) -> Path:
+    """Write one self-contained HTML file (plotly.js inlined, works offline)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    path = Path(path)
+    summary = results["summary"]
+    methods = results.get("methods", {})
+    main_rows = [r for r in summary if r["method"] not in ABLATION_METHODS]
+    ablation_rows = [r for r in summary if r["method"] in ABLATION_METHODS]
+    parts: list[str] = []
+    axes = dict(xaxis_title="GR (generalization)", yaxis_title="LR (locality)", template="plotly_white", height=560)
+
+    fig = go.Figure(_curves(main_rows, methods, "gr", "lr"))
+    fig.update_layout(title="GR-LR curves, mean over groups (each method swept over its knob)", **axes)
+    parts.append("<h2>GR-LR trade-off</h2>" + _figure_html(fig, first=True))
+
+    groups = [g["name"] for g in results["benchmark"]["groups"]]
+    if groups and main_rows:
+        cols = min(4, len(groups))
+        nrows = math.ceil(len(groups) / cols)
+        grid = make_subplots(rows=nrows, cols=cols, subplot_titles=groups, horizontal_spacing=0.05, vertical_spacing=0.08)
+        for i, name in enumerate(groups):
+            for trace in _curves(main_rows, methods, "gr_by_group", "lr_by_group", group=name):
+                grid.add_trace(trace, row=i // cols + 1, col=i % cols + 1)
+        grid.update_layout(title="GR-LR per group", template="plotly_white", height=300 * nrows, showlegend=False)
+        parts.append("<h2>Per group</h2><p>Same colours as the main figure; hover for method and knob.</p>" + _figure_html(grid, first=False))
+
+    if ablation_rows:
+        fig = go.Figure(_curves(ablation_rows + [r for r in main_rows if r["method"] == "w2e"], methods, "gr", "lr"))
+        fig.update_layout(title="Ablations: mask ensembles (1-3 samples) and CutMix vs PGD pseudo-samples", **axes)
+        parts.append("<h2>Ablations</h2>" + _figure_html(fig, first=False))
+
+    iou = results.get("iou")
+    if iou:
+        z = [[v if v is not None else float("nan") for v in row] for row in iou["matrix"]]
+        fig = go.Figure(go.Heatmap(z=z, x=iou["groups"], y=iou["groups"], colorscale="Viridis", zmin=0,
+                                   hovertemplate="%{y} vs %{x}: IoU %{z:.3f}<extra></extra>"))
+        fig.update_layout(title=f"Mask IoU at rho={iou['rho']} ({iou['mask_source']} masks): within groups "
+                                f"{_fmt(iou['within_mean'])}, across {_fmt(iou['across_mean'])}",
+                          template="plotly_white", height=560, yaxis_autorange="reversed")
+        parts.append("<h2>Mask specificity</h2>" + _figure_html(fig, first=False))
+
+    parts.append("<h2>Success rate, GR and LR</h2>" + _table(
+        ["method", "knob", "edits", "SR", "GR", "LR", "median s", "median steps", "mean params changed"],
+        [[r["method"], _knob(r), r["edits"], r["sr"], r["gr"], r["lr"], r["median_seconds"], r["median_steps"],
+          round(r["mean_parameters"])] for r in summary]))
+    timing = results.get("timing", {})
+    if timing:
+        fig = make_subplots(rows=1, cols=2, subplot_titles=["median seconds per edit", "median steps per edit"])
+        names = list(timing)
+        fig.add_trace(go.Bar(x=names, y=[timing[n]["median_seconds"] for n in names], name="seconds"), row=1, col=1)
+        fig.add_trace(go.Bar(x=names, y=[timing[n]["median_steps"] for n in names], name="steps"), row=1, col=2)
+        fig.update_layout(template="plotly_white", height=420, showlegend=False)
+        parts.append("<h2>Cost per edit</h2>" + _figure_html(fig, first=False) + _table(
+            ["method", "edits", "median s (edit)", "median steps", "median s (evaluation)"],
+            [[n, t["edits"], t["median_seconds"], t["median_steps"], t["median_eval_seconds"]] for n, t in timing.items()]))
+    if results.get("skipped"):
+        parts.append("<h2>Skipped</h2>" + _table(["method", "reason"], [[k, v] for k, v in results["skipped"].items()]))
+    details = {k: results[k] for k in ("model", "benchmark", "protocol", "methods", "environment") if k in results}
+    parts.append("<h2>Settings</h2><details><summary>model, benchmark, protocol and every method's settings "
+                 "(as recorded in results.json)</summary><pre>" + html.escape(json.dumps(details, indent=1)) +
+                 "</pre></details>")
+    model = results["model"]
+    title = f"w2e editing benchmark: {html.escape(model['name'])}"
+    intro = (f"<p>Model <code>{html.escape(model['name'])}</code> (sha256 {model['sha256'][:12]}), edit site blocks "
+             f"{model['site']['blocks']}; {results['benchmark']['editing_samples']} editing samples over "
+             f"{len(groups)} groups; {results['benchmark']['locality_images_evaluated']} locality images; "
+             f"{'quick run' if results['protocol']['quick'] else 'full sweep'}, "
+             f"{results['seconds'] / 60:.1f} min.</p>")
+    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
+             "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
+             "td:first-child,td:nth-child(2){text-align:left}pre{font-size:12px;background:#f8f8f8;padding:1em}")
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style></head>"
+            f"<body><h1>{title}</h1>{intro}{''.join(parts)}</body></html>")
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,251 @@
+"""Run the benchmark protocol for a set of methods; resumable; writes results.json and report.html."""
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..benchmark_data import BenchmarkData
+from ..models import ModelBundle, state_dict_sha256
+from .ablations import ablation_registry, mask_specificity
+from .data import BenchContext, EvalLimits, benchmark_fingerprint
+from .hooks import has_hooks
+from .methods import Resources, SearchMethod, W2EMethod, registry
+from .metrics import summarise_records
+from .records import RecordStore, record_key, settings_hash
+
+RECORDS_FILE = "edits.jsonl"
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.html"
+ABLATIONS = ("ensemble", "iou", "pseudo")
+
+#: ``--quick``: one editing sample per group, smaller evaluation sets, 2-3 knob values per
+#: method, short meta-training of KE/MEND and of the CutMix/PGD hypernetworks.
+QUICK_LIMITS = EvalLimits(edits_per_group=1, max_group_eval=32, max_locality=128)
+#: Full sweep defaults (every knob value of every method); editing samples per group: auto.
+FULL_LIMITS = EvalLimits(edits_per_group=3, max_group_eval=200, max_locality=400)
+#: The full sweep edits about this many samples in all (at least 1, at most 5 per group).
+FULL_TARGET_SAMPLES = 30
+
+
+def auto_edits_per_group(n_groups: int, target: int = FULL_TARGET_SAMPLES) -> int:
+    """Editing samples per group of the full sweep: ``round(target / groups)`` within [1, 5]."""
+    return max(1, min(5, round(target / max(1, n_groups))))
+
+
+class BaseModelChangedError(RuntimeError):
+    """A method left the shared base model changed (weights or hooks): a bug, never ignored."""
+
+
+@dataclass
+class BenchOptions:
+    """What to run; defaults are the full sweep of every method and ablation."""
+
+    methods: list[str] | None = None
+    quick: bool = False
+    seed: int = 0
+    edits_per_group: int | None = -1  # -1: the mode's default (quick 1, full auto); None: every failure
+    max_group_eval: int | None = -1
+    max_locality: int | None = -1
+    ablations: tuple[str, ...] = ABLATIONS
+    knob_values: dict[str, tuple] = field(default_factory=dict)
+    method_settings: dict[str, dict] = field(default_factory=dict)
+
+    def limits(self, n_groups: int = 10) -> EvalLimits:
+        """Evaluation caps: the mode's defaults unless given (-1 = default, None = no cap)."""
+        base = QUICK_LIMITS if self.quick else replace(FULL_LIMITS, edits_per_group=auto_edits_per_group(n_groups))
+        pick = lambda given, default: default if given == -1 else given  # noqa: E731
+        return replace(base, edits_per_group=pick(self.edits_per_group, base.edits_per_group),
+                       max_group_eval=pick(self.max_group_eval, base.max_group_eval),
+                       max_locality=pick(self.max_locality, base.max_locality))
+
+
+def all_method_names() -> list[str]:
+    """Names accepted by ``--methods`` (comparison methods, then ablation variants)."""
+    return [*registry(), *ablation_registry()]
+
+
+def selected_methods(options: BenchOptions) -> list[str]:
+    names = list(registry()) if options.methods is None else list(options.methods)
+    unknown = [n for n in names if n not in all_method_names()]
+    if unknown:
+        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(all_method_names())}")
+    if options.methods is None:
+        if "ensemble" in options.ablations:
+            names.append("w2e-ensemble")
+        if "pseudo" in options.ablations:
+            names += ["w2e-cutmix", "w2e-pgd"]
+    return names
+
+
+def run_bench(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path, options: BenchOptions = BenchOptions(),
+              hypernetwork: torch.nn.Module | None = None, train_source=None, benchmark_path: str | None = None,
+              log: Callable[[str], None] | None = None, progress: bool = True) -> dict:
+    """Run (or resume) the benchmark; returns the results dict also written to ``out_dir``.
+
+    Every edit is appended to ``edits.jsonl`` as soon as it is evaluated; a rerun with the
+    same settings skips recorded edits, so an interrupted run resumes where it stopped.
+    """
+    log = log or (lambda text: print(text, file=sys.stderr))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    limits = options.limits(len(data.group_names))
+    base_sha = state_dict_sha256(bundle.model)
+    ctx = BenchContext(bundle, data, limits, options.seed)
+    resources = Resources(hypernetwork, train_source, out_dir, options.quick, options.seed, log)
+    common = {"model_sha256": base_sha, "benchmark": benchmark_fingerprint(data), "seed": options.seed,
+              "max_group_eval": limits.max_group_eval, "max_locality": limits.max_locality}
+    store = RecordStore(out_dir / RECORDS_FILE)
+    if store.dropped:
+        log(f"dropped {store.dropped} incomplete record line(s) from {out_dir / RECORDS_FILE}")
+    classes = {**registry(), **ablation_registry()}
+    names = selected_methods(options)
+    methods_info, skipped, hashes, instances = {}, {}, {}, {}
+    for index, name in enumerate(names):
+        method = classes[name](ctx, resources, options.knob_values.get(name), **options.method_settings.get(name, {}))
+        reason = method.unavailable()
+        if reason:
+            skipped[name] = reason
+            log(f"skipping {name}: {reason}")
+            continue
+        digest = settings_hash(method.settings(), common)
+        hashes[name] = digest
+        todo = [(value, sample) for value in method.values for sample in method.samples(value)
+                if not store.done(record_key(name, value, sample.key), digest)]
+        method_started = time.perf_counter()
+        method.prepare()
+        _run_edits(ctx, method, todo, store, digest, progress)
+        _check_base(bundle, base_sha, name)
+        instances[name] = method
+        methods_info[name] = {"title": method.title, "knob": method.knob, "values": list(method.values),
+                              "level": method.level, "settings": method.settings(), "settings_hash": digest,
+                              "new_edits": len(todo), "seconds_this_run": time.perf_counter() - method_started,
+                              **({"training": method.summary} if hasattr(method, "summary") else {})}
+        keep = {bundle.site.start} | {_level_of(classes[n], ctx, resources) for n in names[index + 1 :]}
+        ctx.release_levels(sorted(keep))
+    iou = None
+    if "iou" in options.ablations:
+        iou = _specificity(ctx, resources, instances, hypernetwork)
+    records = list(store.select(hashes))
+    results = {
+        "format": "w2e.bench/1",
+        "model": {"name": bundle.name, "sha256": base_sha, "site": bundle.site.to_dict(), "edit_lr": bundle.edit_lr,
+                  "classes": len(bundle.class_names), "parameters": sum(p.numel() for p in bundle.model.parameters())},
+        "benchmark": {"path": benchmark_path, "fingerprint": common["benchmark"], "groups": _group_table(ctx),
+                      "locality_images": int(len(data.locality_indices)),
+                      "locality_images_evaluated": int(len(ctx.locality_rows)), "editing_samples": len(ctx.samples)},
+        "protocol": {"quick": options.quick, "seed": options.seed, "limits": limits.to_dict(),
+                     "editing_samples": "group images the base model gets wrong (seeded order; first edits_per_group)",
+                     "every_edit_from_base": True, "gr": "other images of the group, no -1 bias, mean over groups",
+                     "lr": "agreement with the base model on the locality set"},
+        "methods": methods_info,
+        "skipped": skipped,
+        "summary": summarise_records(records, ctx.data.group_names),
+        "timing": timing_by_method(records),
+        "iou": iou,
+        "base_model_unchanged": True,
+        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(bundle.device),
+                        "python": platform.python_version(), "machine": platform.machine()},
+        "seconds": time.perf_counter() - started,
+    }
+    results = clean_json(results)
+    (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=1, allow_nan=False))
+    try:
+        from .report import write_report
+
+        write_report(results, out_dir / REPORT_FILE)
+    except ImportError as error:  # plotly missing
+        log(f"report.html not written: {error} (pip install plotly)")
+    return results
+
+
+def clean_json(value):
+    """``value`` with NaN/inf as ``None`` and tensors/arrays as lists (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [clean_json(v) for v in value]
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if hasattr(value, "tolist"):
+        return clean_json(value.tolist())
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+def _level_of(cls, ctx, resources) -> int:
+    try:
+        return cls(ctx, resources).level
+    except Exception:  # noqa: BLE001 - a level that cannot be computed just is not kept
+        return ctx.bundle.site.start
+
+
+def _run_edits(ctx: BenchContext, method, todo, store: RecordStore, digest: str, progress: bool) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(todo, desc=method.name, disable=not progress or not todo, leave=False, file=sys.stderr)
+    for value, sample in bar:
+        edit = method.edit(sample, value)
+        eval_started = time.perf_counter()
+        counts = ctx.evaluate(edit, sample)
+        base = [int(ctx.base_row_predictions[r]) for r in sample.rows]
+        store.append({
+            "key": record_key(method.name, value, sample.key), "settings": digest, "method": method.name,
+            "knob": method.knob, "value": value, "group": sample.group, "group_name": ctx.data.group_names[sample.group],
+            "rows": list(sample.rows), "label": sample.label, "pred_before": base, **counts,
+            "train_success": edit.success, "steps": edit.steps, "seconds": edit.seconds,
+            "eval_seconds": time.perf_counter() - eval_started, "num_parameters": edit.num_parameters,
+            "density": edit.density, "level": edit.level, "info": edit.info,
+        })
+
+
+def timing_by_method(records) -> dict:
+    """Median seconds and steps per edit of every method (over all its knob values)."""
+    import statistics
+    from collections import defaultdict
+
+    by_method = defaultdict(list)
+    for record in records:
+        by_method[record["method"]].append(record)
+    return {name: {"edits": len(recs), "median_seconds": statistics.median(r["seconds"] for r in recs),
+                   "median_steps": statistics.median(r["steps"] for r in recs),
+                   "median_eval_seconds": statistics.median(r["eval_seconds"] for r in recs)}
+            for name, recs in by_method.items()}
+
+
+def _check_base(bundle: ModelBundle, expected: str, name: str) -> None:
+    if has_hooks(bundle.model):
+        raise BaseModelChangedError(f"method {name} left a hook on the base model")
+    if state_dict_sha256(bundle.model) != expected:
+        raise BaseModelChangedError(f"method {name} changed the base model's weights")
+
+
+def _specificity(ctx, resources, instances, hypernetwork):
+    method = instances.get("w2e") or instances.get("search")
+    if method is None:
+        method = W2EMethod(ctx, resources) if hypernetwork is not None else SearchMethod(ctx, resources)
+    return mask_specificity(ctx, method)
+
+
+def _group_table(ctx: BenchContext) -> list[dict]:
+    return [{"name": name, "size": int(len(ctx.group_rows[g])), "failures": int(len(ctx.failures[g])),
+             "edited": sum(1 for s in ctx.samples if s.group == g), "gr_images": int(len(ctx.eval_rows[g]))}
+            for g, name in enumerate(ctx.data.group_names)]
+
+
+def reaggregate(out_dir: str | Path) -> list[dict]:
+    """Summary rows recomputed from ``edits.jsonl`` for the methods and settings in ``results.json``."""
+    out_dir = Path(out_dir)
+    results = json.loads((out_dir / RESULTS_FILE).read_text())
+    hashes = {name: info["settings_hash"] for name, info in results["methods"].items()}
+    records = list(RecordStore(out_dir / RECORDS_FILE).select(hashes))
+    names = [group["name"] for group in results["benchmark"]["groups"]]
+    return clean_json(summarise_records(records, names))

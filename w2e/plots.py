@@ -1,0 +1,146 @@
+"""Plotly figures of the app: predictions, where-to-edit mask, loss curve, locality trade-off.
+
+Every function takes plain numbers (lists, numpy arrays or tensors) and returns a
+``plotly.graph_objects.Figure``; nothing here knows about models or Gradio.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+
+BEFORE_COLOUR = "#9aa5b1"
+AFTER_COLOUR = "#2563eb"
+TARGET_COLOUR = "#16a34a"
+SELECTED_COLOUR = "rgba(249, 115, 22, 0.85)"
+_FONT = dict(size=12)
+
+
+def _layout(fig: go.Figure, title: str, height: int, **extra) -> go.Figure:
+    fig.update_layout(title=dict(text=title, x=0.01, font=dict(size=14)), height=height, font=_FONT,
+                      margin=dict(l=10, r=10, t=40, b=10), template="plotly_white", **extra)
+    return fig
+
+
+def empty_figure(message: str, height: int = 220) -> go.Figure:
+    """A blank figure showing ``message`` (placeholder before there is anything to plot)."""
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+                       font=dict(size=13, color="#6b7280"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, "", height)
+
+
+def _array(values) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
+def prediction_bars(class_names: Sequence[str], before, after=None, target: int | None = None, k: int = 5,
+                    title: str | None = None) -> go.Figure:
+    """Top-``k`` class probabilities as horizontal bars; with ``after``, before vs after.
+
+    With both, the classes shown are the union of both top-``k`` sets (and the target), sorted
+    by the probability after. The target class is drawn in green and starred.
+    """
+    before = _array(before)
+    after = _array(after) if after is not None else None
+    ranking = after if after is not None else before
+    shown = list(np.argsort(-before)[:k])
+    if after is not None:
+        shown = list(dict.fromkeys(list(np.argsort(-after)[:k]) + shown))
+    if target is not None and target not in shown:
+        shown.append(target)
+    shown.sort(key=lambda i: -ranking[i])
+    shown = shown[::-1]  # plotly draws the first bar at the bottom
+    labels = [("★ " if i == target else "") + _short(class_names[i]) for i in shown]
+    fig = go.Figure()
+    if after is None:
+        colours = [TARGET_COLOUR if i == target else AFTER_COLOUR for i in shown]
+        fig.add_bar(y=labels, x=before[shown], orientation="h", marker_color=colours, name="probability",
+                    text=[f"{before[i]:.1%}" for i in shown], textposition="auto")
+    else:
+        fig.add_bar(y=labels, x=before[shown], orientation="h", marker_color=BEFORE_COLOUR, name="before",
+                    text=[f"{before[i]:.1%}" for i in shown], textposition="auto")
+        fig.add_bar(y=labels, x=after[shown], orientation="h", name="after",
+                    marker_color=[TARGET_COLOUR if i == target else AFTER_COLOUR for i in shown],
+                    text=[f"{after[i]:.1%}" for i in shown], textposition="auto")
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    height = 90 + 28 * len(shown) * (2 if after is not None else 1)
+    return _layout(fig, title or ("Top predictions: before and after" if after is not None else "Top predictions"),
+                   height, barmode="group", showlegend=after is not None,
+                   legend=dict(orientation="h", y=-0.15, x=0))
+
+
+def _short(name: str, limit: int = 40) -> str:
+    name = name.split(",")[0] if len(name) > limit else name
+    return name if len(name) <= limit else name[: limit - 1] + "…"
+
+
+def mask_heatmap(mask, binary, layer_labels: Sequence[str], sort: bool = False, title: str | None = None) -> go.Figure:
+    """The continuous mask (one row per FC layer, neurons along x), selected entries overlaid.
+
+    ``sort`` orders each row's neurons by mask value (largest first), which shows at a glance
+    how much of each layer is selected; otherwise neurons are in index order.
+    """
+    values = _array(mask)
+    chosen = _array(binary) > 0.5
+    if sort:
+        order = np.argsort(-values, axis=1, kind="stable")
+        values = np.take_along_axis(values, order, axis=1)
+        chosen = np.take_along_axis(chosen, order, axis=1)
+        neuron = np.take_along_axis(np.broadcast_to(np.arange(values.shape[1]), values.shape), order, axis=1)
+    else:
+        neuron = np.broadcast_to(np.arange(values.shape[1]), values.shape)
+    counts = chosen.sum(axis=1)
+    rows = [f"{label} ({int(n)})" for label, n in zip(layer_labels, counts)]
+    fig = go.Figure()
+    fig.add_heatmap(z=np.round(values, 4), y=rows, colorscale="Blues", zmin=0, zmax=1, customdata=neuron,
+                    colorbar=dict(title=dict(text="mask", side="right"), thickness=10, len=1.0, y=0.5),
+                    hovertemplate="%{y}<br>neuron %{customdata}<br>mask %{z:.3f}<extra></extra>")
+    overlay = np.where(chosen, 1.0, np.nan)
+    fig.add_heatmap(z=overlay, y=rows, colorscale=[[0, SELECTED_COLOUR], [1, SELECTED_COLOUR]], showscale=False,
+                    hoverinfo="skip", name="selected")
+    fig.update_xaxes(title_text="neuron (sorted by mask value)" if sort else "neuron", showgrid=False)
+    fig.update_yaxes(autorange="reversed", showgrid=False)
+    height = max(200, 110 + 34 * len(rows))
+    return _layout(fig, title or "Where to edit (orange: selected at this ρ)", height)
+
+
+def loss_curve(losses: Sequence[float], loss_stop: float | None = None, title: str = "Edit loss") -> go.Figure:
+    """Cross-entropy per fine-tuning step (log scale), with the early-stop level dashed."""
+    losses = [max(float(v), 1e-8) for v in losses]
+    fig = go.Figure()
+    fig.add_scatter(x=list(range(len(losses))), y=losses, mode="lines+markers", name="loss",
+                    line=dict(color=AFTER_COLOUR), marker=dict(size=4))
+    if loss_stop is not None:
+        fig.add_hline(y=loss_stop, line_dash="dash", line_color="#6b7280",
+                      annotation_text=f"stop at {loss_stop:g}", annotation_position="top right")
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="cross-entropy", type="log")
+    return _layout(fig, title, 260, showlegend=False)
+
+
+def tradeoff_curve(rhos: Sequence[float], locality: Sequence[float | None], other: Sequence[float | None],
+                   other_name: str = "generalization", current_rho: float | None = None,
+                   title: str | None = None) -> go.Figure:
+    """Locality (y) against generalization or success (x), one point per rho; current rho starred."""
+    points = [(r, l, o) for r, l, o in zip(rhos, locality, other) if l is not None and o is not None]
+    fig = go.Figure()
+    if points:
+        points.sort(key=lambda p: -p[0])
+        fig.add_scatter(x=[p[2] for p in points], y=[p[1] for p in points], mode="lines+markers+text",
+                        text=[f"ρ={p[0]:g}" for p in points], textposition="top center", name="rho grid",
+                        line=dict(color=AFTER_COLOUR), marker=dict(size=9),
+                        hovertemplate="ρ=%{text}<br>" + other_name + " %{x:.1%}<br>locality %{y:.1%}<extra></extra>")
+        current = [p for p in points if current_rho is not None and abs(p[0] - current_rho) < 1e-9]
+        if current:
+            fig.add_scatter(x=[current[0][2]], y=[current[0][1]], mode="markers", name=f"current ρ={current_rho:g}",
+                            marker=dict(symbol="star", size=18, color=TARGET_COLOUR, line=dict(width=1, color="black")))
+    fig.update_xaxes(title_text=other_name, range=[-0.05, 1.05], tickformat=".0%")
+    fig.update_yaxes(title_text="locality", range=[-0.05, 1.05], tickformat=".0%")
+    return _layout(fig, title or f"Trade-off: locality vs {other_name} over rho", 360,
+                   legend=dict(orientation="h", y=-0.2, x=0))
