@@ -470,5 +470,7 @@ def test_browser_upload_edit_and_read_locality(browser_app, tmp_path):
             page.locator("#examples img").nth(2).click()  # the app keeps serving; the gallery loads a failure
             page.get_by_text(f"group {browser_app.w2e_hub.get().examples[2].caption.split(':')[0]}").wait_for()
             page.get_by_text("with your 1 edit(s) predicts").wait_for()
+            page.wait_for_timeout(300)  # let the chained mask event start, then wait until nothing is pending
+            page.wait_for_function("() => !document.querySelector('.pending, .eta-bar, .progress-text')")
         finally:
             browser.close()

@@ -310,6 +310,41 @@ def test_cli_parser_and_run(world, tmp_path, capsys):
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["protocol"]["seed"] == 3 and results["methods"]["ft"]["settings"]["max_steps"] == 3
     assert results["methods"]["rome"]["settings"]["covariance"] is False
+    from w2e.cli import CliError
+
+    bad = parser.parse_args(["bench", "--model", str(world["root"] / "tiny"), "--benchmark", str(world["bench"]),
+                             "--methods", "ft", "--out", str(tmp_path / "bad"), "--set", "ft.max_stepz=3"])
+    with pytest.raises(CliError, match="max_stepz"):
+        bad.func(bad)
     args = parser.parse_args(["bench", "--list"])
     args.func(args)
     assert "lora" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["w2e-cutmix", "w2e-pgd"])
+def test_pseudo_sample_hypernetworks_train_and_edit_reversibly(world, name, tmp_path):
+    from w2e.bench.ablations import ablation_registry
+
+    resources = Resources(None, world["source"], tmp_path, quick=True, seed=0, log=lambda _: None)
+    cls = ablation_registry()[name]
+    meta = cls(world["ctx"], resources, None).config["meta"]
+    meta = {**meta, "iterations": 2, "batch_size": 2, "search": {**meta["search"], "outer_steps": 1, "inner_steps": 1}}
+    method = cls(world["ctx"], resources, None, meta=meta, **FAST)
+    method.prepare()
+    assert method.summary["settings"]["pseudo"] == name.split("-")[1]
+    before = _state(world["bundle"].model)
+    edit = method.edit(world["ctx"].samples[0], 0.1)
+    assert edit.density == pytest.approx(0.1, abs=0.01)
+    world["ctx"].evaluate(edit, world["ctx"].samples[0])
+    assert all(torch.equal(v, before[k]) for k, v in world["bundle"].model.state_dict().items())
+    assert not has_hooks(world["bundle"].model)
+
+
+def test_edit_budget_is_spread_over_groups():
+    from w2e.bench.data import spread_edits
+
+    assert spread_edits([5, 1, 3], total=5, per_group=None) == [2, 1, 2]
+    assert spread_edits([5, 1, 3], total=2, per_group=None) == [1, 0, 1]  # most failures first
+    assert spread_edits([5, 1, 3], total=100, per_group=2) == [2, 1, 2]
+    assert spread_edits([5, 0, 3], total=None, per_group=4) == [4, 0, 3]
+    assert spread_edits([5, 0, 3], total=None, per_group=None) == [5, 0, 3]

@@ -272,6 +272,6 @@ def test_assemble_write_read_round_trip(tmp_path) -> None:
 
     written = write_examples(back, tmp_path / "examples", count=3, scale=2)
     sketch_label = FASHION_CLASSES[int(back.labels[sketch][0])]
-    assert [p.name for p in written] == ["shirt-t-shirt__shirt__0.png", f"style-sketch__{sketch_label}__0.png",
-                                         "shirt-t-shirt__shirt__1.png"]
+    assert [p.name for p in written] == [f"style-sketch__{sketch_label}__0.png", "shirt-t-shirt__shirt__0.png",
+                                         f"style-sketch__{FASHION_CLASSES[int(back.labels[sketch][1])]}__1.png"]
     assert Image.open(written[0]).size == (56, 56)

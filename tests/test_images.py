@@ -60,3 +60,10 @@ def test_preprocess_matches_timm_eval_transform():
     assert ours.shape == reference.shape
     assert float((ours - reference).abs().max()) < 1e-5
     assert model_view(image, config).size == (32, 32)
+
+
+def test_exact_upscales_are_undone_before_photo_fitting():
+    config = PreprocessConfig((1, 4, 4), (0.0,), (1.0,), "bilinear", 1.0, {"fit_object": True})
+    small = Image.fromarray(np.arange(16, dtype=np.uint8).reshape(4, 4) * 10, mode="L")
+    big = small.resize((16, 16), Image.Resampling.NEAREST)
+    assert np.array_equal(np.asarray(model_view(big, config)), np.asarray(small))

@@ -192,7 +192,7 @@ def load_timm_model(name: str, site_blocks: Sequence[int] | None = None, device:
 
     try:
         model = timm.create_model(name, pretrained=True)
-    except RuntimeError as error:
+    except (RuntimeError, OSError) as error:
         raise CheckpointError(f"could not load pretrained weights for timm model {name!r}: {error}") from None
     check_vit(model)
     num_classes = getattr(model, "num_classes", 0)

@@ -78,6 +78,7 @@ def model_view(image: Image.Image, config: PreprocessConfig) -> Image.Image:
     """The image as the model sees it (before normalisation): resized, cropped, right mode."""
     height, width = config.size
     mode = "L" if config.channels == 1 else "RGB"
+    image = _undo_integer_upscale(image, (width, height))
     if config.photo.get("fit_object") and image.size != (width, height):
         from .photo import fit_photo_to_frame
 
@@ -95,6 +96,19 @@ def model_view(image: Image.Image, config: PreprocessConfig) -> Image.Image:
     left = int(round((image.size[0] - width) / 2.0))
     top = int(round((image.size[1] - height) / 2.0))
     return image.crop((left, top, left + width, top + height))
+
+
+def _undo_integer_upscale(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """An image that is exactly a nearest-neighbour k-times upscale of ``size`` goes back to it."""
+    width, height = size
+    if image.size == size or image.size[0] % width or image.size[0] // width != image.size[1] / height:
+        return image
+    factor = image.size[0] // width
+    pixels = np.asarray(image)
+    small = pixels[::factor, ::factor]
+    if np.array_equal(np.repeat(np.repeat(small, factor, axis=0), factor, axis=1), pixels):
+        return Image.fromarray(small, mode=image.mode)
+    return image
 
 
 def normalise_array(pixels: np.ndarray, config: PreprocessConfig) -> torch.Tensor:

@@ -33,13 +33,16 @@ interrupted run resumes, and records can be re-aggregated with
 ``report.html`` (plotly.js inlined): GR-LR curves overall and per group, the SR table, the IoU
 heatmap, median seconds and steps per edit; a summary table is printed in the terminal.
 
-``--quick``: 1 editing sample per group, GR on at most 32 images of each group, LR on at
-most 128 locality images, 1-2 values of each knob (rho 0.25 and 0.05, FT-L1 1e-3, FT-L2 0.1,
-LoRA rank 8, ensembles of 1 and 3), and short meta-training (KE/MEND 60 iterations,
-CutMix/PGD hypernetworks 4). The full run: about 30 editing samples in all
-(``round(30 / groups)`` per group, between 1 and 5), GR on at most 200 images per group, LR
-on at most 400 locality images (seeded subsets; ``all`` lifts a cap), every knob value,
-KE/MEND 400 iterations, CutMix/PGD hypernetworks 50 iterations.
+``--quick``: 1 editing sample in each of the 12 groups with the most failures, GR on at most
+32 images of each group, LR on at most 128 locality images, 1-2 values of each knob (rho 0.25
+and 0.05, FT-L1 1e-3, FT-L2 0.1, LoRA rank 8), KE/MEND meta-trained for 60 iterations, and
+only the IoU ablation (the others with ``--ablations iou,ensemble,pseudo``: ensembles of 1
+and 3, CutMix/PGD hypernetworks trained 4 iterations). The full run: 36 editing samples dealt
+round-robin over the groups (every group gets one before any gets two, groups with more
+failures first; at most 5 per group), GR on at most 160 images per group, LR on at most 320
+locality images (seeded subsets; ``all`` lifts a cap), every knob value, KE/MEND 400
+iterations, all ablations (CutMix/PGD hypernetworks 30 iterations each).
+``--edits-per-group N`` replaces the budget by N samples in every group.
 
 Speed: tokens entering the first edited block are computed once for every image of the run
 and shared by all methods editing at or after that block; methods that edit later blocks

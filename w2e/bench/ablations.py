@@ -1,7 +1,6 @@
 """Ablations of the paper: mask ensembles, mask specificity (IoU), CutMix vs PGD pseudo-samples."""
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from ..meta import MetaTrainConfig
 from ..preprocess import normalise_array
 from ..runner import cached_prefix, forward_suffix
 from .data import BenchContext, EditSample
-from .methods import BenchEdit, MaskMethod, SearchMethod, W2EMethod
+from .methods import MaskMethod, SearchMethod, W2EMethod
 from .metrics import iou_matrix
 from .pgd import PGDConfig, meta_train_pseudo
 from .records import settings_hash
@@ -65,12 +64,12 @@ class PseudoSampleMethod(W2EMethod):
 
     pseudo = "cutmix"
     needs = ("train_data",)
-    full_values = (0.25, 0.1, 0.05)
+    full_values = (0.25, 0.05)
     quick_values = (0.1,)
 
     def default_settings(self) -> dict:
         quick = self.resources.quick
-        meta = MetaTrainConfig(iterations=4 if quick else 50, batch_size=8, hyper_depth=1, checkpoint_every=10**9,
+        meta = MetaTrainConfig(iterations=4 if quick else 30, batch_size=8, hyper_depth=1, checkpoint_every=10**9,
                                seed=self.resources.seed)
         return {**super().default_settings(), "meta": meta.to_dict(),
                 "pgd": PGDConfig().to_dict() if self.pseudo == "pgd" else None}

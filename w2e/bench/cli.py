@@ -13,11 +13,13 @@ EPILOG = """\
 methods (--methods, comma list; default: all of the paper's comparison plus the ablation variants):
   w2e (rho)  search (rho)  ft  ft-l1 (penalty)  ft-l2 (penalty)  random (rho)  kn (rho)  spt (rho)
   tpatcher  rome  lora (rank)  ke  mend   |  ablations: w2e-ensemble (samples)  w2e-cutmix (rho)  w2e-pgd (rho)
---quick: 1 editing sample per group, GR on <= 32 images per group, LR on <= 128 locality images,
-  1-2 knob values per method, short meta-training (KE/MEND 60 iterations, CutMix/PGD hypernets 4).
-full (default): about 30 editing samples in all (round(30 / groups), 1..5 per group; 3 for 10
-  groups), GR on <= 200 images per group, LR on <= 400 locality images, every knob value,
-  KE/MEND 400 iterations, CutMix/PGD hypernets 50. 'all' lifts a cap (--edits-per-group all).
+--quick: 1 editing sample in each of the 12 groups with the most failures, GR on <= 32 images per
+  group, LR on <= 128 locality images, 1-2 knob values per method, KE/MEND meta-trained 60
+  iterations, only the IoU ablation (add --ablations iou,ensemble,pseudo for the others).
+full (default): 36 editing samples dealt round-robin over the groups (each group gets one before
+  any gets two; at most 5 per group), GR on <= 160 images per group, LR on <= 320 locality images,
+  every knob value, KE/MEND 400 iterations, all ablations (CutMix/PGD hypernets 30 iterations).
+--edits-per-group N replaces the budget by N per group; 'all' lifts a cap.
 Results: OUT/edits.jsonl (one record per edit; reruns resume), OUT/results.json, OUT/report.html.
 """
 
@@ -82,12 +84,12 @@ def add_bench_parser(subparsers) -> None:
     _common(p)
     p.add_argument("--benchmark", default=None, help="benchmark file or image folder (default: the model's bundled one)")
     p.add_argument("--methods", default=None, help="comma list (default: all); see below")
-    p.add_argument("--edits-per-group", type=_optional_int, default=-1, help="editing samples per group, or 'all'")
+    p.add_argument("--edits-per-group", type=_optional_int, default=-1, help="editing samples per group (replaces the default budget), or 'all'")
     p.add_argument("--max-group-eval", type=_optional_int, default=-1, help="GR images per group, or 'all'")
     p.add_argument("--max-locality", type=_optional_int, default=-1, help="locality images, or 'all'")
     p.add_argument("--hypernetwork", default=None, help="hypernetwork file for w2e (default: the model's bundled one)")
-    p.add_argument("--ablations", default=",".join(("ensemble", "iou", "pseudo")),
-                   help="comma list of ensemble,iou,pseudo, or 'none' (default: all)")
+    p.add_argument("--ablations", default=None,
+                   help="comma list of ensemble,iou,pseudo, or 'none' (default: all; with --quick: iou)")
     p.add_argument("--knob", dest="knobs", type=_knob, action="append", default=[],
                    help="knob values of a method, e.g. --knob lora=4,8 (repeatable)")
     p.add_argument("--json", action="store_true", help="print results.json's summary as JSON instead of a table")
@@ -169,6 +171,7 @@ def cmd_bench(args) -> None:
     """Run (or resume) the benchmark and print the summary table."""
     from ..hypernet import load_hypernetwork
     from .data import load_any_benchmark
+    from .methods import SettingsError
     from .report import format_table
     from .runner import ABLATIONS, BenchOptions, all_method_names, run_bench
 
@@ -181,8 +184,13 @@ def cmd_bench(args) -> None:
         unknown = [m for m in methods if m not in all_method_names()]
         if unknown:
             raise _cli_error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(all_method_names())}")
-    ablations = () if args.ablations in ("", "none") else tuple(a.strip() for a in args.ablations.split(","))
-    bad = [a for a in ablations if a not in ABLATIONS]
+    if args.ablations is None:
+        ablations = None
+    elif args.ablations in ("", "none"):
+        ablations = ()
+    else:
+        ablations = tuple(a.strip() for a in args.ablations.split(","))
+    bad = [a for a in ablations or () if a not in ABLATIONS]
     if bad:
         raise _cli_error(f"unknown ablation(s) {', '.join(bad)}; choose from {', '.join(ABLATIONS)}")
     bundle = _bundle(args)
@@ -200,7 +208,10 @@ def cmd_bench(args) -> None:
                            max_group_eval=args.max_group_eval, max_locality=args.max_locality, ablations=ablations,
                            knob_values=dict(args.knobs), method_settings=_method_settings(args))
     out = _out_dir(args)
-    results = run_bench(bundle, data, out, options, hypernetwork, source, str(bench_path))
+    try:
+        results = run_bench(bundle, data, out, options, hypernetwork, source, str(bench_path))
+    except SettingsError as error:
+        raise _cli_error(str(error)) from None
     if args.json:
         print(json.dumps({"summary": results["summary"], "skipped": results["skipped"], "out": str(out)}))
     else:

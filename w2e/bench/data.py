@@ -105,11 +105,33 @@ class EvalLimits:
     max_locality: int | None = 512
     batch_size: int = 512
     ensemble_sizes: tuple[int, ...] = (1, 2, 3)
+    total_edits: int | None = None  # spread over groups (see :func:`spread_edits`), each <= edits_per_group
 
     def to_dict(self) -> dict:
-        return {"edits_per_group": self.edits_per_group, "max_group_eval": self.max_group_eval,
+        return {"edits_per_group": self.edits_per_group, "total_edits": self.total_edits,
+                "max_group_eval": self.max_group_eval,
                 "max_locality": self.max_locality, "batch_size": self.batch_size,
                 "ensemble_sizes": list(self.ensemble_sizes)}
+
+
+def spread_edits(failures: list[int], total: int | None, per_group: int | None) -> list[int]:
+    """Editing samples per group: ``total`` dealt out one per group per round.
+
+    Each round gives one more sample to every group that still has failures left (groups
+    with the most failures first, so a partial round favours them), never more than
+    ``per_group``; ``total=None`` gives every group ``per_group`` (``None``: all its failures).
+    """
+    caps = [n if per_group is None else min(n, per_group) for n in failures]
+    if total is None:
+        return caps
+    order = sorted(range(len(failures)), key=lambda g: (-failures[g], g))
+    given, left = [0] * len(failures), total
+    while left > 0 and any(given[g] < caps[g] for g in order):
+        for g in order:
+            if left > 0 and given[g] < caps[g]:
+                given[g] += 1
+                left -= 1
+    return given
 
 
 @dataclass
@@ -148,9 +170,10 @@ class BenchContext:
         for g, rows in enumerate(self.group_rows):
             wrong = rows[base[rows] != self.data.labels[rows]]
             self.failures.append(wrong[np.random.default_rng(self.seed * 7919 + g).permutation(len(wrong))])
-        cap = self.limits.edits_per_group
+        self.edits_per_group = spread_edits([len(f) for f in self.failures], self.limits.total_edits,
+                                            self.limits.edits_per_group)
         self.samples = [EditSample(g, (int(r),), int(self.data.labels[r]))
-                        for g, fails in enumerate(self.failures) for r in (fails if cap is None else fails[:cap])]
+                        for g, fails in enumerate(self.failures) for r in fails[: self.edits_per_group[g]]]
         self._ensembles = {size: self._make_ensembles(size) for size in self.limits.ensemble_sizes}
         extra = [r for samples in self._ensembles.values() for sample in samples for r in sample.rows]
         extra += [r for sample in self.samples for r in sample.rows]

@@ -44,6 +44,10 @@ QUICK_DENSITIES = (0.25, 0.05)
 PAPER_VIT_B_EDIT_LR = 2e-5
 
 
+class SettingsError(ValueError):
+    """A method setting that does not exist (a typo in ``--set``)."""
+
+
 @dataclass
 class BenchEdit:
     """One edit as the benchmark sees it (see the module docstring)."""
@@ -88,7 +92,11 @@ class Method:
         self.resources = resources
         default = self.quick_values if (resources.quick and self.quick_values is not None) else self.full_values
         self.values = tuple(values) if values else default
-        self.config = {**self.default_settings(), **overrides}
+        defaults = self.default_settings()
+        unknown = sorted(set(overrides) - set(defaults))
+        if unknown:
+            raise SettingsError(f"{self.name}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
+        self.config = {**defaults, **overrides}
 
     # -- to override ---------------------------------------------------------------------------
     def default_settings(self) -> dict:

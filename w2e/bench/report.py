@@ -22,11 +22,16 @@ def _knob(row: dict) -> str:
     return "-" if row.get("knob") is None else f"{row['knob']}={row['value']}"
 
 
+def _ordered(rows: list[dict], methods: dict) -> list[dict]:
+    order = {name: i for i, name in enumerate(methods)}
+    return sorted(rows, key=lambda r: order.get(r["method"], len(order)))  # stable: knob order kept
+
+
 def format_table(results: dict) -> str:
     """Plain-text summary: one line per method and knob value, then timing per method."""
     header = f"{'method':<14} {'knob':<16} {'edits':>5} {'SR':>6} {'GR':>6} {'LR':>6} {'med s':>7} {'steps':>6}"
     lines = [header, "-" * len(header)]
-    for row in results["summary"]:
+    for row in _ordered(results["summary"], results.get("methods", {})):
         lines.append(f"{row['method']:<14} {_knob(row):<16} {row['edits']:>5} {_fmt(row['sr']):>6} {_fmt(row['gr']):>6} "
                      f"{_fmt(row['lr']):>6} {_fmt(row['median_seconds'], 2):>7} {_fmt(row['median_steps'], 0):>6}")
     for name, reason in results.get("skipped", {}).items():
@@ -53,7 +58,7 @@ def _curves(rows: list[dict], methods: dict, x_key, y_key, group: str | None = N
     import plotly.graph_objects as go
 
     traces = []
-    by_method: dict[str, list[dict]] = {}
+    by_method: dict[str, list[dict]] = {name: [] for name in methods}
     for row in rows:
         by_method.setdefault(row["method"], []).append(row)
     for name, items in by_method.items():
@@ -133,8 +138,8 @@ def write_report(results: dict, path: str | Path) -> Path:
 
     parts.append("<h2>Success rate, GR and LR</h2>" + _table(
         ["method", "knob", "edits", "SR", "GR", "LR", "median s", "median steps", "mean params changed"],
-        [[r["method"], _knob(r), r["edits"], r["sr"], r["gr"], r["lr"], r["median_seconds"], r["median_steps"],
-          round(r["mean_parameters"])] for r in summary]))
+        [[r["method"], _knob(r), r["edits"], r["sr"], r["gr"], r["lr"], _fmt(r["median_seconds"], 2),
+          _fmt(r["median_steps"], 0), f"{round(r['mean_parameters']):,}"] for r in _ordered(summary, methods)]))
     timing = results.get("timing", {})
     if timing:
         fig = make_subplots(rows=1, cols=2, subplot_titles=["median seconds per edit", "median steps per edit"])
@@ -144,7 +149,8 @@ def write_report(results: dict, path: str | Path) -> Path:
         fig.update_layout(template="plotly_white", height=420, showlegend=False)
         parts.append("<h2>Cost per edit</h2>" + _figure_html(fig, first=False) + _table(
             ["method", "edits", "median s (edit)", "median steps", "median s (evaluation)"],
-            [[n, t["edits"], t["median_seconds"], t["median_steps"], t["median_eval_seconds"]] for n, t in timing.items()]))
+            [[n, t["edits"], _fmt(t["median_seconds"], 2), _fmt(t["median_steps"], 0), _fmt(t["median_eval_seconds"], 2)]
+             for n, t in timing.items()]))
     if results.get("skipped"):
         parts.append("<h2>Skipped</h2>" + _table(["method", "reason"], [[k, v] for k, v in results["skipped"].items()]))
     details = {k: results[k] for k in ("model", "benchmark", "protocol", "methods", "environment") if k in results}

@@ -24,19 +24,14 @@ RECORDS_FILE = "edits.jsonl"
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.html"
 ABLATIONS = ("ensemble", "iou", "pseudo")
+#: Ablations run by default: all in the full sweep, only the (cheap) IoU one with ``--quick``.
+QUICK_ABLATIONS = ("iou",)
 
-#: ``--quick``: one editing sample per group, smaller evaluation sets, 2-3 knob values per
-#: method, short meta-training of KE/MEND and of the CutMix/PGD hypernetworks.
-QUICK_LIMITS = EvalLimits(edits_per_group=1, max_group_eval=32, max_locality=128)
-#: Full sweep defaults (every knob value of every method); editing samples per group: auto.
-FULL_LIMITS = EvalLimits(edits_per_group=3, max_group_eval=200, max_locality=400)
-#: The full sweep edits about this many samples in all (at least 1, at most 5 per group).
-FULL_TARGET_SAMPLES = 30
-
-
-def auto_edits_per_group(n_groups: int, target: int = FULL_TARGET_SAMPLES) -> int:
-    """Editing samples per group of the full sweep: ``round(target / groups)`` within [1, 5]."""
-    return max(1, min(5, round(target / max(1, n_groups))))
+#: ``--quick``: one editing sample in each of the 12 groups with the most failures, smaller
+#: evaluation sets, 1-2 knob values per method, short KE/MEND meta-training, IoU ablation only.
+QUICK_LIMITS = EvalLimits(edits_per_group=1, total_edits=12, max_group_eval=32, max_locality=128)
+#: Full sweep: 36 editing samples spread over the groups (at most 5 per group), every knob value.
+FULL_LIMITS = EvalLimits(edits_per_group=5, total_edits=36, max_group_eval=160, max_locality=320)
 
 
 class BaseModelChangedError(RuntimeError):
@@ -50,19 +45,28 @@ class BenchOptions:
     methods: list[str] | None = None
     quick: bool = False
     seed: int = 0
-    edits_per_group: int | None = -1  # -1: the mode's default (quick 1, full auto); None: every failure
+    edits_per_group: int | None = -1  # -1: the mode's budget (quick 12, full 36 in all); None: every failure
     max_group_eval: int | None = -1
     max_locality: int | None = -1
-    ablations: tuple[str, ...] = ABLATIONS
+    ablations: tuple[str, ...] | None = None  # None: ABLATIONS (full) or QUICK_ABLATIONS (quick)
     knob_values: dict[str, tuple] = field(default_factory=dict)
     method_settings: dict[str, dict] = field(default_factory=dict)
 
-    def limits(self, n_groups: int = 10) -> EvalLimits:
-        """Evaluation caps: the mode's defaults unless given (-1 = default, None = no cap)."""
-        base = QUICK_LIMITS if self.quick else replace(FULL_LIMITS, edits_per_group=auto_edits_per_group(n_groups))
+    def chosen_ablations(self) -> tuple[str, ...]:
+        if self.ablations is not None:
+            return tuple(self.ablations)
+        return QUICK_ABLATIONS if self.quick else ABLATIONS
+
+    def limits(self) -> EvalLimits:
+        """Evaluation caps: the mode's defaults unless given (-1 = default, None = no cap).
+
+        An explicit ``edits_per_group`` replaces the total budget (every group gets that many).
+        """
+        base = QUICK_LIMITS if self.quick else FULL_LIMITS
+        if self.edits_per_group != -1:
+            base = replace(base, edits_per_group=self.edits_per_group, total_edits=None)
         pick = lambda given, default: default if given == -1 else given  # noqa: E731
-        return replace(base, edits_per_group=pick(self.edits_per_group, base.edits_per_group),
-                       max_group_eval=pick(self.max_group_eval, base.max_group_eval),
+        return replace(base, max_group_eval=pick(self.max_group_eval, base.max_group_eval),
                        max_locality=pick(self.max_locality, base.max_locality))
 
 
@@ -77,9 +81,9 @@ def selected_methods(options: BenchOptions) -> list[str]:
     if unknown:
         raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(all_method_names())}")
     if options.methods is None:
-        if "ensemble" in options.ablations:
+        if "ensemble" in options.chosen_ablations():
             names.append("w2e-ensemble")
-        if "pseudo" in options.ablations:
+        if "pseudo" in options.chosen_ablations():
             names += ["w2e-cutmix", "w2e-pgd"]
     return names
 
@@ -96,7 +100,7 @@ def run_bench(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path, opt
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    limits = options.limits(len(data.group_names))
+    limits = options.limits()
     base_sha = state_dict_sha256(bundle.model)
     ctx = BenchContext(bundle, data, limits, options.seed)
     resources = Resources(hypernetwork, train_source, out_dir, options.quick, options.seed, log)
@@ -131,7 +135,7 @@ def run_bench(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path, opt
         keep = {bundle.site.start} | {_level_of(classes[n], ctx, resources) for n in names[index + 1 :]}
         ctx.release_levels(sorted(keep))
     iou = None
-    if "iou" in options.ablations:
+    if "iou" in options.chosen_ablations():
         iou = _specificity(ctx, resources, instances, hypernetwork)
     records = list(store.select(hashes))
     results = {
@@ -142,6 +146,7 @@ def run_bench(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path, opt
                       "locality_images": int(len(data.locality_indices)),
                       "locality_images_evaluated": int(len(ctx.locality_rows)), "editing_samples": len(ctx.samples)},
         "protocol": {"quick": options.quick, "seed": options.seed, "limits": limits.to_dict(),
+                     "ablations": list(options.chosen_ablations()),
                      "editing_samples": "group images the base model gets wrong (seeded order; first edits_per_group)",
                      "every_edit_from_base": True, "gr": "other images of the group, no -1 bias, mean over groups",
                      "lr": "agreement with the base model on the locality set"},
@@ -191,7 +196,8 @@ def _level_of(cls, ctx, resources) -> int:
 def _run_edits(ctx: BenchContext, method, todo, store: RecordStore, digest: str, progress: bool) -> None:
     from tqdm import tqdm
 
-    bar = tqdm(todo, desc=method.name, disable=not progress or not todo, leave=False, file=sys.stderr)
+    bar = tqdm(todo, desc=method.name, disable=not progress or not todo or not sys.stderr.isatty(), leave=False,
+               file=sys.stderr)
     for value, sample in bar:
         edit = method.edit(sample, value)
         eval_started = time.perf_counter()

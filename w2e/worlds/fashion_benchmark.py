@@ -366,19 +366,21 @@ def read_benchmark(path: Path) -> BenchmarkData:
 def write_examples(data: BenchmarkData, out_dir: Path, count: int, scale: int) -> list[Path]:
     """Save ``count`` example failures as PNGs named ``<group>__<true label>__<n>.png``.
 
-    Examples are taken round-robin over the groups (the n-th image of each group in file
-    order). Each PNG is the 28 px image upscaled ``scale`` times with nearest neighbour, so
+    Examples are taken round-robin over the groups (the n-th image of each group), the
+    shifted groups before the natural ones so that every kind of failure is shown. Each PNG is the 28 px image upscaled ``scale`` times with nearest neighbour, so
     the original pixels are every ``scale``-th pixel; the exact images are in the benchmark
     file. Earlier example PNGs in ``out_dir`` are removed first.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*__*__*.png"):
         old.unlink()
-    members = [np.flatnonzero(data.groups == g) for g in range(len(data.info["group_names"]))]
+    kinds = data.info["group_kinds"]
+    order = sorted(range(len(kinds)), key=lambda g: (kinds[g] == "natural", g))
+    members = {g: np.flatnonzero(data.groups == g) for g in order}
     written: list[Path] = []
     rank = 0
-    while len(written) < count and any(rank < len(m) for m in members):
-        for group, indices in enumerate(members):
+    while len(written) < count and any(rank < len(m) for m in members.values()):
+        for group, indices in members.items():
             if len(written) == count or rank >= len(indices):
                 continue
             row = indices[rank]
