@@ -348,3 +348,24 @@ def test_edit_budget_is_spread_over_groups():
     assert spread_edits([5, 1, 3], total=100, per_group=2) == [2, 1, 2]
     assert spread_edits([5, 0, 3], total=None, per_group=4) == [4, 0, 3]
     assert spread_edits([5, 0, 3], total=None, per_group=None) == [5, 0, 3]
+
+
+def test_bench_train_command(world, tmp_path, capsys):
+    from w2e.bench.cli import add_bench_parser
+    from w2e.bench.hyperedit import default_hyper_settings, hyper_editor_path
+
+    rng = np.random.default_rng(1)
+    (tmp_path / "train").mkdir()
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "train" / f"{i}.png")
+    parser = argparse.ArgumentParser()
+    add_bench_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["bench-train", "mend", "w2e-cutmix", "--model", str(world["root"] / "tiny"), "--quick",
+                              "--train-data", str(tmp_path / "train"), "--out", str(tmp_path / "out"),
+                              "--set", "mend.iterations=2", "--set", "mend.batch_size=2"])
+    args.func(args)
+    out = capsys.readouterr().out
+    assert "mend:" in out and "w2e-cutmix:" in out
+    settings = {**default_hyper_settings("mend", True), "iterations": 2, "batch_size": 2}
+    assert hyper_editor_path(tmp_path / "out", "mend", world["bundle"], settings, 0).is_file()
+    assert list((tmp_path / "out" / "ablation").glob("cutmix-*/hypernet.safetensors"))

@@ -1,4 +1,4 @@
-"""The ``w2e`` command line: info, predict, mask, edit, meta-train, world, bench."""
+"""The ``w2e`` command line: info, predict, mask, edit, meta-train, world, bench, bench-train."""
 from __future__ import annotations
 
 import argparse
@@ -280,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--check", action="store_true", help="verify shipped files and rebuild the cheap parts")
     p.set_defaults(func=cmd_world)
+
+    from .bench.cli import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 

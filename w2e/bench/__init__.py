@@ -8,7 +8,7 @@ Protocol (METHOD.md sections 6-8)
   group named ``<class index>_<name>`` and a ``locality/`` folder, read with the model's own
   preprocessing.
 - Editing samples: the images of each group the base model gets wrong, in a seeded order;
-  the first ``--edits-per-group`` of every group are edited. Every edit starts from the base
+  a budget of them is edited (see ``--quick`` below). Every edit starts from the base
   model (edits are never stacked), and no edit ever writes the shared base weights: edits
   are per-thread weight overrides or thread-scoped hooks, and the runner checks after every
   method that the base state dict is bit-identical and no hook is left.
@@ -22,6 +22,16 @@ Protocol (METHOD.md sections 6-8)
   setting). Settings follow METHOD.md section 8, scaled to the model, and are recorded in
   results.json with every method.
 
+Methods (``w2e bench --list``): w2e (the bundle's hypernetwork), test-time mask search, FT,
+FT-L1, FT-L2, random masks, KN, SPT - all RMSProp at the model's edit lr, stop at CE <= 0.01 and
+a right prediction or 100 steps; T-Patcher (Adam 5e-3, multiplier 10), ROME (Adam 0.01, then
+constrained least squares), LoRA (Adam, paper's 1e-4 scaled by the model's edit lr / 2e-5),
+KE and MEND (meta-trained here, Adam 1e-3 instead of the paper's 1e-5 so a few hundred
+iterations suffice). T-Patcher's memory loss, ROME's key covariance, KE/MEND and the
+CutMix/PGD hypernetworks use "seen" training images (``--train-data``; the fashion world's
+own by default), never benchmark images. Every setting is in results.json; ``--set
+METHOD.key=value`` and ``--knob METHOD=v1,v2`` change them.
+
 Ablations: w2e with 1, 2 and 3 samples of a group (masks averaged by
 :func:`w2e.masks.ensemble`); mask specificity (IoU of rho = 0.05 masks within and across
 groups); hypernetworks meta-trained on CutMix vs PGD pseudo-samples (same short budget).
@@ -29,7 +39,7 @@ groups); hypernetworks meta-trained on CutMix vs PGD pseudo-samples (same short 
 Outputs in ``--out`` (default ``runs/bench-<model>``): ``edits.jsonl`` (one record per edit,
 flushed as soon as it is evaluated; rerunning the same command skips recorded edits, so an
 interrupted run resumes, and records can be re-aggregated with
-:func:`w2e.bench.metrics.summarise_records`), ``results.json``, and a self-contained
+:func:`w2e.bench.runner.reaggregate` or :func:`w2e.bench.metrics.summarise_records`), ``results.json``, and a self-contained
 ``report.html`` (plotly.js inlined): GR-LR curves overall and per group, the SR table, the IoU
 heatmap, median seconds and steps per edit; a summary table is printed in the terminal.
 

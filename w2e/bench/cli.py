@@ -233,7 +233,11 @@ def cmd_bench_train(args) -> None:
     settings = _method_settings(args)
     for which in args.which:
         if which in ("ke", "mend"):
-            config = {**default_hyper_settings(which, args.quick), **settings.get(which, {})}
+            defaults = default_hyper_settings(which, args.quick)
+            unknown = sorted(set(settings.get(which, {})) - set(defaults))
+            if unknown:
+                raise _cli_error(f"{which}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
+            config = {**defaults, **settings.get(which, {})}
             _, summary = load_or_train_hyper_editor(which, bundle, source, config, out, args.seed)
             print(f"{which}: {json.dumps(summary)}")
         elif which in ("w2e-cutmix", "w2e-pgd"):
