@@ -14,9 +14,10 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 @dataclass
 class TensorSource:
-    """Images already preprocessed into one tensor ``(N, C, H, W)``."""
+    """Images already preprocessed into one tensor ``(N, C, H, W)``, optionally with labels."""
 
     images: torch.Tensor
+    labels: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.images)

@@ -67,15 +67,25 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+PseudoSampler = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", torch.Generator], torch.Tensor]
+"""``(images, donors, labels or None, generator) -> pseudo-samples``; the default is CutMix."""
+
+
 def episode_batch(bundle: ModelBundle, images: torch.Tensor, donors: torch.Tensor, config: MetaTrainConfig,
-                  generator: torch.Generator) -> dict[str, torch.Tensor]:
+                  generator: torch.Generator, pseudo_samples: PseudoSampler | None = None,
+                  labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Optimise auxiliary masks for a batch of episodes at once; return targets and features.
 
-    Returns ``features`` (hypernetwork input: [cls] feature of each pseudo-sample), ``target``
-    (``sigmoid(k m~*)``), and ``kl`` (reliability loss per episode after the inner loop).
+    Pseudo-samples come from ``pseudo_samples`` (default: CutMix of ``images`` with patches of
+    ``donors`` on the patch grid). Returns ``features`` (hypernetwork input: [cls] feature of
+    each pseudo-sample), ``target`` (``sigmoid(k m~*)``), and ``kl`` (reliability loss per
+    episode after the inner loop).
     """
     model, site = bundle.model, bundle.site
-    mixed = cutmix(images, donors, patch_size(model), config.cutmix, generator)
+    if pseudo_samples is None:
+        mixed = cutmix(images, donors, patch_size(model), config.cutmix, generator)
+    else:
+        mixed = pseudo_samples(images, donors, labels, generator)
     with torch.no_grad():
         natural_logits = model(images)
         tokens = forward_prefix(model, mixed, site.start)
@@ -140,12 +150,14 @@ def _resume(out_dir: Path, bundle: ModelBundle, hypernet: Hypernetwork, optimize
 
 
 def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, config: MetaTrainConfig = MetaTrainConfig(),
-               log: Callable[[dict], None] | None = None, show_progress: bool = True) -> Path:
+               log: Callable[[dict], None] | None = None, show_progress: bool = True,
+               pseudo_samples: PseudoSampler | None = None) -> Path:
     """Meta-train (or resume) a hypernetwork for ``bundle``; returns the hypernetwork path.
 
     Writes ``hypernet.safetensors`` (+ ``.json``), ``meta_state.safetensors`` (optimiser state
     and iteration) and ``meta_log.jsonl`` (KL, mask density and fit loss per iteration) to
-    ``out_dir``. Under ``torchrun`` every process takes its own episodes and gradients are
+    ``out_dir``. ``pseudo_samples`` replaces CutMix (it gets the source's labels when the
+    source has a ``labels`` tensor). Under ``torchrun`` every process takes its own episodes and gradients are
     averaged by DDP; only rank 0 writes files.
     """
     out_dir = Path(out_dir)
@@ -170,7 +182,9 @@ def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, co
         picks = torch.randint(0, len(source), (2, config.batch_size), generator=generator)
         images = source.get(picks[0]).to(bundle.device)
         donors = source.get(picks[1]).to(bundle.device)
-        episodes = episode_batch(bundle, images, donors, config, generator)
+        source_labels = getattr(source, "labels", None)
+        labels = source_labels[picks[0]].to(bundle.device) if source_labels is not None else None
+        episodes = episode_batch(bundle, images, donors, config, generator, pseudo_samples, labels)
         for group in optimizer.param_groups:
             group["lr"] = _lr(iteration, config)
         fit = fit_hypernetwork(trainer, optimizer, episodes["features"], episodes["target"], config)

@@ -92,7 +92,7 @@ def meta_training_source(bundle: ModelBundle) -> TensorSource:
     subpops = json.loads(subpops_path.read_text())
     train = load_fashion_split("train")
     keep = np.setdiff1d(np.arange(len(train.labels)), left_out_indices(subpops))
-    return TensorSource(normalise_array(train.images[keep], bundle.preprocessing))
+    return TensorSource(normalise_array(train.images[keep], bundle.preprocessing), torch.from_numpy(train.labels[keep]))
 
 
 def build_fashion_world(check: bool = False, root: Path | None = None, meta_config: MetaTrainConfig = FASHION_META) -> dict:
