@@ -209,7 +209,8 @@ def cmd_world(args: argparse.Namespace) -> None:
     build_fashion_world(check=args.check)
 
 
-def _site_blocks(text: str) -> list[int]:
+def parse_site_blocks(text: str) -> list[int]:
+    """``--site-blocks`` value: ``7:10`` (a range) or ``7,8,9``."""
     try:
         if ":" in text:
             start, stop = text.split(":")
@@ -226,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_model_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", default=DEFAULT_MODEL, help="bundled world, model folder, or timm name (default: fashion)")
-        p.add_argument("--site-blocks", type=_site_blocks, default=None, help="blocks to edit, e.g. 7:10 (default: paper's position)")
+        p.add_argument("--site-blocks", type=parse_site_blocks, default=None, help="blocks to edit, e.g. 7:10 (default: paper's position)")
         p.add_argument("--device", default=None, help="cpu or cuda (default: best available)")
 
     p = sub.add_parser("info", help="describe a model and its edit site")

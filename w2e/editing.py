@@ -48,12 +48,15 @@ def masked_fine_tune(
     config: EditConfig = EditConfig(),
     prior_edits: Sequence[Edit] = (),
     progress: ProgressFn | None = None,
+    penalty: Callable[[list[torch.Tensor]], torch.Tensor] | None = None,
 ) -> Edit:
     """Fine-tune only the masked neurons of the site so ``tokens`` are classified as ``labels``.
 
     ``tokens`` are prefix tokens (the input of the first site block) of one or more editing
     samples, so each step runs only the suffix of the network. ``prior_edits`` are already
-    applied edits the new one stacks on. The shared model weights are never written.
+    applied edits the new one stacks on. ``penalty(deltas)`` is added to the loss (FT-L1/L2);
+    the stopping rule and the recorded losses use the cross-entropy alone. The shared model
+    weights are never written.
     """
     if binary_mask.shape != site.mask_shape:
         raise ValueError(f"mask shape {tuple(binary_mask.shape)} does not match the site {site.mask_shape}")
@@ -86,7 +89,7 @@ def masked_fine_tune(
         if (success and losses[-1] <= config.loss_stop) or steps >= config.max_steps:
             break
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + penalty(deltas) if penalty is not None else loss).backward()
         optimizer.step()
         steps += 1
     return Edit(

@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+from ..cli import parse_site_blocks
 from ..models import DEFAULT_MODEL
 
 EPILOG = """\
@@ -33,16 +34,6 @@ def _optional_int(text: str) -> int | None:
     return value
 
 
-def _site_blocks(text: str) -> list[int]:
-    try:
-        if ":" in text:
-            start, stop = text.split(":")
-            return list(range(int(start), int(stop)))
-        return [int(part) for part in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--site-blocks {text!r}: use '7:10' or '7,8,9'") from None
-
-
 def _knob(text: str) -> tuple[str, tuple]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--knob {text!r}: use METHOD=v1,v2,...")
@@ -64,7 +55,7 @@ def _setting(text: str) -> tuple[str, str, object]:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, help="bundled world, model folder or timm name (default: fashion)")
-    p.add_argument("--site-blocks", type=_site_blocks, default=None, help="edit site blocks, e.g. 7:10")
+    p.add_argument("--site-blocks", type=parse_site_blocks, default=None, help="edit site blocks, e.g. 7:10")
     p.add_argument("--device", default=None, help="cpu or cuda (default: best available)")
     p.add_argument("--train-data", default="auto",
                    help="training images for KE/MEND meta-training, T-Patcher's memory, ROME's key covariance and "

@@ -321,32 +321,14 @@ def penalised_fine_tune(model: nn.Module, site: EditSite, tokens: torch.Tensor, 
 
     Early stopping looks at the cross-entropy alone (right prediction and CE <= loss_stop).
     """
-    from ..editing import make_optimizer
+    def penalty(deltas: list[torch.Tensor]) -> torch.Tensor:
+        return weight * sum((d.abs().sum() if norm == 1 else (d**2).sum()) for d in deltas)
 
-    make_overridable(model, site)
-    started = time.perf_counter()
-    linears = [site.linear(model, layer) for layer in site.layers]
-    deltas = [torch.zeros_like(linear.weight, requires_grad=True) for linear in linears]
-    optimizer = make_optimizer(config.optimizer, deltas, config.lr)
-    losses, steps, success = [], 0, False
-    while True:
-        with torch.enable_grad():
-            with weight_overrides({linear: linear.weight + d for linear, d in zip(linears, deltas)}):
-                logits = forward_suffix(model, tokens, site.start)
-            ce = F.cross_entropy(logits, labels)
-            penalty = sum((d.abs().sum() if norm == 1 else (d**2).sum()) for d in deltas)
-            loss = ce + weight * penalty
-        losses.append(ce.item())
-        success = bool((logits.argmax(-1) == labels).all())
-        if (success and losses[-1] <= config.loss_stop) or steps >= config.max_steps:
-            break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        steps += 1
-    full = [torch.arange(site.hidden_size) for _ in site.layers]
-    return Edit(site, full, [d.detach().cpu() for d in deltas], int(labels[0]), success, steps, losses,
-                time.perf_counter() - started, {"penalty": f"l{norm}", "weight": weight})
+    everything = torch.ones(site.mask_shape, dtype=torch.bool)
+    with torch.enable_grad():
+        edit = masked_fine_tune(model, site, tokens, labels, everything, config, penalty=penalty)
+    edit.info.update({"penalty": f"l{norm}", "weight": weight})
+    return edit
 
 
 class PenaltyMethod(Method):
