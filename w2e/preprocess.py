@@ -113,7 +113,7 @@ def _undo_integer_upscale(image: Image.Image, size: tuple[int, int]) -> Image.Im
 
 def normalise_array(pixels: np.ndarray, config: PreprocessConfig) -> torch.Tensor:
     """uint8 pixels ``(N, H, W)`` or ``(N, H, W, C)`` at the input size -> model input ``(N, C, H, W)``."""
-    tensor = torch.from_numpy(np.ascontiguousarray(pixels)).float() / 255.0
+    tensor = torch.from_numpy(np.array(pixels, copy=True)).float() / 255.0
     tensor = tensor.unsqueeze(1) if tensor.dim() == 3 else tensor.permute(0, 3, 1, 2)
     mean = torch.tensor(config.mean, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(config.std, dtype=torch.float32).view(1, -1, 1, 1)
