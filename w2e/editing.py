@@ -39,6 +39,34 @@ def make_optimizer(name: str, params: Sequence[torch.Tensor], lr: float) -> torc
     return factories[name](params, lr=lr)
 
 
+def fit_until_correct(step_loss: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]], labels: torch.Tensor,
+                      optimizer: torch.optim.Optimizer, max_steps: int, loss_stop: float,
+                      after_step: Callable[[], None] | None = None,
+                      progress: ProgressFn | None = None) -> tuple[int, bool, list[float]]:
+    """The edit loop shared by every gradient-based editor.
+
+    ``step_loss()`` returns ``(logits, cross-entropy, loss to minimise)``. Stops when every
+    sample is classified as its label and the cross-entropy is at most ``loss_stop``, or
+    after ``max_steps`` optimiser steps. Returns ``(steps, success, cross-entropies)``.
+    """
+    losses: list[float] = []
+    steps = 0
+    while True:
+        logits, cross_entropy, loss = step_loss()
+        losses.append(cross_entropy.item())
+        success = bool((logits.argmax(-1) == labels).all())
+        if progress is not None:
+            progress(steps, max_steps, losses[-1])
+        if (success and losses[-1] <= loss_stop) or steps >= max_steps:
+            return steps, success, losses
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        steps += 1
+        if after_step is not None:
+            after_step()
+
+
 def masked_fine_tune(
     model: nn.Module,
     site: EditSite,
@@ -71,10 +99,8 @@ def masked_fine_tune(
         shape = (len(index), linear.in_features) if layer.axis == 0 else (linear.out_features, len(index))
         deltas.append(torch.zeros(shape, device=tokens.device, requires_grad=True))
     optimizer = make_optimizer(config.optimizer, deltas, config.lr)
-    losses: list[float] = []
-    steps = 0
-    success = False
-    while True:
+
+    def step_loss() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         weights = {
             linear: start_weights[linear].index_add(layer.axis, index, delta)
             for layer, linear, index, delta in zip(site.layers, linears, indices, deltas)
@@ -82,16 +108,10 @@ def masked_fine_tune(
         with weight_overrides(weights):
             logits = forward_suffix(model, tokens, site.start)
         loss = F.cross_entropy(logits, labels)
-        losses.append(loss.item())
-        success = bool((logits.argmax(-1) == labels).all())
-        if progress is not None:
-            progress(steps, config.max_steps, losses[-1])
-        if (success and losses[-1] <= config.loss_stop) or steps >= config.max_steps:
-            break
-        optimizer.zero_grad(set_to_none=True)
-        (loss + penalty(deltas) if penalty is not None else loss).backward()
-        optimizer.step()
-        steps += 1
+        return logits, loss, (loss + penalty(deltas)) if penalty is not None else loss
+
+    steps, success, losses = fit_until_correct(step_loss, labels, optimizer, config.max_steps, config.loss_stop,
+                                               progress=progress)
     return Edit(
         site=site,
         indices=[index.cpu() for index in indices],

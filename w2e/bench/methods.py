@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..edit import Edit, edits_applied
-from ..editing import EditConfig, masked_fine_tune
+from ..editing import EditConfig, fit_until_correct, masked_fine_tune
 from ..mask_search import MaskSearchConfig, search_mask
 from ..masks import binarize, ensemble
 from ..overrides import make_overridable, weight_overrides
@@ -456,22 +456,16 @@ class TPatcherMethod(Method):
                             mult=torch.tensor(float(c["multiplier"]), device=z.device, requires_grad=True))
         params = [patch.key, patch.bias, patch.value, patch.mult]
         optimizer = torch.optim.Adam(params, lr=c["lr"])
-        steps, success, losses = 0, False, []
-        while True:
+        def step_loss():
             with torch.enable_grad(), scoped_forward_hook(self.mlp, patch.hook):
                 logits = forward_suffix(self.model, tokens, self.level)
                 ce = F.cross_entropy(logits, labels)
                 loss = ce + c["activation_weight"] * F.relu(c["margin"] / 3 - patch.pre(z)).mean()
                 if self.memory is not None and c["memory_weight"] > 0:
                     loss = loss + c["memory_weight"] * F.relu(patch.pre(self.memory) + c["margin"]).mean()
-            losses.append(ce.item())
-            success = bool((logits.argmax(-1) == labels).all())
-            if (success and losses[-1] <= c["loss_stop"]) or steps >= c["max_steps"]:
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            steps += 1
+            return logits, ce, loss
+
+        steps, success, losses = fit_until_correct(step_loss, labels, optimizer, c["max_steps"], c["loss_stop"])
         final = PatchNeuron(*(p.detach().clone() for p in params))
         mlp = self.mlp
         return BenchEdit(level=self.level, apply=lambda: scoped_forward_hook(mlp, final.hook), success=success,
@@ -538,23 +532,20 @@ class ROMEMethod(Method):
                 return output
             return output + residual
 
-        steps, success, losses = 0, False, []
-        while True:
+        def step_loss():
             with torch.enable_grad(), scoped_forward_hook(self.fc2, add):
                 logits = forward_suffix(self.model, tokens, self.level)
                 loss = F.cross_entropy(logits, labels)
-            losses.append(loss.item())
-            success = bool((logits.argmax(-1) == labels).all())
-            if (success and losses[-1] <= c["loss_stop"]) or steps >= c["max_steps"]:
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            steps += 1
-            with torch.no_grad():
-                limit = c["clamp_norm"] * out_norm
-                if residual.norm() > limit:
-                    residual.mul_(limit / residual.norm())
+            return logits, loss, loss
+
+        @torch.no_grad()
+        def clamp_residual() -> None:
+            limit = c["clamp_norm"] * out_norm
+            if residual.norm() > limit:
+                residual.mul_(limit / residual.norm())
+
+        steps, success, losses = fit_until_correct(step_loss, labels, optimizer, c["max_steps"], c["loss_stop"],
+                                                   after_step=clamp_residual)
         u = self.cov_inv @ key.double()
         delta = (residual.detach().double()[:, None] * u[None, :] / (u @ key.double())).float().cpu()
         hidden = self.fc2.in_features
@@ -635,19 +626,13 @@ class LoRAMethod(Method):
         params = [t for f in factors for t in f]
         optimizer = torch.optim.Adam(params, lr=c["lr"])
         tokens, labels = self.ctx.sample_tokens(sample, 0), self.ctx.sample_labels(sample)
-        steps, success, losses = 0, False, []
-        while True:
+        def step_loss():
             with torch.enable_grad(), weight_overrides(lora.weights(self.model)):
                 logits = forward_suffix(self.model, tokens, 0)
                 loss = F.cross_entropy(logits, labels)
-            losses.append(loss.item())
-            success = bool((logits.argmax(-1) == labels).all())
-            if (success and losses[-1] <= c["loss_stop"]) or steps >= c["max_steps"]:
-                break
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            steps += 1
+            return logits, loss, loss
+
+        steps, success, losses = fit_until_correct(step_loss, labels, optimizer, c["max_steps"], c["loss_stop"])
         final = LoRAEdit([tuple(t.detach().clone() for t in f) for f in factors], lora.scale)
         model = self.model
         return BenchEdit(level=0, apply=lambda: final.applied(model), success=success, steps=steps,

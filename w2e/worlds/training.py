@@ -84,7 +84,7 @@ def _load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> float:
+def evaluate_accuracy(model: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int = 500) -> float:
     """Top-1 accuracy of ``model`` on preprocessed ``inputs``."""
     model.eval()
     correct = 0
