@@ -48,7 +48,7 @@ def _masked_weights(model: nn.Module, site: EditSite, masks: torch.Tensor, delta
         linear = site.linear(model, layer)
         mask = masks[..., row, :]
         mask = mask.unsqueeze(-1) if layer.axis == 0 else mask.unsqueeze(-2)
-        weights[linear] = linear.weight + mask * deltas[row]
+        weights[linear] = torch.addcmul(linear.weight, mask, deltas[row])
     return weights
 
 
@@ -74,7 +74,7 @@ def inner_loop(model: nn.Module, site: EditSite, tokens: torch.Tensor, loss_fn: 
         with weight_overrides(_masked_weights(model, site, masks, deltas)):
             loss = reduce(loss_fn(forward(tokens)))
         grads = torch.autograd.grad(loss, deltas)
-        deltas = [(delta - lr * grad).detach() for delta, grad in zip(deltas, grads)]
+        deltas = [delta.detach().add_(grad, alpha=-lr) for delta, grad in zip(deltas, grads)]
     return deltas
 
 
