@@ -9,7 +9,6 @@ locality images.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from .fashion_stages import in_distribution_test_indices, left_out_indices, stag
 from .locality import select_near_boundary
 from .mad import mad_groups
 from .shifts import SHIFT_NAMES, render_shift
+from ..models import file_sha256
 from .training import to_model_input
 
 SOURCE_NAMES: tuple[str, ...] = ("test", "left_out_train", "shifted_test")
@@ -129,17 +129,9 @@ def compute_predictions(
     return predictions
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def stage_predictions(work: Path, base_path: Path, stronger_path: Path, shift_seed: int = 0) -> dict[str, np.ndarray]:
     """Run both models over the pool (cached in ``work``, keyed by model hashes and seed)."""
-    key = json.dumps({"base": _sha256(base_path), "stronger": _sha256(stronger_path), "shift_seed": shift_seed})
+    key = json.dumps({"base": file_sha256(base_path), "stronger": file_sha256(stronger_path), "shift_seed": shift_seed})
     cache = work / PREDICTIONS_FILE
     if cache.exists():
         with safe_open(str(cache), "np") as handle:
@@ -422,5 +414,5 @@ def stage_benchmark(
     write_benchmark(assets_dir / BENCHMARK_FILE, data)
     examples = write_examples(data, assets_dir / "examples", config.n_examples, config.example_scale)
     figures["examples"] = [path.name for path in examples]
-    figures["models_sha256"] = {"base": _sha256(base_path), "stronger": _sha256(stronger_path)}
+    figures["models_sha256"] = {"base": file_sha256(base_path), "stronger": file_sha256(stronger_path)}
     return figures
