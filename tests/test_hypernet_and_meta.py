@@ -11,9 +11,11 @@ from tests.conftest import tiny_model, write_model_dir
 from w2e.data import TensorSource
 from w2e.editor import Editor
 from w2e.hypernet import HypernetworkMismatchError, load_hypernetwork, new_hypernetwork
-from w2e.mask_search import MaskSearchConfig, search_mask
+from w2e.mask_search import MaskSearchConfig, distillation_kl, inner_loop, search_mask
 from w2e.meta import LOG_FILE, MetaTrainConfig, meta_train
 from w2e.models import load_local_model
+from w2e.overrides import make_overridable, weight_overrides
+from w2e.runner import forward_prefix, forward_suffix
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,3 +98,38 @@ def test_ddp_meta_training_with_two_gloo_processes(tiny_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "hypernet.safetensors").is_file()
     assert len((out / LOG_FILE).read_text().splitlines()) == 3
+
+
+def _reference_inner_loop(bundle, tokens, loss_fn, masks, steps, lr):
+    """Masked SGD written the plain way: differentiate ``W + m * delta`` w.r.t. ``delta``."""
+    site, model = bundle.site, bundle.model
+    linears = [site.linear(model, layer) for layer in site.layers]
+    factors = [masks[:, row, :, None] if layer.axis == 0 else masks[:, row, None, :] for row, layer in enumerate(site.layers)]
+    deltas = [torch.zeros(len(masks), *linear.weight.shape) for linear in linears]
+    for _ in range(steps):
+        for delta in deltas:
+            delta.requires_grad_(True)
+        weights = {linear: linear.weight + factor * delta for linear, factor, delta in zip(linears, factors, deltas)}
+        with weight_overrides(weights):
+            loss = loss_fn(forward_suffix(model, tokens, site.start)).sum()
+        grads = torch.autograd.grad(loss, deltas)
+        deltas = [(delta - lr * grad).detach() for delta, grad in zip(deltas, grads)]
+    return deltas
+
+
+def test_inner_loop_matches_plain_masked_sgd_per_episode(tiny_bundle):
+    site, model = tiny_bundle.site, tiny_bundle.model
+    make_overridable(model, site)
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randn(3, 3, 16, 16, generator=generator)
+    masks = torch.rand(3, *site.mask_shape, generator=generator)
+    with torch.no_grad():
+        tokens = forward_prefix(model, images, site.start)
+        target = model(images.flip(-1))
+    loss_fn = distillation_kl(target, temperature=2.0)
+    fast = inner_loop(model, site, tokens, loss_fn, masks, steps=3, lr=0.5,
+                      forward=lambda cached: forward_suffix(model, cached, site.start))
+    plain = _reference_inner_loop(tiny_bundle, tokens, loss_fn, masks, steps=3, lr=0.5)
+    assert all(delta.abs().max() > 0 for delta in plain)
+    for got, want in zip(fast, plain):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)

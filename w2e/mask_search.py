@@ -41,21 +41,16 @@ class MaskSearchConfig:
         return asdict(self)
 
 
+def _mask_factor(masks: torch.Tensor, row: int, axis: int) -> torch.Tensor:
+    """Row ``row`` of ``masks`` shaped to broadcast over a weight whose neuron axis is ``axis``."""
+    mask = masks[..., row, :]
+    return mask.unsqueeze(-1) if axis == 0 else mask.unsqueeze(-2)
+
+
 def _masked_weights(model: nn.Module, site: EditSite, masks: torch.Tensor, deltas: list[torch.Tensor]) -> dict:
     """``W + m (.) delta`` per site layer; ``masks`` is ``(B, L, N)`` or ``(L, N)``."""
-    weights = {}
-    for row, layer in enumerate(site.layers):
-        linear = site.linear(model, layer)
-        mask = masks[..., row, :]
-        mask = mask.unsqueeze(-1) if layer.axis == 0 else mask.unsqueeze(-2)
-        weights[linear] = torch.addcmul(linear.weight, mask, deltas[row])
-    return weights
-
-
-def _zero_deltas(model: nn.Module, site: EditSite, batch: int | None, device: torch.device) -> list[torch.Tensor]:
-    shapes = [site.linear(model, layer).weight.shape for layer in site.layers]
-    lead = () if batch is None else (batch,)
-    return [torch.zeros(*lead, *shape, device=device) for shape in shapes]
+    return {site.linear(model, layer): torch.addcmul(site.linear(model, layer).weight, _mask_factor(masks, row, layer.axis), deltas[row])
+            for row, layer in enumerate(site.layers)}
 
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -63,18 +58,37 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 def inner_loop(model: nn.Module, site: EditSite, tokens: torch.Tensor, loss_fn: LossFn, masks: torch.Tensor,
                steps: int, lr: float, forward: Forward) -> list[torch.Tensor]:
-    """``steps`` of masked SGD from the base weights; returns the (detached) deltas."""
+    """``steps`` of masked SGD from the base weights; returns the (detached) deltas.
+
+    The update of a delta is ``delta -= lr * m * dL/dW`` (the gradient w.r.t. ``delta`` of
+    ``W + m * delta``), so the effective weight moves by ``-lr * m^2 * dL/dW``. Both are
+    updated in place, and the effective weights are the leaves differentiated at each step:
+    no per-step rebuild of ``W + m * delta`` and no backward through it.
+    """
     batch = masks.shape[0] if masks.dim() == 3 else None
     reduce = torch.sum if batch is not None else torch.mean
-    deltas = _zero_deltas(model, site, batch, tokens.device)
     masks = masks.detach()
-    for _ in range(steps):
-        for delta in deltas:
-            delta.requires_grad_(True)
-        with weight_overrides(_masked_weights(model, site, masks, deltas)):
+    linears = [site.linear(model, layer) for layer in site.layers]
+    factors = [_mask_factor(masks, row, layer.axis) for row, layer in enumerate(site.layers)]
+    lead = () if batch is None else (batch,)
+    weights = [linear.weight.detach().expand(*lead, *linear.weight.shape).clone() for linear in linears]
+    deltas: list[torch.Tensor] = []
+    for step in range(steps):
+        for weight in weights:
+            weight.requires_grad_(True)
+        with weight_overrides(dict(zip(linears, weights))):
             loss = reduce(loss_fn(forward(tokens)))
-        grads = torch.autograd.grad(loss, deltas)
-        deltas = [delta.detach().add_(grad, alpha=-lr) for delta, grad in zip(deltas, grads)]
+        grads = torch.autograd.grad(loss, weights)
+        with torch.no_grad():
+            for row, (weight, grad, factor) in enumerate(zip(weights, grads, factors)):
+                if step == 0:
+                    deltas.append(grad.mul(factor).mul_(-lr))
+                else:
+                    deltas[row].addcmul_(factor, grad, value=-lr)
+                if step + 1 < steps:
+                    weight.addcmul_(factor.square(), grad, value=-lr)
+    if not deltas:
+        deltas = [torch.zeros_like(weight) for weight in weights]
     return deltas
 
 

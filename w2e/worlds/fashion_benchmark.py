@@ -396,7 +396,7 @@ def stage_benchmark(
 
     Model paths default to the exported files of the training stages in ``work``.
     """
-    base_path = base_path or work / "base" / "model.safetensors"
+    base_path = base_path or work / "base-continued" / "model.safetensors"
     stronger_path = stronger_path or work / "stronger" / "model.safetensors"
     for path in (base_path, stronger_path):
         if not path.is_file():

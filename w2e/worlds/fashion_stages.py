@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import timm.models.vision_transformer as vit
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from .fashion_data import FASHION_CLASSES, load_fashion_split
 from .fashion_models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS, SmallConvNet
@@ -16,6 +16,10 @@ from .subpopulations import SubpopulationConfig, find_subpopulations
 from .training import TrainRecipe, to_model_input, train_classifier
 
 BASE_RECIPE = TrainRecipe(epochs=12, batch_size=256, lr=1e-3, weight_decay=0.05, seed=0)
+#: A warm restart after the first run: the 12-epoch model still underfits (train loss 0.32, no
+#: train/test gap), so the second run drops the random crop and keeps the flip.
+BASE_CONTINUE_RECIPE = TrainRecipe(epochs=7, batch_size=256, lr=5e-4, weight_decay=0.05, warmup_epochs=0.5,
+                                   crop_padding=0, seed=2)
 STRONGER_RECIPE = TrainRecipe(epochs=6, batch_size=256, lr=2e-3, weight_decay=5e-4, seed=1)
 
 
@@ -80,6 +84,16 @@ def stage_train_base(work: Path, recipe: TrainRecipe = BASE_RECIPE) -> Path:
     torch.manual_seed(recipe.seed)
     model = vit.VisionTransformer(**BASE_VIT_KWARGS)
     return _train_and_export(model, "base", work, keep, recipe)
+
+
+def stage_continue_base(work: Path, recipe: TrainRecipe = BASE_CONTINUE_RECIPE) -> Path:
+    """Continue training the base ViT from ``stage_train_base``'s weights with a fresh warm-up + cosine."""
+    first = stage_train_base(work)
+    subpops = stage_subpopulations(work)
+    keep = np.setdiff1d(np.arange(len(load_fashion_split("train").labels)), left_out_indices(subpops))
+    model = vit.VisionTransformer(**BASE_VIT_KWARGS)
+    model.load_state_dict(load_file(str(first)))
+    return _train_and_export(model, "base-continued", work, keep, recipe)
 
 
 def stage_train_stronger(work: Path, recipe: TrainRecipe = STRONGER_RECIPE) -> Path:

@@ -19,8 +19,9 @@ from ..preprocess import normalise_array
 from .fashion_benchmark import BenchmarkConfig, stage_benchmark
 from .fashion_data import FASHION_CLASSES, FASHION_SUPERCLASSES, load_fashion_split
 from .fashion_models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS
-from .fashion_stages import (BASE_RECIPE, STRONGER_RECIPE, in_distribution_test_indices, left_out_indices,
-                             stage_subpopulations, stage_train_base, stage_train_stronger)
+from .fashion_stages import (BASE_CONTINUE_RECIPE, BASE_RECIPE, STRONGER_RECIPE, in_distribution_test_indices,
+                             left_out_indices, stage_continue_base, stage_subpopulations, stage_train_base,
+                             stage_train_stronger)
 from .subpopulations import SubpopulationConfig
 from .training import evaluate_accuracy
 
@@ -55,7 +56,7 @@ def _manifest(figures: dict, hypernet: bool, meta_config: MetaTrainConfig) -> di
         "benchmark": "../../assets/fashion/benchmark.safetensors",
         "subpopulations": "subpopulations.json",
         "stronger": {"architecture": {"family": "small_cnn", "kwargs": STRONGER_CNN_KWARGS}, "weights": "stronger.safetensors"},
-        "recipes": {"base": asdict(BASE_RECIPE), "stronger": asdict(STRONGER_RECIPE),
+        "recipes": {"base": asdict(BASE_RECIPE), "base_continued": asdict(BASE_CONTINUE_RECIPE), "stronger": asdict(STRONGER_RECIPE),
                     "subpopulations": asdict(SubpopulationConfig()), "benchmark": asdict(BenchmarkConfig()),
                     "meta_training": meta_config.to_dict()},
         "figures": figures,
@@ -112,13 +113,15 @@ def build_fashion_world(check: bool = False, root: Path | None = None, meta_conf
         return result
 
     subpops = timed("subpopulations", lambda: stage_subpopulations(work))
-    base_path = timed("train_base", lambda: stage_train_base(work))
+    timed("train_base", lambda: stage_train_base(work))
+    base_path = timed("continue_base", lambda: stage_continue_base(work))
     stronger_path = timed("train_stronger", lambda: stage_train_stronger(work))
-    figures = timed("benchmark", lambda: stage_benchmark(work, assets))
+    figures = timed("benchmark", lambda: stage_benchmark(work, assets, base_path=base_path))
     shutil.copyfile(base_path, ckpt / "base.safetensors")
     shutil.copyfile(stronger_path, ckpt / "stronger.safetensors")
     (ckpt / "subpopulations.json").write_text(json.dumps(subpops))
-    figures["train_logs"] = {name: json.loads((work / name / "train_log.json").read_text()) for name in ("base", "stronger")}
+    figures["train_logs"] = {name: json.loads((work / name / "train_log.json").read_text())
+                             for name in ("base", "base-continued", "stronger")}
     figures["subpopulations"] = [{"class": s["class_name"], "train_members": len(s["train_members"]),
                                   "left_out": len(s["left_out"]), "test_members": len(s["test_members"])}
                                  for s in subpops["subpopulations"]]
