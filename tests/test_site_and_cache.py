@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from tests.conftest import tiny_model
-from w2e.runner import cached_prefix, forward_prefix, forward_suffix
+from w2e.runner import cached_prefix, forward_prefix, forward_suffix, reads_class_token_only
 from w2e.site import UnsupportedModelError, default_site_blocks, site_for_model
 
 
@@ -30,8 +30,10 @@ def test_site_rejects_bad_models_and_blocks():
         site_for_model(tiny_model(), [99])
 
 
-def test_cached_and_full_forward_agree():
-    model = tiny_model()
+@pytest.mark.parametrize("pool", ["token", "avg"])
+def test_cached_and_full_forward_agree(pool):
+    model = tiny_model(global_pool=pool)
+    assert reads_class_token_only(model) == (pool == "token")
     site = site_for_model(model)
     images = torch.randn(7, 3, 16, 16)
     with torch.no_grad():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+from timm.models.vision_transformer import Block
 from torch import nn
 
 from .site import UnsupportedModelError
@@ -27,11 +28,33 @@ def forward_prefix(model: nn.Module, images: torch.Tensor, start: int) -> torch.
     return x
 
 
+def reads_class_token_only(model: nn.Module) -> bool:
+    """Whether the head reads only the [cls] token of the last block (timm ``global_pool='token'``)."""
+    return (getattr(model, "global_pool", None) == "token" and getattr(model, "attn_pool", None) is None
+            and getattr(model, "num_prefix_tokens", 0) >= 1)
+
+
+def _class_token_block(block: Block, x: torch.Tensor) -> torch.Tensor:
+    """A timm ``Block`` evaluated for the [cls] token only: attention reads every token, the MLP only [cls]."""
+    attended = block.drop_path1(block.ls1(block.attn(block.norm1(x))))
+    cls = x[:, :1] + attended[:, :1]
+    return cls + block.drop_path2(block.ls2(block.mlp(block.norm2(cls))))
+
+
 def forward_suffix(model: nn.Module, tokens: torch.Tensor, start: int, pre_logits: bool = False) -> torch.Tensor:
-    """Logits (or pre-logit features) from tokens entering ``model.blocks[start]``."""
+    """Logits (or pre-logit features) from tokens entering ``model.blocks[start]``.
+
+    When the head reads only the [cls] token, the last block's MLP runs for that token alone
+    (same logits, a fraction of the last block's cost); other models run every block in full.
+    """
+    blocks = list(model.blocks[start:])
+    last = blocks[-1] if blocks else None
+    shortcut = last is not None and type(last).forward is Block.forward and reads_class_token_only(model)
     x = tokens
-    for block in model.blocks[start:]:
+    for block in blocks[:-1] if shortcut else blocks:
         x = block(x)
+    if shortcut:
+        x = _class_token_block(last, x)
     x = model.norm(x)
     return model.forward_head(x, pre_logits=pre_logits)
 
