@@ -7,7 +7,8 @@
    through the whole network each step (the authors' approach: the model's own parameters
    are trainable, gradients are masked) and (b) a full forward with the prefix frozen.
 2. Meta-training: episodes per second, a batch of episodes vectorised on the prefix cache vs
-   one episode at a time with full forwards.
+   one episode at a time with full forwards, and vs one episode at a time on the prefix cache
+   (the gain of batching alone).
 3. Locality re-evaluation: suffix on cached tokens vs full forward of every image.
 """
 from __future__ import annotations
@@ -110,10 +111,16 @@ def bench_meta(bundle: ModelBundle, batch: int, repeats: int, search: MaskSearch
         for i in range(batch):
             _single_episode_full_forward(bundle, images[i : i + 1], donors[i : i + 1], config)
 
+    def one_at_a_time_cached() -> None:
+        for i in range(batch):
+            episode_batch(bundle, images[i : i + 1], donors[i : i + 1], config, torch.Generator().manual_seed(0))
+
     fast = _timed(vectorised, repeats)
     slow = _timed(one_at_a_time, repeats)
+    slow_cached = _timed(one_at_a_time_cached, repeats)
     return {"batch": batch, "episodes_per_s_vectorised": batch / fast, "episodes_per_s_sequential": batch / slow,
-            "ratio": slow / fast, "search": search.to_dict()}
+            "episodes_per_s_sequential_cached": batch / slow_cached, "ratio": slow / fast,
+            "ratio_batching_alone": slow_cached / fast, "search": search.to_dict()}
 
 
 def _single_episode_full_forward(bundle: ModelBundle, image: torch.Tensor, donor: torch.Tensor, config: MetaTrainConfig) -> None:
@@ -145,18 +152,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", default=None, help="also write the results to this file")
+    parser.add_argument("--only", default=None, help="comma list of rows to run, e.g. meta_fashion (default: all)")
     args = parser.parse_args()
     repeats = 1 if args.quick else 3
     vitb, fashion = _bundle("vit_base_patch16_224"), _bundle("fashion")
-    results = {
-        "torch_threads": torch.get_num_threads(),
-        "edit_vit_base": bench_edit(vitb, steps=5 if args.quick else 10, repeats=repeats),
-        "edit_fashion": bench_edit(fashion, steps=20, repeats=repeats),
-        "meta_fashion": bench_meta(fashion, batch=8, repeats=repeats, search=MaskSearchConfig()),
-        "meta_vit_base": bench_meta(vitb, batch=4, repeats=1, search=MaskSearchConfig(outer_steps=1, inner_steps=1)),
-        "locality_vit_base": bench_locality(vitb, count=64 if args.quick else 128, repeats=repeats),
-        "locality_fashion": bench_locality(fashion, count=2000, repeats=repeats),
+    rows = {
+        "edit_vit_base": lambda: bench_edit(vitb, steps=5 if args.quick else 10, repeats=repeats),
+        "edit_fashion": lambda: bench_edit(fashion, steps=20, repeats=repeats),
+        "meta_fashion": lambda: bench_meta(fashion, batch=8, repeats=repeats, search=MaskSearchConfig()),
+        "meta_vit_base": lambda: bench_meta(vitb, batch=4, repeats=1, search=MaskSearchConfig(outer_steps=1, inner_steps=1)),
+        "locality_vit_base": lambda: bench_locality(vitb, count=64 if args.quick else 128, repeats=repeats),
+        "locality_fashion": lambda: bench_locality(fashion, count=2000, repeats=repeats),
     }
+    chosen = args.only.split(",") if args.only else list(rows)
+    unknown = sorted(set(chosen) - set(rows))
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {list(rows)}")
+    results: dict = {"torch_threads": torch.get_num_threads()}
+    results.update({name: rows[name]() for name in chosen})
     for name, row in results.items():
         if isinstance(row, dict):
             ratios = {k: round(v, 2) for k, v in row.items() if "ratio" in k}

@@ -62,3 +62,45 @@ def test_a_hypernetwork_edit_fixes_an_example(editor):
     assert edit.info["mask_source"] == "hypernetwork"
     assert edit.success
     assert 0.0 <= editor.locality([edit]).rate <= 1.0
+
+
+def staged_photo(item: np.ndarray, rng: np.random.Generator) -> bytes:
+    """A phone-photo-like JPEG of a Fashion-MNIST item: dark garment on a shaded, noisy, tinted backdrop.
+
+    Fashion-MNIST items are negated product shots, so the garment is ``255 - item``, enlarged
+    8-14x, placed off centre on a light grey backdrop with a brightness gradient, sensor noise
+    and a colour cast, then JPEG-compressed.
+    """
+    from io import BytesIO
+
+    from PIL import Image
+
+    scale = int(rng.integers(8, 15))
+    garment = np.asarray(Image.fromarray(255 - item).resize((28 * scale, 28 * scale), Image.Resampling.BICUBIC), float)
+    height, width = 28 * scale + int(rng.integers(60, 200)), 28 * scale + int(rng.integers(60, 200))
+    backdrop = rng.uniform(200, 235) + np.linspace(-12, 12, width)[None, :] + rng.normal(0, 3, (height, width))
+    top, left = int(rng.integers(0, height - 28 * scale)), int(rng.integers(0, width - 28 * scale))
+    region = backdrop[top : top + 28 * scale, left : left + 28 * scale]
+    region[:] = np.minimum(region, garment + (region - 255))  # the garment darkens the backdrop
+    tint = rng.uniform(0.92, 1.0, 3)
+    rgb = np.clip(backdrop[..., None] * tint, 0, 255).astype(np.uint8)
+    buffer = BytesIO()
+    Image.fromarray(rgb, "RGB").save(buffer, format="JPEG", quality=85)
+    return buffer.getvalue()
+
+
+def test_phone_photo_preprocessing_keeps_the_base_models_accuracy(editor):
+    from w2e.images import read_image
+    from w2e.worlds.fashion_data import load_fashion_split
+
+    test = load_fashion_split("test")
+    rng = np.random.default_rng(0)
+    picks = rng.choice(len(test.labels), size=120, replace=False)
+    photos = [read_image(staged_photo(test.images[i], rng)) for i in picks]
+    assert all(photo.size[0] > 200 for photo in photos)
+    with torch.no_grad():
+        on_photos = editor.bundle.model(editor.inputs(photos)).argmax(-1).numpy()
+        on_items = editor.bundle.model(normalise_array(test.images[picks], editor.bundle.preprocessing)).argmax(-1).numpy()
+    labels = test.labels[picks]
+    photo_accuracy, item_accuracy = (on_photos == labels).mean(), (on_items == labels).mean()
+    assert photo_accuracy >= item_accuracy - 0.08, (photo_accuracy, item_accuracy)
