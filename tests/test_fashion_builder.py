@@ -9,15 +9,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from w2e.photo import fit_photo_to_frame
+from w2e.benchmark_data import BenchmarkData, load_benchmark, save_benchmark
 from w2e.worlds.fashion_benchmark import (
     BenchmarkConfig,
-    BenchmarkData,
     assemble_benchmark,
     load_base_model,
     load_stronger_model,
     predict_probs,
-    read_benchmark,
-    write_benchmark,
     write_examples,
 )
 from w2e.worlds.fashion_data import DEFAULT_DATA_DIR, FASHION_CLASSES, FashionSplit, load_fashion_split
@@ -251,23 +249,27 @@ def test_assemble_write_read_round_trip(tmp_path) -> None:
     assert data.info["group_names"] == ["shirt-t-shirt", "style-sketch"]
     assert data.info["group_kinds"] == ["natural", "style"]
     assert figures["discarded_groups"] == {"lighting-stagelight": 0}
+    source, source_index, shift = (data.columns[name] for name in ("source", "source_index", "shift"))
     natural = data.groups == 0
-    assert natural.sum() == 16 and set(zip(data.source[natural], data.source_index[natural])) == {
+    assert natural.sum() == 16 and set(zip(source[natural], source_index[natural])) == {
         *((0, i) for i in range(6)), *((1, i) for i in range(20, 30))}
     sketch = data.groups == 1
-    assert sketch.sum() == 12 and (data.shift[sketch] == 0).all() and (data.source[sketch] == 2).all()
+    assert sketch.sum() == 12 and (shift[sketch] == 0).all() and (source[sketch] == 2).all()
     locality = data.groups == -1
     assert data.info["locality_margin"] > 0.05 and locality.sum() >= 3
-    assert (data.source_index[locality & (data.source == 0)] >= 6).all()  # group images excluded
-    assert (data.source_index[locality & (data.shift == -1)] == 10).any()
+    assert (source_index[locality & (source == 0)] >= 6).all()  # group images excluded
+    assert (source_index[locality & (shift == -1)] == 10).any()
     assert figures["accuracy"]["base_test"] == pytest.approx(34 / 40)
 
     path = tmp_path / "benchmark.safetensors"
-    write_benchmark(path, data)
-    back = read_benchmark(path)
-    assert isinstance(back, BenchmarkData) and back.info == data.info
-    for name in ("images", "labels", "groups", "source", "source_index", "shift"):
+    save_benchmark(path, data)
+    back = load_benchmark(path)
+    assert isinstance(back, BenchmarkData) and back.info == data.info and back.group_names == data.group_names
+    for name in ("images", "labels", "groups"):
         np.testing.assert_array_equal(getattr(back, name), getattr(data, name))
+    assert set(back.columns) == {"source", "source_index", "shift"}
+    for name, column in data.columns.items():
+        np.testing.assert_array_equal(back.columns[name], column)
     assert back.images.dtype == np.uint8 and back.labels.dtype == np.int64
 
     written = write_examples(back, tmp_path / "examples", count=3, scale=2)

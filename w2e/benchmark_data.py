@@ -1,14 +1,23 @@
-"""Reading a bundled benchmark file: failure groups and the locality set, as raw pixels."""
+"""Benchmark files: failure groups and the locality set, as raw pixels, in one safetensors file.
+
+Tensors ``images`` (uint8, at the model's input size), ``labels`` and ``groups`` (int64, group
+index or -1 for locality images), plus any further int64 per-image columns (a builder's
+provenance, e.g. where each image came from); a JSON ``info`` metadata entry holds
+``group_names`` and whatever else the builder records.
+"""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 LOCALITY_GROUP = -1
+_CORE = ("images", "labels", "groups")
 
 
 @dataclass(frozen=True)
@@ -20,6 +29,7 @@ class BenchmarkData:
     groups: np.ndarray
     group_names: list[str]
     info: dict
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def locality_indices(self) -> np.ndarray:
@@ -33,7 +43,7 @@ class BenchmarkData:
 
 
 def load_benchmark(path: str | Path) -> BenchmarkData:
-    """Read a benchmark safetensors file (tensors ``images``, ``labels``, ``groups``; ``info`` JSON)."""
+    """Read a benchmark safetensors file (tensors ``images``, ``labels``, ``groups``, extra columns; ``info`` JSON)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"benchmark file missing: {path}")
@@ -43,8 +53,25 @@ def load_benchmark(path: str | Path) -> BenchmarkData:
             images = handle.get_tensor("images")
             labels = handle.get_tensor("labels").astype(np.int64)
             groups = handle.get_tensor("groups").astype(np.int64)
+            columns = {name: handle.get_tensor(name).astype(np.int64) for name in handle.keys() if name not in _CORE}
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as error:
         raise ValueError(f"benchmark file {path} is corrupt or incomplete ({error})") from None
-    if not (len(images) == len(labels) == len(groups)):
-        raise ValueError(f"benchmark file {path}: images, labels and groups differ in length")
-    return BenchmarkData(images, labels, groups, list(info.get("group_names", [])), info)
+    if not all(len(array) == len(images) for array in (labels, groups, *columns.values())):
+        raise ValueError(f"benchmark file {path}: its per-image tensors differ in length")
+    return BenchmarkData(images, labels, groups, list(info.get("group_names", [])), info, columns)
+
+
+def save_benchmark(path: str | Path, data: BenchmarkData) -> None:
+    """Write ``data`` in the format :func:`load_benchmark` reads (atomically)."""
+    path = Path(path)
+    tensors = {
+        "images": torch.from_numpy(np.ascontiguousarray(data.images, dtype=np.uint8)),
+        "labels": torch.from_numpy(np.ascontiguousarray(data.labels, dtype=np.int64)),
+        "groups": torch.from_numpy(np.ascontiguousarray(data.groups, dtype=np.int64)),
+        **{name: torch.from_numpy(np.ascontiguousarray(column, dtype=np.int64)) for name, column in data.columns.items()},
+    }
+    info = {**data.info, "group_names": list(data.group_names)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"info": json.dumps(info)})
+    tmp.replace(path)

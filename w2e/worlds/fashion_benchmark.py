@@ -1,7 +1,8 @@
 """Stages that turn the fashion world's trained models into its editing benchmark.
 
-Outputs ``benchmark.safetensors`` with uint8 ``images`` (N, 28, 28) and int64 ``labels``,
-``groups`` (group index, -1 for locality images), ``source`` (0 test, 1 left-out train,
+Outputs ``benchmark.safetensors`` in the format of :mod:`w2e.benchmark_data`: uint8 ``images``
+(N, 28, 28), int64 ``labels`` and ``groups`` (group index, -1 for locality images), and the
+provenance columns ``source`` (0 test, 1 left-out train,
 2 shifted test), ``source_index`` (index in that split) and ``shift`` (index into
 ``shift_names``, -1 for unshifted images), and a JSON ``info`` metadata entry. Editing groups
 come first (natural MAD groups, largest first, then the style and lighting groups), then the
@@ -26,6 +27,7 @@ from .fashion_stages import in_distribution_test_indices, left_out_indices, stag
 from .locality import select_near_boundary
 from .mad import mad_groups
 from .shifts import SHIFT_NAMES, render_shift
+from ..benchmark_data import BenchmarkData, save_benchmark
 from ..models import file_sha256
 from .training import to_model_input
 
@@ -34,6 +36,8 @@ SHIFT_GROUP_NAMES: dict[str, tuple[str, str]] = {
     "sketch": ("style-sketch", "style"),
     "stagelight": ("lighting-stagelight", "lighting"),
 }
+#: Per-image provenance columns of the benchmark file (see the module docstring).
+PROVENANCE_COLUMNS: tuple[str, ...] = ("source", "source_index", "shift")
 PREDICTIONS_FILE = "benchmark_predictions.safetensors"
 BENCHMARK_FILE = "benchmark.safetensors"
 
@@ -53,19 +57,6 @@ class BenchmarkConfig:
     locality_widen_step: float = 0.01
     n_examples: int = 10
     example_scale: int = 4
-
-
-@dataclass(frozen=True)
-class BenchmarkData:
-    """The benchmark's arrays (one row per image) and its ``info`` dict."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    groups: np.ndarray
-    source: np.ndarray
-    source_index: np.ndarray
-    shift: np.ndarray
-    info: dict
 
 
 def read_model_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -300,10 +291,9 @@ def assemble_benchmark(
         images=np.concatenate([b.images for b in blocks]).astype(np.uint8),
         labels=np.concatenate([b.labels for b in blocks]).astype(np.int64),
         groups=np.concatenate([np.full(len(b.labels), b.group, np.int64) for b in blocks]),
-        source=np.concatenate([b.source for b in blocks]),
-        source_index=np.concatenate([b.source_index for b in blocks]),
-        shift=np.concatenate([b.shift for b in blocks]),
+        group_names=group_names,
         info=info,
+        columns={name: np.concatenate([getattr(b, name) for b in blocks]) for name in PROVENANCE_COLUMNS},
     )
     in_dist_accuracy = _accuracy(predictions["base.test"][in_distribution], test.labels[in_distribution])
     figures = {
@@ -330,29 +320,6 @@ def assemble_benchmark(
         },
     }
     return data, figures
-
-
-def write_benchmark(path: Path, data: BenchmarkData) -> None:
-    """Write ``data`` as a safetensors file with the JSON ``info`` metadata entry."""
-    tensors = {
-        "images": torch.from_numpy(np.ascontiguousarray(data.images, dtype=np.uint8)),
-        **{
-            name: torch.from_numpy(np.ascontiguousarray(getattr(data, name), dtype=np.int64))
-            for name in ("labels", "groups", "source", "source_index", "shift")
-        },
-    }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"info": json.dumps(data.info)})
-    tmp.replace(path)
-
-
-def read_benchmark(path: Path) -> BenchmarkData:
-    """Read a file written by :func:`write_benchmark`."""
-    with safe_open(str(path), "np") as handle:
-        arrays = {name: handle.get_tensor(name) for name in handle.keys()}
-        info = json.loads(handle.metadata()["info"])
-    return BenchmarkData(info=info, **arrays)
 
 
 def write_examples(data: BenchmarkData, out_dir: Path, count: int, scale: int) -> list[Path]:
@@ -411,7 +378,7 @@ def stage_benchmark(
         predictions,
         config,
     )
-    write_benchmark(assets_dir / BENCHMARK_FILE, data)
+    save_benchmark(assets_dir / BENCHMARK_FILE, data)
     examples = write_examples(data, assets_dir / "examples", config.n_examples, config.example_scale)
     figures["examples"] = [path.name for path in examples]
     figures["models_sha256"] = {"base": file_sha256(base_path), "stronger": file_sha256(stronger_path)}
