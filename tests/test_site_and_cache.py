@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from tests.conftest import tiny_model
+from w2e.overrides import make_overridable, weight_overrides
 from w2e.runner import cached_prefix, forward_prefix, forward_suffix, reads_class_token_only
 from w2e.site import UnsupportedModelError, default_site_blocks, site_for_model
 
@@ -43,3 +44,18 @@ def test_cached_and_full_forward_agree(pool):
         assert torch.allclose(full, cached, atol=1e-5)
         features = forward_suffix(model, forward_prefix(model, images, site.start), site.start, pre_logits=True)
     assert features.shape == (7, model.embed_dim)
+
+
+def test_class_token_shortcut_agrees_with_full_forward_when_the_last_block_is_edited():
+    model = tiny_model()
+    last = len(model.blocks) - 1
+    site = site_for_model(model, [last])
+    make_overridable(model, site)
+    images = torch.randn(4, 3, 16, 16)
+    fc1 = site.linear(model, site.layers[0])
+    per_image = fc1.weight.detach() + 0.5 * torch.randn(4, *fc1.weight.shape)
+    with torch.no_grad(), weight_overrides({fc1: per_image}):
+        full = model(images)
+        cached = forward_suffix(model, forward_prefix(model, images, last), last)
+    assert not torch.allclose(full, model(images).detach(), atol=1e-3)
+    assert torch.allclose(full, cached, atol=1e-5)
