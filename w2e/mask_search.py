@@ -70,6 +70,7 @@ def inner_loop(model: nn.Module, site: EditSite, tokens: torch.Tensor, loss_fn: 
     masks = masks.detach()
     linears = [site.linear(model, layer) for layer in site.layers]
     factors = [_mask_factor(masks, row, layer.axis) for row, layer in enumerate(site.layers)]
+    squares = [factor.square() for factor in factors]
     lead = () if batch is None else (batch,)
     weights = [linear.weight.detach().expand(*lead, *linear.weight.shape).clone() for linear in linears]
     deltas: list[torch.Tensor] = []
@@ -80,13 +81,13 @@ def inner_loop(model: nn.Module, site: EditSite, tokens: torch.Tensor, loss_fn: 
             loss = reduce(loss_fn(forward(tokens)))
         grads = torch.autograd.grad(loss, weights)
         with torch.no_grad():
-            for row, (weight, grad, factor) in enumerate(zip(weights, grads, factors)):
+            for row, (weight, grad, factor, square) in enumerate(zip(weights, grads, factors, squares)):
                 if step == 0:
                     deltas.append(grad.mul(factor).mul_(-lr))
                 else:
                     deltas[row].addcmul_(factor, grad, value=-lr)
                 if step + 1 < steps:
-                    weight.addcmul_(factor.square(), grad, value=-lr)
+                    weight.addcmul_(square, grad, value=-lr)
     if not deltas:
         deltas = [torch.zeros_like(weight) for weight in weights]
     return deltas

@@ -56,6 +56,11 @@ def left_out_indices(subpops: dict) -> np.ndarray:
     return np.sort(np.concatenate([np.asarray(s["left_out"], dtype=np.int64) for s in subpops["subpopulations"]]))
 
 
+def base_training_indices(subpops: dict) -> np.ndarray:
+    """Training indices the base model learns from: all but the held-out subpopulations."""
+    return np.setdiff1d(np.arange(len(load_fashion_split("train").labels)), left_out_indices(subpops))
+
+
 def in_distribution_test_indices(subpops: dict) -> np.ndarray:
     """Test indices outside every held-out subpopulation."""
     test_members = np.concatenate([np.asarray(s["test_members"], dtype=np.int64) for s in subpops["subpopulations"]])
@@ -79,8 +84,7 @@ def _train_and_export(model: torch.nn.Module, name: str, work: Path, train_index
 
 def stage_train_base(work: Path, recipe: TrainRecipe = BASE_RECIPE) -> Path:
     """Train the base ViT on the training set minus the held-out subpopulations."""
-    subpops = stage_subpopulations(work)
-    keep = np.setdiff1d(np.arange(len(load_fashion_split("train").labels)), left_out_indices(subpops))
+    keep = base_training_indices(stage_subpopulations(work))
     torch.manual_seed(recipe.seed)
     model = vit.VisionTransformer(**BASE_VIT_KWARGS)
     return _train_and_export(model, "base", work, keep, recipe)
@@ -89,8 +93,7 @@ def stage_train_base(work: Path, recipe: TrainRecipe = BASE_RECIPE) -> Path:
 def stage_continue_base(work: Path, recipe: TrainRecipe = BASE_CONTINUE_RECIPE) -> Path:
     """Continue training the base ViT from ``stage_train_base``'s weights with a fresh warm-up + cosine."""
     first = stage_train_base(work)
-    subpops = stage_subpopulations(work)
-    keep = np.setdiff1d(np.arange(len(load_fashion_split("train").labels)), left_out_indices(subpops))
+    keep = base_training_indices(stage_subpopulations(work))
     model = vit.VisionTransformer(**BASE_VIT_KWARGS)
     model.load_state_dict(load_file(str(first)))
     return _train_and_export(model, "base-continued", work, keep, recipe)

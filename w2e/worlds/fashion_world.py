@@ -7,7 +7,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..benchmark_data import load_benchmark
@@ -19,8 +18,8 @@ from ..preprocess import normalise_array
 from .fashion_benchmark import BenchmarkConfig, stage_benchmark
 from .fashion_data import FASHION_CLASSES, FASHION_SUPERCLASSES, load_fashion_split
 from .fashion_models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS
-from .fashion_stages import (BASE_CONTINUE_RECIPE, BASE_RECIPE, STRONGER_RECIPE, in_distribution_test_indices,
-                             left_out_indices, stage_continue_base, stage_subpopulations, stage_train_base,
+from .fashion_stages import (BASE_CONTINUE_RECIPE, BASE_RECIPE, STRONGER_RECIPE, base_training_indices,
+                             in_distribution_test_indices, stage_continue_base, stage_subpopulations, stage_train_base,
                              stage_train_stronger)
 from .subpopulations import SubpopulationConfig
 from .training import evaluate_accuracy
@@ -92,7 +91,7 @@ def meta_training_source(bundle: ModelBundle) -> TensorSource:
         raise FileNotFoundError(f"model {bundle.name!r} has no subpopulations.json; is it the fashion world?")
     subpops = json.loads(subpops_path.read_text())
     train = load_fashion_split("train")
-    keep = np.setdiff1d(np.arange(len(train.labels)), left_out_indices(subpops))
+    keep = base_training_indices(subpops)
     return TensorSource(normalise_array(train.images[keep], bundle.preprocessing), torch.from_numpy(train.labels[keep]))
 
 
