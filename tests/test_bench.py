@@ -21,6 +21,7 @@ from w2e.bench.metrics import (group_generalization, iou_matrix, locality_rate, 
                                summarise_records)
 from w2e.bench.pgd import PGDConfig, pgd_pseudo_samples
 from w2e.bench.records import RecordStore
+from w2e.bench.report import format_markdown
 from w2e.data import TensorSource
 from w2e.hypernet import new_hypernetwork
 from w2e.models import load_local_model
@@ -72,6 +73,20 @@ def test_iou_matrix_within_and_across():
     assert np.isnan(matrix[1, 1])  # a single mask has no within-group pair
     assert matrix[0, 1] == pytest.approx(0.0) and matrix[1, 0] == pytest.approx(0.0)
 
+
+
+def test_markdown_table_keeps_method_order_and_marks_missing_values():
+    row = {"edits": 2, "sr": 1.0, "gr": 0.75, "median_seconds": 0.123, "median_steps": 7.0}
+    results = {
+        "methods": {"w2e": {}, "ke": {}},
+        "summary": [{**row, "method": "ke", "knob": None, "value": None, "lr": float("nan")},
+                    {**row, "method": "w2e", "knob": "rho", "value": 0.05, "lr": 0.5}],
+        "iou": {"rho": 0.05, "mask_source": "w2e", "within_mean": 0.6, "across_mean": 0.4},
+    }
+    lines = format_markdown(results).splitlines()
+    assert lines[2] == "| w2e | rho=0.05 | 2 | 1.000 | 0.750 | 0.500 | 0.12 | 7 |"
+    assert lines[3] == "| ke | - | 2 | 1.000 | 0.750 | - | 0.12 | 7 |"
+    assert lines[-1] == "Mask IoU at rho = 0.05 (w2e): 0.600 within groups, 0.400 across groups."
 
 # ---------------------------------------------------------------------------------------------
 # fixtures: a tiny random ViT and a fake benchmark file

@@ -44,6 +44,20 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(results: dict) -> str:
+    """The summary as a Markdown table (as in the README), then the mask IoU line when measured."""
+    lines = ["| method | knob | edits | SR | GR | LR | median s | steps |", "|---|---|---|---|---|---|---|---|"]
+    for row in _ordered(results["summary"], results.get("methods", {})):
+        lines.append(f"| {row['method']} | {_knob(row)} | {row['edits']} | {_fmt(row['sr'])} | {_fmt(row['gr'])} | "
+                     f"{_fmt(row['lr'])} | {_fmt(row['median_seconds'], 2)} | {_fmt(row['median_steps'], 0)} |")
+    iou = results.get("iou")
+    if iou:
+        lines.append("")
+        lines.append(f"Mask IoU at rho = {iou['rho']} ({iou['mask_source']}): {_fmt(iou['within_mean'])} within groups, "
+                     f"{_fmt(iou['across_mean'])} across groups.")
+    return "\n".join(lines)
+
+
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
             "#17becf", "#000000", "#aec7e8", "#98df8a", "#ffbb78", "#c5b0d5", "#c49c94")
 
