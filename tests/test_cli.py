@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import tiny_model, write_model_dir
 from w2e.cli import main
 
 
@@ -92,3 +93,36 @@ def _png_header(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b"")
+
+
+def test_meta_train_on_an_image_folder_writes_a_hypernetwork_for_the_model(tiny_dir, tmp_path, capsys):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "hyper"
+    code, stdout, _ = _run(capsys, "meta-train", "--model", tiny_dir, "--data", folder, "--out", out, "--device", "cpu",
+                           "--iterations", 2, "--batch-size", 2, "--hyper-depth", 1, "--outer-steps", 2, "--inner-steps", 1)
+    assert code == 0 and "hypernetwork written" in stdout
+    assert len((out / "meta_log.jsonl").read_text().splitlines()) == 2
+    code, stdout, _ = _run(capsys, "mask", folder / "0.png", "--model", tiny_dir, "--hypernetwork",
+                           out / "hypernet.safetensors", "--json")
+    assert code == 0 and json.loads(stdout)["mask_source"] == "hypernetwork"
+    other = write_model_dir(tmp_path / "other", tiny_model(seed=1))
+    code, _, err = _run(capsys, "mask", folder / "0.png", "--model", other, "--hypernetwork", out / "hypernet.safetensors")
+    assert code == 2 and "not for this model" in err
+
+
+def test_mask_without_hypernetwork_or_label_and_bad_rho_exit_2(tiny_dir, image_file, capsys):
+    code, _, err = _run(capsys, "mask", image_file, "--model", tiny_dir)
+    assert code == 2 and "--label" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["mask", str(image_file), "--model", str(tiny_dir), "--label", "cherry", "--rho", "1.5"])
+    assert exit_info.value.code == 2 and "outside [0, 1]" in capsys.readouterr().err
+
+
+def test_meta_train_with_an_unknown_data_source_exits_2(tiny_dir, tmp_path, capsys):
+    code, _, err = _run(capsys, "meta-train", "--model", tiny_dir, "--data", "nowhere", "--out", tmp_path / "h",
+                        "--iterations", 1)
+    assert code == 2 and "nowhere" in err

@@ -72,32 +72,49 @@ def test_test_time_mask_search_gives_a_usable_mask(tiny_bundle):
     assert edit.info["mask_source"] == "test-time search"
 
 
-@pytest.mark.slow
-def test_ddp_meta_training_with_two_gloo_processes(tiny_dir, tmp_path):
+DDP_JOB = """
+import sys
+import torch
+import torch.distributed as dist
+from w2e.data import TensorSource
+from w2e.mask_search import MaskSearchConfig
+from w2e.meta import MetaTrainConfig, init_distributed_from_env, meta_train
+from w2e.models import load_local_model
+
+torch.set_num_threads(1)
+model_dir, out_dir, device, backend = sys.argv[1:5]
+device = init_distributed_from_env(device)
+assert dist.get_backend() == backend, dist.get_backend()
+bundle = load_local_model(model_dir, device=device)
+source = TensorSource(torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(0)))
+config = MetaTrainConfig(iterations=3, batch_size=2, hyper_depth=1, checkpoint_every=3,
+                         search=MaskSearchConfig(outer_steps=2, inner_steps=1))
+meta_train(bundle, source, out_dir, config, show_progress=False)
+dist.destroy_process_group()
+"""
+
+
+def _two_process_meta_training(tiny_dir, tmp_path, device: str, backend: str, port: int) -> None:
     script = tmp_path / "ddp_job.py"
-    script.write_text(
-        "import torch, sys\n"
-        "from w2e.meta import init_distributed_from_env, meta_train, MetaTrainConfig\n"
-        "from w2e.mask_search import MaskSearchConfig\n"
-        "from w2e.data import TensorSource\n"
-        "from w2e.models import load_local_model\n"
-        "torch.set_num_threads(1)\n"
-        "assert init_distributed_from_env()\n"
-        "bundle = load_local_model(sys.argv[1])\n"
-        "source = TensorSource(torch.randn(16, 3, 16, 16, generator=torch.Generator().manual_seed(0)))\n"
-        "config = MetaTrainConfig(iterations=3, batch_size=2, hyper_depth=1, checkpoint_every=3,\n"
-        "                         search=MaskSearchConfig(outer_steps=2, inner_steps=1))\n"
-        "meta_train(bundle, source, sys.argv[2], config, show_progress=False)\n"
-        "import torch.distributed as dist\n"
-        "dist.destroy_process_group()\n"
-    )
+    script.write_text(DDP_JOB)
     out = tmp_path / "ddp_out"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-                             str(script), str(tiny_dir), str(out)], env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+                             str(script), str(tiny_dir), str(out), device, backend],
+                            env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "hypernet.safetensors").is_file()
     assert len((out / LOG_FILE).read_text().splitlines()) == 3
+
+
+@pytest.mark.slow
+def test_ddp_meta_training_with_two_gloo_processes(tiny_dir, tmp_path):
+    _two_process_meta_training(tiny_dir, tmp_path, "cpu", "gloo", 29533)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_ddp_meta_training_with_two_nccl_processes(tiny_dir, tmp_path):
+    _two_process_meta_training(tiny_dir, tmp_path, "cuda", "nccl", 29534)
 
 
 def _reference_inner_loop(bundle, tokens, loss_fn, masks, steps, lr):
@@ -133,3 +150,14 @@ def test_inner_loop_matches_plain_masked_sgd_per_episode(tiny_bundle):
     assert all(delta.abs().max() > 0 for delta in plain)
     for got, want in zip(fast, plain):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+
+
+def test_distributed_start_picks_the_device_and_refuses_missing_gpus(monkeypatch):
+    from w2e.meta import init_distributed_from_env
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert init_distributed_from_env("cpu") == torch.device("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", str(torch.cuda.device_count()))
+    with pytest.raises(RuntimeError, match="has no GPU"):
+        init_distributed_from_env("cuda")

@@ -12,7 +12,7 @@ import torch
 from .editing import EditConfig
 from .editor import DEFAULT_RHO, Editor
 from .edit import edited_state_dict
-from .hypernet import HypernetworkMismatchError
+from .hypernet import HypernetworkMismatchError, load_hypernetwork
 from .images import ImageInputError, read_image
 from .labels import UnknownLabelError, resolve_label
 from .masks import binarize
@@ -32,7 +32,25 @@ def _load(args: argparse.Namespace) -> ModelBundle:
 
 def _editor(args: argparse.Namespace) -> Editor:
     bundle = _load(args)
-    return Editor(bundle, use_bundled_hypernetwork=not getattr(args, "no_hypernetwork", False))
+    hypernetwork_path = getattr(args, "hypernetwork", None)
+    if hypernetwork_path is None:
+        return Editor(bundle, use_bundled_hypernetwork=not getattr(args, "no_hypernetwork", False))
+    try:
+        hypernetwork = load_hypernetwork(hypernetwork_path, bundle.site, bundle.sha256)
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    return Editor(bundle, hypernetwork)
+
+
+def _fraction(text: str) -> float:
+    """argparse type of rho: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside [0, 1]")
+    return value
 
 
 def _emit(args: argparse.Namespace, payload: dict, text: str) -> None:
@@ -80,6 +98,8 @@ def cmd_mask(args: argparse.Namespace) -> None:
     """Where to edit: the continuous mask and its binarisation at rho."""
     editor = _editor(args)
     label = resolve_label(args.label, editor.bundle.class_names) if args.label is not None else None
+    if label is None and editor.hypernetwork is None:
+        raise CliError("no hypernetwork for this model: the test-time mask search needs --label")
     mask = editor.continuous_mask(read_image(args.image), label)
     binary = binarize(mask, args.rho, args.mode)
     site = editor.bundle.site
@@ -176,8 +196,8 @@ def cmd_meta_train(args: argparse.Namespace) -> None:
     from .meta import MetaTrainConfig, init_distributed_from_env, meta_train
     from .mask_search import MaskSearchConfig
 
-    init_distributed_from_env()
-    bundle = _load(args)
+    device = init_distributed_from_env(args.device)
+    bundle = load_model(args.model, site_blocks=args.site_blocks, device=device)
     source = _meta_source(args.data, bundle)
     search = MaskSearchConfig(sharpness=args.sharpness, inner_lr=args.inner_lr, inner_steps=args.inner_steps,
                               outer_steps=args.outer_steps, sparsity_weight=args.sparsity_weight)
@@ -247,9 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_model_options(p)
         p.add_argument("image")
         p.add_argument("--label", required=name == "edit", help="right class, as a name or an index")
-        p.add_argument("--rho", type=float, default=DEFAULT_RHO, help="kept fraction of the site (topk) or threshold")
+        p.add_argument("--rho", type=_fraction, default=DEFAULT_RHO, help="kept fraction of the site (topk) or threshold")
         p.add_argument("--mode", choices=("topk", "threshold"), default="topk")
-        p.add_argument("--no-hypernetwork", action="store_true", help="use the test-time mask search")
+        where = p.add_mutually_exclusive_group()
+        where.add_argument("--no-hypernetwork", action="store_true", help="use the test-time mask search")
+        where.add_argument("--hypernetwork", default=None, help="hypernetwork file (e.g. from meta-train) instead of the bundled one")
         p.add_argument("--save", default=None, help="write the mask / edit (safetensors) here")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)

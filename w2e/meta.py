@@ -173,7 +173,8 @@ def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, co
     start = _resume(out_dir, bundle, hypernet, optimizer)
     trainer: torch.nn.Module = hypernet
     if world > 1:
-        trainer = torch.nn.parallel.DistributedDataParallel(hypernet)
+        device_ids = [bundle.device.index] if bundle.device.type == "cuda" else None
+        trainer = torch.nn.parallel.DistributedDataParallel(hypernet, device_ids=device_ids)
     bar = tqdm(range(start, config.iterations), desc="meta-train", disable=not show_progress or rank != 0,
                initial=start, total=config.iterations)
     for iteration in bar:
@@ -210,12 +211,23 @@ def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, co
     return out_dir / HYPERNET_FILE
 
 
-def init_distributed_from_env() -> bool:
-    """Initialise ``torch.distributed`` when launched by ``torchrun``; returns whether it did."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return dist.is_initialized()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    dist.init_process_group(backend)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return True
+def init_distributed_from_env(device: str | torch.device | None = None) -> torch.device:
+    """The device this process should use; under ``torchrun`` also initialise ``torch.distributed``.
+
+    ``device`` ``None`` means CUDA when available, else CPU. On CUDA each process takes the GPU
+    of its ``LOCAL_RANK`` and the NCCL backend; on CPU the gloo backend. Asking for more
+    processes per node than there are GPUs is a clear error, not a crash inside NCCL.
+    """
+    wanted = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return wanted
+    if wanted.type == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(f"process {local_rank} of this node has no GPU (only {torch.cuda.device_count()} visible); "
+                               "start at most that many processes per node, or pass --device cpu")
+        wanted = torch.device("cuda", local_rank)
+        torch.cuda.set_device(wanted)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if wanted.type == "cuda" else "gloo")
+    return wanted
