@@ -155,8 +155,9 @@ def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, co
     """Meta-train (or resume) a hypernetwork for ``bundle``; returns the hypernetwork path.
 
     Writes ``hypernet.safetensors`` (+ ``.json``), ``meta_state.safetensors`` (optimiser state
-    and iteration) and ``meta_log.jsonl`` (KL, mask density and fit loss per iteration) to
-    ``out_dir``. ``pseudo_samples`` replaces CutMix (it gets the source's labels when the
+    and iteration) and ``meta_log.jsonl`` per iteration to ``out_dir``: ``fit_loss`` (the
+    hypernetwork's loss, its learning curve) and the targets' ``kl`` and mask density (properties
+    of the per-episode optimised masks, independent of the hypernetwork). ``pseudo_samples`` replaces CutMix (it gets the source's labels when the
     source has a ``labels`` tensor). Under ``torchrun`` every process takes its own episodes and gradients are
     averaged by DDP; only rank 0 writes files.
     """
@@ -203,7 +204,7 @@ def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, co
                 handle.write(json.dumps(entry) + "\n")
             if log is not None:
                 log(entry)
-            bar.set_postfix(kl=f"{entry['kl']:.3f}", density=f"{entry['mask_density']:.3f}")
+            bar.set_postfix(fit=f"{entry['fit_loss']:.4f}", kl=f"{entry['kl']:.3f}", density=f"{entry['mask_density']:.3f}")
             if (iteration + 1) % config.checkpoint_every == 0 or iteration + 1 == config.iterations:
                 _save_checkpoint(out_dir, hypernet, optimizer, iteration + 1)
     if world > 1:
