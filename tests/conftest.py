@@ -51,3 +51,8 @@ def tiny_dir(tmp_path: Path) -> Path:
 def tiny_bundle(tiny_dir: Path) -> ModelBundle:
     """The tiny model loaded through the public loader."""
     return load_local_model(tiny_dir)
+
+
+def wrong_label(editor, image: torch.Tensor) -> int:
+    """A class the editor's model does not predict for ``image`` (the one after its top-1)."""
+    return int((editor.probabilities(image)[0].argmax() + 1) % len(editor.bundle.class_names))

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from tests.conftest import wrong_label
 from w2e.data import TensorSource
 from w2e.edit import edits_applied
 from w2e.editing import EditConfig
@@ -26,10 +27,6 @@ def cuda_bundle(tiny_dir) -> ModelBundle:
     return load_local_model(tiny_dir, device="cuda")
 
 
-def _wrong_label(editor: Editor, image: torch.Tensor) -> int:
-    return int((editor.probabilities(image)[0].argmax() + 1) % len(editor.bundle.class_names))
-
-
 def test_cached_suffix_matches_the_full_forward_on_cuda(cuda_bundle):
     model, site = cuda_bundle.model, cuda_bundle.site
     images = torch.randn(4, 3, 16, 16, device="cuda")
@@ -43,7 +40,7 @@ def test_edit_on_cuda_is_sparse_on_cpu_and_matches_the_cpu_model(cuda_bundle, ti
     editor = Editor(cuda_bundle)
     before = {name: tensor.clone() for name, tensor in cuda_bundle.model.state_dict().items()}
     image = torch.randn(1, 3, 16, 16)
-    label = _wrong_label(editor, image)
+    label = wrong_label(editor, image)
     mask = torch.rand(cuda_bundle.site.mask_shape, generator=torch.Generator().manual_seed(0))
     edit = editor.edit(image, label, rho=0.25, mask=mask, config=EditConfig(lr=1e-2))
     assert edit.success
@@ -57,7 +54,7 @@ def test_edit_on_cuda_is_sparse_on_cpu_and_matches_the_cpu_model(cuda_bundle, ti
 def test_test_time_mask_search_edits_on_cuda(cuda_bundle):
     editor = Editor(cuda_bundle, search_config=MaskSearchConfig(outer_steps=3, inner_steps=2))
     image = torch.randn(1, 3, 16, 16)
-    edit = editor.edit(image, _wrong_label(editor, image), rho=0.3, config=EditConfig(lr=1e-2))
+    edit = editor.edit(image, wrong_label(editor, image), rho=0.3, config=EditConfig(lr=1e-2))
     assert edit.info["mask_source"] == "test-time search"
     assert edit.binary_mask().shape == cuda_bundle.site.mask_shape
 

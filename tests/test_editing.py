@@ -1,14 +1,11 @@
 import torch
 
+from tests.conftest import wrong_label
 from w2e.edit import Edit, edited_state_dict, edits_applied
 from w2e.editing import EditConfig
 from w2e.editor import Editor
 from w2e.masks import topk_mask
 from w2e.models import load_local_model
-
-
-def _wrong_label(editor: Editor, image: torch.Tensor) -> int:
-    return int((editor.probabilities(image)[0].argmax() + 1) % len(editor.bundle.class_names))
 
 
 def _snapshot(model):
@@ -19,7 +16,7 @@ def test_edit_succeeds_touches_only_masked_weights_and_leaves_base_untouched(tin
     editor = Editor(tiny_bundle)
     before = _snapshot(tiny_bundle.model)
     image = torch.randn(1, 3, 16, 16)
-    label = _wrong_label(editor, image)
+    label = wrong_label(editor, image)
     mask = torch.rand(tiny_bundle.site.mask_shape, generator=torch.Generator().manual_seed(0))
     edit = editor.edit(image, label, rho=0.25, mask=mask, config=EditConfig(lr=1e-2))
     assert edit.success and edit.steps > 0
@@ -40,7 +37,7 @@ def test_edit_succeeds_touches_only_masked_weights_and_leaves_base_untouched(tin
 def test_apply_and_remove_restore_bit_identical(tiny_bundle):
     editor = Editor(tiny_bundle)
     image = torch.randn(1, 3, 16, 16)
-    edit = editor.edit(image, _wrong_label(editor, image), rho=0.3, mask=torch.rand(tiny_bundle.site.mask_shape),
+    edit = editor.edit(image, wrong_label(editor, image), rho=0.3, mask=torch.rand(tiny_bundle.site.mask_shape),
                        config=EditConfig(lr=1e-2))
     before = _snapshot(tiny_bundle.model)
     with edits_applied(tiny_bundle.model, tiny_bundle.site, [edit]):
@@ -54,7 +51,7 @@ def test_apply_and_remove_restore_bit_identical(tiny_bundle):
 def test_stacked_edits_fix_both_images(tiny_bundle):
     editor = Editor(tiny_bundle)
     images = torch.randn(2, 3, 16, 16)
-    labels = [_wrong_label(editor, images[i : i + 1]) for i in range(2)]
+    labels = [wrong_label(editor, images[i : i + 1]) for i in range(2)]
     config = EditConfig(lr=1e-2, max_steps=200)
     first = editor.edit(images[:1], labels[0], rho=0.3, mask=torch.rand(tiny_bundle.site.mask_shape), config=config)
     second = editor.edit(images[1:], labels[1], rho=0.3, mask=torch.rand(tiny_bundle.site.mask_shape),
@@ -67,7 +64,7 @@ def test_stacked_edits_fix_both_images(tiny_bundle):
 def test_save_load_and_export_round_trip(tiny_bundle, tmp_path):
     editor = Editor(tiny_bundle)
     image = torch.randn(3, 3, 16, 16)
-    edit = editor.edit(image[:1], _wrong_label(editor, image[:1]), rho=0.2, mask=torch.rand(tiny_bundle.site.mask_shape),
+    edit = editor.edit(image[:1], wrong_label(editor, image[:1]), rho=0.2, mask=torch.rand(tiny_bundle.site.mask_shape),
                        config=EditConfig(lr=1e-2))
     edit.save(tmp_path / "edit.safetensors")
     loaded = Edit.load(tmp_path / "edit.safetensors")
@@ -86,6 +83,6 @@ def test_save_load_and_export_round_trip(tiny_bundle, tmp_path):
 def test_failed_edit_is_reported_as_failed(tiny_bundle):
     editor = Editor(tiny_bundle)
     image = torch.randn(1, 3, 16, 16)
-    edit = editor.edit(image, _wrong_label(editor, image), rho=0.01, mask=torch.rand(tiny_bundle.site.mask_shape),
+    edit = editor.edit(image, wrong_label(editor, image), rho=0.01, mask=torch.rand(tiny_bundle.site.mask_shape),
                        config=EditConfig(lr=1e-9, max_steps=3))
     assert not edit.success and edit.steps == 3 and len(edit.losses) == 4

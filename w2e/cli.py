@@ -25,9 +25,8 @@ class CliError(Exception):
     """A user-facing error: printed as one line, exit code 2."""
 
 
-def _load(args: argparse.Namespace) -> ModelBundle:
-    device = args.device or best_device()
-    return load_model(args.model, site_blocks=args.site_blocks, device=device)
+def _load(args: argparse.Namespace, device: torch.device | None = None) -> ModelBundle:
+    return load_model(args.model, site_blocks=args.site_blocks, device=device or args.device or best_device())
 
 
 def _editor(args: argparse.Namespace) -> Editor:
@@ -197,7 +196,7 @@ def cmd_meta_train(args: argparse.Namespace) -> None:
     from .mask_search import MaskSearchConfig
 
     device = init_distributed_from_env(args.device)
-    bundle = load_model(args.model, site_blocks=args.site_blocks, device=device)
+    bundle = _load(args, device)
     source = _meta_source(args.data, bundle)
     search = MaskSearchConfig(sharpness=args.sharpness, inner_lr=args.inner_lr, inner_steps=args.inner_steps,
                               outer_steps=args.outer_steps, sparsity_weight=args.sparsity_weight)

@@ -49,8 +49,9 @@ def _mask_factor(masks: torch.Tensor, row: int, axis: int) -> torch.Tensor:
 
 def _masked_weights(model: nn.Module, site: EditSite, masks: torch.Tensor, deltas: list[torch.Tensor]) -> dict:
     """``W + m (.) delta`` per site layer; ``masks`` is ``(B, L, N)`` or ``(L, N)``."""
-    return {site.linear(model, layer): torch.addcmul(site.linear(model, layer).weight, _mask_factor(masks, row, layer.axis), deltas[row])
-            for row, layer in enumerate(site.layers)}
+    linears = [site.linear(model, layer) for layer in site.layers]
+    return {linear: torch.addcmul(linear.weight, _mask_factor(masks, row, layer.axis), deltas[row])
+            for row, (layer, linear) in enumerate(zip(site.layers, linears))}
 
 
 Forward = Callable[[torch.Tensor], torch.Tensor]

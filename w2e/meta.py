@@ -24,7 +24,7 @@ from tqdm import tqdm
 from .cutmix import CutMixConfig, cutmix
 from .hypernet import Hypernetwork, load_hypernetwork, new_hypernetwork
 from .mask_search import MaskSearchConfig, distillation_kl, optimise_aux_masks
-from .models import ModelBundle
+from .models import ModelBundle, best_device
 from .runner import forward_prefix, forward_suffix, patch_size
 
 HYPERNET_FILE = "hypernet.safetensors"
@@ -156,10 +156,11 @@ def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, co
 
     Writes ``hypernet.safetensors`` (+ ``.json``), ``meta_state.safetensors`` (optimiser state
     and iteration) and ``meta_log.jsonl`` per iteration to ``out_dir``: ``fit_loss`` (the
-    hypernetwork's loss, its learning curve) and the targets' ``kl`` and mask density (properties
-    of the per-episode optimised masks, independent of the hypernetwork). ``pseudo_samples`` replaces CutMix (it gets the source's labels when the
-    source has a ``labels`` tensor). Under ``torchrun`` every process takes its own episodes and gradients are
-    averaged by DDP; only rank 0 writes files.
+    hypernetwork's loss, its learning curve) and the targets' ``kl`` and mask density
+    (properties of the per-episode optimised masks, independent of the hypernetwork).
+    ``pseudo_samples`` replaces CutMix (it gets the source's labels when the source has a
+    ``labels`` tensor). Under ``torchrun`` every process takes its own episodes and gradients
+    are averaged by DDP; only rank 0 writes files.
     """
     out_dir = Path(out_dir)
     rank, world = _rank_world()
@@ -219,7 +220,7 @@ def init_distributed_from_env(device: str | torch.device | None = None) -> torch
     of its ``LOCAL_RANK`` and the NCCL backend; on CPU the gloo backend. Asking for more
     processes per node than there are GPUs is a clear error, not a crash inside NCCL.
     """
-    wanted = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    wanted = torch.device(device) if device is not None else best_device()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return wanted
     if wanted.type == "cuda":

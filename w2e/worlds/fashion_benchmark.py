@@ -1,12 +1,11 @@
 """Stages that turn the fashion world's trained models into its editing benchmark.
 
 Outputs ``benchmark.safetensors`` in the format of :mod:`w2e.benchmark_data`: uint8 ``images``
-(N, 28, 28), int64 ``labels`` and ``groups`` (group index, -1 for locality images), and the
-provenance columns ``source`` (0 test, 1 left-out train,
-2 shifted test), ``source_index`` (index in that split) and ``shift`` (index into
-``shift_names``, -1 for unshifted images), and a JSON ``info`` metadata entry. Editing groups
-come first (natural MAD groups, largest first, then the style and lighting groups), then the
-locality images.
+(N, 28, 28), int64 ``labels`` and ``groups`` (group index, -1 for locality images), the
+provenance columns ``source`` (0 test, 1 left-out train, 2 shifted test), ``source_index``
+(index in that split) and ``shift`` (index into ``shift_names``, -1 for unshifted images),
+and a JSON ``info`` metadata entry. Editing groups come first (natural MAD groups, largest
+first, then the style and lighting groups), then the locality images.
 """
 from __future__ import annotations
 

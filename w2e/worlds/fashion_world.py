@@ -27,7 +27,7 @@ from .training import evaluate_accuracy
 WORLD = "fashion"
 #: Edit learning rate for the fashion ViT (RMSProp; the paper's 2e-5 is for ViT-B/16).
 FASHION_EDIT_LR = 1e-4
-#: Meta-training of the bundled hypernetwork, scaled to what a 2-core CPU does in about 15 min.
+#: Meta-training of the bundled hypernetwork, scaled down to a few minutes on a 2-core CPU.
 FASHION_META = MetaTrainConfig(iterations=200, batch_size=8, hyper_lr=1e-3, checkpoint_every=25,
                                search=MaskSearchConfig(inner_lr=0.1, inner_steps=3, outer_steps=5))
 

@@ -13,6 +13,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+#: Each epoch's shuffle seed is ``seed * EPOCH_SEED_STRIDE + epoch`` (keeps the shipped runs' order).
+EPOCH_SEED_STRIDE = 1000
+
 
 @dataclass(frozen=True)
 class TrainRecipe:
@@ -122,7 +125,7 @@ def train_classifier(
     total_steps = recipe.epochs * steps_per_epoch
     warmup_steps = int(recipe.warmup_epochs * steps_per_epoch)
     for epoch in range(start_epoch, recipe.epochs):
-        generator = torch.Generator().manual_seed(recipe.seed * 1000 + epoch)
+        generator = torch.Generator().manual_seed(recipe.seed * EPOCH_SEED_STRIDE + epoch)
         order = torch.randperm(len(inputs), generator=generator)
         model.train()
         started = time.time()
