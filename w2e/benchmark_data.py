@@ -1,7 +1,7 @@
 """Benchmark files: failure groups and the locality set, as raw pixels, in one safetensors file.
 
 Tensors ``images`` (uint8, at the model's input size), ``labels`` and ``groups`` (int64, group
-index or -1 for locality images), plus any further int64 per-image columns (a builder's
+index, -1 for near-boundary locality images, -2 for the random in-distribution set), plus any further int64 per-image columns (a builder's
 provenance, e.g. where each image came from); a JSON ``info`` metadata entry holds
 ``group_names`` and whatever else the builder records.
 """
@@ -17,6 +17,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 LOCALITY_GROUP = -1
+#: Group id of the random in-distribution images (a second, ordinary locality set).
+IN_DISTRIBUTION_GROUP = -2
 _CORE = ("images", "labels", "groups")
 
 
@@ -35,6 +37,11 @@ class BenchmarkData:
     def locality_indices(self) -> np.ndarray:
         """Indices of the locality-set images."""
         return np.flatnonzero(self.groups == LOCALITY_GROUP)
+
+    @property
+    def in_distribution_indices(self) -> np.ndarray:
+        """Indices of the random in-distribution images (empty when the benchmark has none)."""
+        return np.flatnonzero(self.groups == IN_DISTRIBUTION_GROUP)
 
     def group_indices(self, group: int | str) -> np.ndarray:
         """Indices of the images of one failure group (by index or name)."""
