@@ -17,8 +17,8 @@ from w2e.bench.ablations import EnsembleMethod, mask_specificity
 from w2e.bench.data import BenchContext, EvalLimits, load_any_benchmark, load_image_folder
 from w2e.bench.hooks import has_hooks
 from w2e.bench.methods import Resources, registry
-from w2e.bench.metrics import (group_generalization, iou_matrix, locality_rate, pareto_front, success_rate,
-                               summarise_records)
+from w2e.bench.metrics import group_generalization, locality_rate, pareto_front, success_rate, summarise_records
+from w2e.mask_diagnostics import iou_matrix
 from w2e.bench.pgd import PGDConfig, pgd_pseudo_samples
 from w2e.bench.records import RecordStore
 from w2e.bench.report import format_markdown

@@ -21,7 +21,11 @@ class HypernetworkMismatchError(ValueError):
 
 @dataclass(frozen=True)
 class HypernetConfig:
-    """Architecture of the hypernetwork and the base model it belongs to."""
+    """Architecture of the hypernetwork, the base model it belongs to, and its mask diagnostics.
+
+    ``diagnostics``: the input dependence of its masks on meta-training's probe sets at the
+    last probe (see :mod:`w2e.mask_diagnostics`); ``None`` when it was not measured.
+    """
 
     feature_dim: int
     num_layers: int
@@ -32,6 +36,7 @@ class HypernetConfig:
     base_model: str = ""
     base_sha256: str = ""
     site: dict | None = None
+    diagnostics: dict | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""

@@ -8,7 +8,7 @@ Used by meta-training (one mask per episode, vectorised) and by the test-time ma
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
@@ -23,22 +23,63 @@ from .site import EditSite
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 
 
+INNER_RULES = ("paper", "masked-delta")
+OUTER_REDUCTIONS = ("mean", "sum")
+AUX_INITS = ("uniform", "zero")
+
+
 @dataclass(frozen=True)
 class MaskSearchConfig:
-    """Knobs of the decoupled mask optimisation (defaults: paper / authors' code)."""
+    """Knobs of the decoupled mask optimisation (defaults: paper / authors' code, METHOD.md sec. 4).
+
+    ``inner_rule``: ``"paper"`` (Eq. 2: ``delta -= lr * dL/dW``, so a weight moves by
+    ``lr * m * grad``) or ``"masked-delta"`` (w2e 0.1: ``delta -= lr * m * dL/dW``, a weight
+    moves by ``lr * m^2 * grad``). ``outer_reduction``: how the episodes of a batch are
+    combined in the auxiliary-mask objective, ``"mean"`` (the authors' normalisation: KL
+    batch-mean plus lambda times the mean over the whole batch of masks) or ``"sum"`` (w2e 0.1:
+    per-episode losses and per-episode mask means summed); with RMSProp/Adam the two differ
+    only through the optimiser's epsilon (which matters for saturated mask entries, whose
+    gradients are tiny). Several initialisations of one episode are each scaled like the
+    episode alone, so each is optimised exactly as a single-initialisation run would be. ``aux_init``: ``"uniform"`` (U(-1, 1), paper) or
+    ``"zero"``. ``aux_inits``: auxiliary-mask initialisations optimised per episode (vectorised
+    with the episodes); the target is the mean of their masks (1 = the paper).
+    """
 
     sharpness: float = 10.0
     inner_steps: int = 5
     inner_lr: float = 1e-3
+    inner_rule: str = "paper"
     outer_steps: int = 10
     outer_lr: float = 0.1
     outer_optimizer: str = "rmsprop"
+    outer_reduction: str = "mean"
     sparsity_weight: float = 1.0
     temperature: float = 5.0
+    aux_init: str = "uniform"
+    aux_inits: int = 1
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (("inner_rule", self.inner_rule, INNER_RULES),
+                                     ("outer_reduction", self.outer_reduction, OUTER_REDUCTIONS),
+                                     ("aux_init", self.aux_init, AUX_INITS)):
+            if value not in allowed:
+                raise ValueError(f"{name} {value!r}: use one of {', '.join(allowed)}")
+        if self.aux_inits < 1:
+            raise ValueError(f"aux_inits must be at least 1, got {self.aux_inits}")
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "MaskSearchConfig":
+        """Inverse of :meth:`to_dict`; settings saved before an option existed get the old behaviour.
+
+        Files written by w2e 0.1 lack ``inner_rule`` and ``outer_reduction``: they used
+        ``"masked-delta"`` and ``"sum"``, so those are filled in (not today's defaults).
+        """
+        legacy = {"inner_rule": "masked-delta", "outer_reduction": "sum"}
+        return cls(**{**legacy, **raw} if "inner_rule" not in raw else raw)
 
 
 def _mask_factor(masks: torch.Tensor, row: int, axis: int) -> torch.Tensor:
@@ -58,20 +99,27 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 def inner_loop(model: nn.Module, site: EditSite, tokens: torch.Tensor, loss_fn: LossFn, masks: torch.Tensor,
-               steps: int, lr: float, forward: Forward) -> list[torch.Tensor]:
+               steps: int, lr: float, forward: Forward, rule: str = "paper") -> list[torch.Tensor]:
     """``steps`` of masked SGD from the base weights; returns the (detached) deltas.
 
-    The update of a delta is ``delta -= lr * m * dL/dW`` (the gradient w.r.t. ``delta`` of
-    ``W + m * delta``), so the effective weight moves by ``-lr * m^2 * dL/dW``. Both are
-    updated in place, and the effective weights are the leaves differentiated at each step:
-    no per-step rebuild of ``W + m * delta`` and no backward through it.
+    With ``rule="paper"`` (Eq. 2) ``delta -= lr * dL/dW`` and the effective weight
+    ``W + m * delta`` moves by ``-lr * m * dL/dW``; with ``"masked-delta"`` the delta takes the
+    gradient of ``W + m * delta`` w.r.t. itself, ``delta -= lr * m * dL/dW``, and the weight
+    moves by ``-lr * m^2 * dL/dW``. The effective weights are updated in place and are the
+    leaves differentiated at each step: no per-step rebuild of ``W + m * delta``. ``masks`` of
+    shape ``(B, L, N)`` give each sample its own episode (its own weights, and the gradient of
+    its own loss); ``(L, N)`` one episode on the mean loss of all samples.
     """
+    if rule not in INNER_RULES:
+        raise ValueError(f"inner rule {rule!r}: use one of {', '.join(INNER_RULES)}")
     batch = masks.shape[0] if masks.dim() == 3 else None
     reduce = torch.sum if batch is not None else torch.mean
     masks = masks.detach()
     linears = [site.linear(model, layer) for layer in site.layers]
     factors = [_mask_factor(masks, row, layer.axis) for row, layer in enumerate(site.layers)]
-    squares = [factor.square() for factor in factors]
+    paper = rule == "paper"
+    delta_factors = [None if paper else factor for factor in factors]
+    weight_factors = factors if paper else [factor.square() for factor in factors]
     lead = () if batch is None else (batch,)
     weights = [linear.weight.detach().expand(*lead, *linear.weight.shape).clone() for linear in linears]
     deltas: list[torch.Tensor] = []
@@ -82,16 +130,31 @@ def inner_loop(model: nn.Module, site: EditSite, tokens: torch.Tensor, loss_fn: 
             loss = reduce(loss_fn(forward(tokens)))
         grads = torch.autograd.grad(loss, weights)
         with torch.no_grad():
-            for row, (weight, grad, factor, square) in enumerate(zip(weights, grads, factors, squares)):
-                if step == 0:
-                    deltas.append(grad.mul(factor).mul_(-lr))
-                else:
-                    deltas[row].addcmul_(factor, grad, value=-lr)
+            for row, (weight, grad) in enumerate(zip(weights, grads)):
+                _accumulate_delta(deltas, row, grad, delta_factors[row], -lr)
                 if step + 1 < steps:
-                    weight.addcmul_(square, grad, value=-lr)
+                    weight.addcmul_(weight_factors[row], grad, value=-lr)
     if not deltas:
         deltas = [torch.zeros_like(weight) for weight in weights]
     return deltas
+
+
+def _accumulate_delta(deltas: list[torch.Tensor], row: int, grad: torch.Tensor, factor: torch.Tensor | None,
+                      scale: float) -> None:
+    """``deltas[row] += scale * factor * grad`` (``factor`` None: no mask factor), created on first use."""
+    if row == len(deltas):
+        deltas.append(grad.mul(scale) if factor is None else grad.mul(factor).mul_(scale))
+    elif factor is None:
+        deltas[row].add_(grad, alpha=scale)
+    else:
+        deltas[row].addcmul_(factor, grad, value=scale)
+
+
+def initial_aux_masks(shape: tuple[int, ...], config: MaskSearchConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """Starting values of the auxiliary masks: U(-1, 1) (paper) or zeros (``config.aux_init``)."""
+    if config.aux_init == "zero":
+        return torch.zeros(shape)
+    return torch.rand(shape, generator=generator) * 2 - 1
 
 
 def optimise_aux_masks(model: nn.Module, site: EditSite, tokens: torch.Tensor, loss_fn: LossFn, num_masks: int | None,
@@ -102,29 +165,58 @@ def optimise_aux_masks(model: nn.Module, site: EditSite, tokens: torch.Tensor, l
     ``num_masks`` = batch size for one mask per sample (episodes), or ``None`` for a single
     mask shared by all of ``tokens``. ``loss_fn(logits)`` returns one loss per sample.
     ``forward`` maps ``tokens`` to logits (default: the suffix from the site's first block, so
-    ``tokens`` are prefix tokens; pass the model itself to feed whole images instead).
+    ``tokens`` are prefix tokens; pass the model itself to feed whole images instead). With
+    ``config.aux_inits`` > 1 every mask is optimised from that many initialisations at once
+    and ``m~*`` has a leading axis of that size (losses too): ``(inits, num_masks, L, N)``.
     """
     make_overridable(model, site)
     if forward is None:
         def forward(cached: torch.Tensor) -> torch.Tensor:
             return forward_suffix(model, cached, site.start)
 
-    shape = (num_masks, *site.mask_shape) if num_masks is not None else site.mask_shape
-    aux = (torch.rand(shape, generator=generator) * 2 - 1).to(tokens.device).requires_grad_(True)
+    inits = config.aux_inits
+    per_episode = num_masks is not None
+    if not per_episode and inits > 1:
+        raise ValueError("several initialisations need one mask per sample (num_masks)")
+    if per_episode and inits > 1:
+        tokens = tokens.repeat(inits, *([1] * (tokens.dim() - 1)))
+        loss_fn = _repeated_loss(loss_fn, num_masks)
+    episodes = num_masks * inits if per_episode else None
+    shape = (episodes, *site.mask_shape) if per_episode else site.mask_shape
+    aux = initial_aux_masks(shape, config, generator).to(tokens.device).requires_grad_(True)
     optimizer = _outer_optimizer(config, aux)
-    reliability = torch.zeros(())
+    divisor = num_masks if per_episode and config.outer_reduction == "mean" else 1
+    reliability = torch.full((episodes,) if per_episode else (), float("nan"))
     for _ in range(config.outer_steps):
         masks = torch.sigmoid(config.sharpness * aux)
-        deltas = inner_loop(model, site, tokens, loss_fn, masks, config.inner_steps, config.inner_lr, forward)
+        deltas = inner_loop(model, site, tokens, loss_fn, masks, config.inner_steps, config.inner_lr, forward,
+                            config.inner_rule)
         with weight_overrides(_masked_weights(model, site, masks, deltas)):
             per_sample = loss_fn(forward(tokens))
-        total = per_sample.sum() if num_masks is not None else per_sample.mean()
-        reliability = per_sample.detach() if num_masks is not None else total.detach()
-        sparsity = masks.mean(dim=(-2, -1)).sum()
+        total = per_sample.sum() / divisor if per_episode else per_sample.mean()
+        reliability = per_sample.detach() if per_episode else total.detach()
+        sparsity = masks.mean(dim=(-2, -1)).sum() / divisor
         optimizer.zero_grad(set_to_none=True)
         (total + config.sparsity_weight * sparsity).backward()
         optimizer.step()
-    return aux.detach(), reliability
+    aux = aux.detach()
+    if per_episode and inits > 1:
+        return aux.view(inits, num_masks, *site.mask_shape), reliability.view(inits, num_masks)
+    return aux, reliability
+
+
+def _repeated_loss(loss_fn: LossFn, batch: int) -> LossFn:
+    """``loss_fn`` for logits of the same ``batch`` samples stacked several times."""
+    def loss(logits: torch.Tensor) -> torch.Tensor:
+        return torch.cat([loss_fn(chunk) for chunk in logits.split(batch)])
+
+    return loss
+
+
+def aux_mask_target(aux: torch.Tensor, config: MaskSearchConfig) -> torch.Tensor:
+    """Continuous target masks ``sigmoid(k m~*)``, averaged over initialisations when there are several."""
+    masks = torch.sigmoid(config.sharpness * aux)
+    return masks.mean(0) if config.aux_inits > 1 else masks
 
 
 def _outer_optimizer(config: MaskSearchConfig, aux: torch.Tensor) -> torch.optim.Optimizer:
@@ -154,7 +246,10 @@ def search_mask(model: nn.Module, site: EditSite, image: torch.Tensor, label: in
     Pseudo-samples are the image itself plus CutMix versions of it (patches from ``donors``,
     or from flipped copies of the image when no donors are given); the loss is cross-entropy
     with ``label``, plus the L1 sparsity penalty. Returns ``sigmoid(k m~*)``, shape of the site.
+    One mask is shared by the pseudo-samples, from one initialisation (``config.aux_inits`` is
+    a meta-training setting and is not used here).
     """
+    config = replace(config, aux_inits=1)
     generator = torch.Generator().manual_seed(seed)
     patch = patch_size(model)
     repeated = image.expand(num_pseudo - 1, -1, -1, -1)

@@ -11,9 +11,9 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import torch
 import torch.distributed as dist
@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from .cutmix import CutMixConfig, cutmix
 from .hypernet import Hypernetwork, load_hypernetwork, new_hypernetwork
-from .mask_search import MaskSearchConfig, distillation_kl, optimise_aux_masks
+from .mask_diagnostics import MaskProbe
+from .mask_search import MaskSearchConfig, aux_mask_target, distillation_kl, optimise_aux_masks
 from .models import ModelBundle, best_device
 from .runner import forward_prefix, forward_suffix, patch_size
 
@@ -53,12 +54,22 @@ class MetaTrainConfig:
     hyper_depth: int = 3
     seed: int = 0
     checkpoint_every: int = 100
+    probe_every: int = 100
+    probe_rho: float = 0.05
     search: MaskSearchConfig = field(default_factory=MaskSearchConfig)
     cutmix: CutMixConfig = field(default_factory=CutMixConfig)
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "MetaTrainConfig":
+        """Inverse of :meth:`to_dict` (nested search and CutMix settings included)."""
+        raw = dict(raw)
+        search = MaskSearchConfig.from_dict(raw.pop("search", {}))
+        cutmix_config = CutMixConfig(**raw.pop("cutmix", {}))
+        return cls(**raw, search=search, cutmix=cutmix_config)
 
 
 def _rank_world() -> tuple[int, int]:
@@ -92,7 +103,8 @@ def episode_batch(bundle: ModelBundle, images: torch.Tensor, donors: torch.Tenso
         features = forward_suffix(model, tokens, site.start, pre_logits=True)
     loss_fn = distillation_kl(natural_logits, config.search.temperature)
     aux, kl = optimise_aux_masks(model, site, tokens, loss_fn, len(images), config.search, generator)
-    return {"features": features, "target": torch.sigmoid(config.search.sharpness * aux), "kl": kl}
+    kl = kl.mean(0) if config.search.aux_inits > 1 else kl
+    return {"features": features, "target": aux_mask_target(aux, config.search), "kl": kl}
 
 
 def fit_hypernetwork(hypernet: torch.nn.Module, optimizer: torch.optim.Optimizer, features: torch.Tensor,
@@ -131,6 +143,7 @@ def _resume(out_dir: Path, bundle: ModelBundle, hypernet: Hypernetwork, optimize
         return 0
     saved = load_hypernetwork(out_dir / HYPERNET_FILE, bundle.site, bundle.sha256)
     hypernet.load_state_dict(saved.state_dict())
+    hypernet.config = replace(hypernet.config, diagnostics=saved.config.diagnostics)
     from safetensors import safe_open
 
     with safe_open(str(state_path), "pt") as handle:
@@ -151,8 +164,24 @@ def _resume(out_dir: Path, bundle: ModelBundle, hypernet: Hypernetwork, optimize
 
 def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, config: MetaTrainConfig = MetaTrainConfig(),
                log: Callable[[dict], None] | None = None, show_progress: bool = True,
-               pseudo_samples: PseudoSampler | None = None) -> Path:
+               pseudo_samples: PseudoSampler | None = None, probes: Sequence[MaskProbe] = ()) -> Path:
     """Meta-train (or resume) a hypernetwork for ``bundle``; returns the hypernetwork path.
+
+    Args:
+        bundle: the frozen base model and its edit site.
+        source: natural images (preprocessed) to make pseudo-samples from.
+        out_dir: where the hypernetwork, its optimiser state and the log go (resumes from them).
+        config: meta-training settings (:class:`MetaTrainConfig`).
+        log: called with each iteration's log entry (rank 0).
+        show_progress: show a tqdm bar (rank 0).
+        pseudo_samples: replaces CutMix (gets the source's ``labels`` when it has them).
+        probes: fixed real images never trained on; every ``config.probe_every`` iterations
+            (and at the end) the input dependence of the masks on each probe
+            (:func:`w2e.mask_diagnostics.input_dependence` at ``config.probe_rho``) is logged
+            under ``probe`` and stored in the hypernetwork's config as ``diagnostics``.
+
+    Returns:
+        The path of the written hypernetwork (``hypernet.safetensors``).
 
     Writes ``hypernet.safetensors`` (+ ``.json``), ``meta_state.safetensors`` (optimiser state
     and iteration) and ``meta_log.jsonl`` per iteration to ``out_dir``: ``fit_loss`` (the
@@ -179,6 +208,7 @@ def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, co
         trainer = torch.nn.parallel.DistributedDataParallel(hypernet, device_ids=device_ids)
     bar = tqdm(range(start, config.iterations), desc="meta-train", disable=not show_progress or rank != 0,
                initial=start, total=config.iterations)
+    postfix: dict[str, str] = {}
     for iteration in bar:
         started = time.perf_counter()
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration * world + rank)
@@ -201,12 +231,18 @@ def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, co
             "seconds": time.perf_counter() - started,
         }
         if rank == 0:
+            last = iteration + 1 == config.iterations
+            if probes and ((iteration + 1) % config.probe_every == 0 or last):
+                entry["probe"] = {probe.name: probe.evaluate(hypernet, config.probe_rho) for probe in probes}
+                hypernet.config = replace(hypernet.config, diagnostics={"iteration": iteration + 1, **entry["probe"]})
+                postfix["iou_mean"] = f"{entry['probe'][probes[0].name]['iou_with_mean']:.2f}"
             with open(out_dir / LOG_FILE, "a") as handle:
                 handle.write(json.dumps(entry) + "\n")
             if log is not None:
                 log(entry)
-            bar.set_postfix(fit=f"{entry['fit_loss']:.4f}", kl=f"{entry['kl']:.3f}", density=f"{entry['mask_density']:.3f}")
-            if (iteration + 1) % config.checkpoint_every == 0 or iteration + 1 == config.iterations:
+            bar.set_postfix(fit=f"{entry['fit_loss']:.4f}", kl=f"{entry['kl']:.3f}", density=f"{entry['mask_density']:.3f}",
+                            **postfix)
+            if (iteration + 1) % config.checkpoint_every == 0 or last:
                 _save_checkpoint(out_dir, hypernet, optimizer, iteration + 1)
     if world > 1:
         dist.barrier()

@@ -61,7 +61,8 @@ changes every MSA, runs batched full forwards from block 0's tokens. Evaluation 
 is one batched pass over its group's images and the locality set.
 """
 from .data import BenchContext, EditSample, EvalLimits, load_any_benchmark, load_image_folder
-from .metrics import group_generalization, iou_matrix, locality_rate, success_rate, summarise_records
+from ..mask_diagnostics import iou_matrix
+from .metrics import group_generalization, locality_rate, success_rate, summarise_records
 from .methods import BenchEdit, Method, Resources, registry
 from .runner import BenchOptions, run_bench
 

@@ -13,7 +13,7 @@ from ..preprocess import normalise_array
 from ..runner import cached_prefix, forward_suffix
 from .data import BenchContext, EditSample
 from .methods import MaskMethod, SearchMethod, W2EMethod
-from .metrics import iou_matrix
+from ..mask_diagnostics import iou_matrix
 from .pgd import PGDConfig, meta_train_pseudo
 from .records import settings_hash
 

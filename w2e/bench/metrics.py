@@ -103,26 +103,3 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
         if not any((g2 >= g and l2 >= l) and (g2 > g or l2 > l) for j, (g2, l2) in enumerate(points) if j != i):
             front.append(i)
     return front
-
-
-def iou_matrix(masks: Sequence[np.ndarray], groups: Sequence[int], n_groups: int) -> np.ndarray:
-    """Mean IoU of binary masks between every pair of groups (diagonal: distinct pairs within).
-
-    Entries with no pair (a group with a single mask on the diagonal) are NaN.
-    """
-    flat = np.stack([np.asarray(m, dtype=bool).reshape(-1) for m in masks]) if len(masks) else np.zeros((0, 0), bool)
-    inter = flat.astype(np.float64) @ flat.T.astype(np.float64)
-    sizes = flat.sum(1).astype(np.float64)
-    union = sizes[:, None] + sizes[None, :] - inter
-    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-    groups = np.asarray(groups)
-    out = np.full((n_groups, n_groups), np.nan)
-    for a in range(n_groups):
-        for b in range(n_groups):
-            ia, ib = np.flatnonzero(groups == a), np.flatnonzero(groups == b)
-            block = iou[np.ix_(ia, ib)]
-            if a == b:
-                block = block[~np.eye(len(ia), dtype=bool)] if len(ia) > 1 else np.zeros(0)
-            if block.size:
-                out[a, b] = float(block.mean())
-    return out

@@ -7,10 +7,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..benchmark_data import load_benchmark
 from ..data import TensorSource
+from ..mask_diagnostics import MaskProbe
 from ..mask_search import MaskSearchConfig
 from ..meta import LOG_FILE, MetaTrainConfig, meta_train
 from ..models import ModelBundle, file_sha256, load_local_model, project_root
@@ -93,6 +95,24 @@ def meta_training_source(bundle: ModelBundle) -> TensorSource:
     train = load_fashion_split("train")
     keep = base_training_indices(subpops)
     return TensorSource(normalise_array(train.images[keep], bundle.preprocessing), torch.from_numpy(train.labels[keep]))
+
+
+#: Held-out probe of meta-training: in-distribution test images outside the benchmark.
+PROBE_SIZE, PROBE_SEED = 512, 0
+
+
+def meta_probe(bundle: ModelBundle) -> MaskProbe:
+    """Real images meta-training never sees (in-distribution test images not in the benchmark), grouped by class."""
+    subpops = json.loads(bundle.resolve_path("subpopulations").read_text())
+    test = load_fashion_split("test")
+    candidates = in_distribution_test_indices(subpops)
+    if bundle.benchmark_path is not None:
+        bench = load_benchmark(bundle.benchmark_path)
+        from_test = bench.columns["source"] == bench.info["source_names"].index("test")
+        candidates = np.setdiff1d(candidates, bench.columns["source_index"][from_test])
+    rows = np.sort(np.random.default_rng(PROBE_SEED).choice(candidates, size=min(PROBE_SIZE, len(candidates)), replace=False))
+    images = normalise_array(test.images[rows], bundle.preprocessing).to(bundle.device)
+    return MaskProbe.from_images("held-out", bundle.model, bundle.site.start, images, test.labels[rows])
 
 
 def build_fashion_world(check: bool = False, root: Path | None = None, meta_config: MetaTrainConfig = FASHION_META) -> dict:
