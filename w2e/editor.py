@@ -69,13 +69,13 @@ class Editor:
     """Edits one shared, frozen model; edits are sparse deltas, never copies of the model."""
 
     def __init__(self, bundle: ModelBundle, hypernetwork: Hypernetwork | None = None, use_bundled_hypernetwork: bool = True,
-                 edit_config: EditConfig | None = None, search_config: MaskSearchConfig = MaskSearchConfig()) -> None:
+                 edit_config: EditConfig | None = None, search_config: MaskSearchConfig | None = None) -> None:
         self.bundle = bundle
         if hypernetwork is None and use_bundled_hypernetwork and bundle.hypernetwork_path is not None:
             hypernetwork = load_hypernetwork(bundle.hypernetwork_path, bundle.site, bundle.sha256)
         self.hypernetwork = hypernetwork.to(bundle.device).eval() if hypernetwork is not None else None
         self.edit_config = edit_config or EditConfig(lr=bundle.edit_lr)
-        self.search_config = search_config
+        self.search_config = search_config or bundle.mask_search_config
         self._benchmark: BenchmarkData | None = None
         self._locality: PrefixCache | None = None
 

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import timm
 import torch
@@ -18,6 +18,9 @@ from torch import nn
 from .runner import check_vit
 from .site import EditSite, site_for_model
 from .preprocess import PreprocessConfig
+
+if TYPE_CHECKING:
+    from .mask_search import MaskSearchConfig
 
 MODEL_FORMAT = "w2e.model/1"
 MANIFEST_NAME = "manifest.json"
@@ -98,6 +101,17 @@ class ModelBundle:
     def hypernetwork_path(self) -> Path | None:
         """The bundled hypernetwork, if the manifest names one."""
         return self.resolve_path("hypernetwork")
+
+    @property
+    def mask_search_config(self) -> MaskSearchConfig:
+        """The model's own mask-search settings: the manifest's ``edit.mask_search``, else those
+        its hypernetwork was meta-trained with (``recipes.meta_training.search``), else the defaults."""
+        from .mask_search import MaskSearchConfig
+
+        raw = self.manifest.get("edit", {}).get("mask_search")
+        if raw is None:
+            raw = self.manifest.get("recipes", {}).get("meta_training", {}).get("search")
+        return MaskSearchConfig.from_dict(raw) if raw is not None else MaskSearchConfig()
 
     @property
     def benchmark_path(self) -> Path | None:

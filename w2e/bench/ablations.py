@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..mask_search import MaskSearchConfig
 from ..masks import binarize, ensemble
 from ..meta import MetaTrainConfig
 from ..preprocess import normalise_array
@@ -37,7 +36,8 @@ class EnsembleMethod(W2EMethod):
     def default_settings(self) -> dict:
         source = "hypernetwork" if self.resources.hypernetwork is not None else "test-time search"
         return {**super().default_settings(), "rho": ENSEMBLE_RHO, "mask_source": source,
-                **({"search": MaskSearchConfig().to_dict(), "num_pseudo": 8} if source != "hypernetwork" else {})}
+                **({"search": self.bundle.mask_search_config.to_dict(), "num_pseudo": 8}
+                   if source != "hypernetwork" else {})}
 
     def samples(self, value) -> list[EditSample]:
         return self.ctx.ensemble_samples(int(value))
@@ -75,12 +75,7 @@ class PseudoSampleMethod(W2EMethod):
                 "pgd": PGDConfig().to_dict() if self.pseudo == "pgd" else None}
 
     def meta_config(self) -> MetaTrainConfig:
-        raw = dict(self.config["meta"])
-        search = MaskSearchConfig(**raw.pop("search"))
-        from ..cutmix import CutMixConfig
-
-        cutmix = CutMixConfig(**raw.pop("cutmix"))
-        return MetaTrainConfig(**raw, search=search, cutmix=cutmix)
+        return MetaTrainConfig.from_dict(self.config["meta"])
 
     def prepare(self) -> None:
         folder = Path(self.resources.work_dir) / "ablation" / f"{self.pseudo}-{settings_hash(self.config, self.bundle.sha256)}"

@@ -203,15 +203,16 @@ class W2EMethod(MaskMethod):
 
 
 class SearchMethod(MaskMethod):
-    """Test-time mask search (no hypernetwork): :func:`w2e.mask_search.search_mask` per sample."""
+    """Test-time mask search (no hypernetwork): :func:`w2e.mask_search.search_mask` per sample,
+    with the model's own mask-search settings (:attr:`w2e.models.ModelBundle.mask_search_config`)."""
 
     name, title = "search", "W2E test-time search"
 
     def default_settings(self) -> dict:
-        return {**super().default_settings(), "search": MaskSearchConfig().to_dict(), "num_pseudo": 8}
+        return {**super().default_settings(), "search": self.bundle.mask_search_config.to_dict(), "num_pseudo": 8}
 
     def continuous_mask(self, sample: EditSample) -> torch.Tensor:
-        config = MaskSearchConfig(**self.config["search"])
+        config = MaskSearchConfig.from_dict(self.config["search"])
         images = self.ctx.sample_inputs(sample)
         labels = self.ctx.sample_labels(sample)
         masks = [search_mask(self.model, self.site, images[i : i + 1], int(labels[i]), config,
