@@ -103,9 +103,16 @@ def test_meta_train_on_an_image_folder_writes_a_hypernetwork_for_the_model(tiny_
         Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     out = tmp_path / "hyper"
     code, stdout, _ = _run(capsys, "meta-train", "--model", tiny_dir, "--data", folder, "--out", out, "--device", "cpu",
-                           "--iterations", 2, "--batch-size", 2, "--hyper-depth", 1, "--outer-steps", 2, "--inner-steps", 1)
+                           "--iterations", 2, "--batch-size", 2, "--hyper-depth", 1, "--outer-steps", 2, "--inner-steps", 1,
+                           "--probe-size", 3, "--probe-every", 1, "--aux-inits", 2, "--inner-rule", "masked-delta")
     assert code == 0 and "hypernetwork written" in stdout
-    assert len((out / "meta_log.jsonl").read_text().splitlines()) == 2
+    log = [json.loads(line) for line in (out / "meta_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and log[-1]["probe"]["held-out"]["images"] == 3
+    saved = json.loads((out / "hypernet.json").read_text())
+    assert saved["diagnostics"]["held-out"] == log[-1]["probe"]["held-out"]
+    code, _, err = _run(capsys, "meta-train", "--model", tiny_dir, "--data", folder, "--out", tmp_path / "h2",
+                        "--iterations", 1, "--probe-size", 6)
+    assert code == 2 and "--probe-size" in err
     code, stdout, _ = _run(capsys, "mask", folder / "0.png", "--model", tiny_dir, "--hypernetwork",
                            out / "hypernet.safetensors", "--json")
     assert code == 0 and json.loads(stdout)["mask_source"] == "hypernetwork"

@@ -15,6 +15,8 @@ from .edit import edited_state_dict
 from .hypernet import HypernetworkMismatchError, load_hypernetwork
 from .images import ImageInputError, read_image
 from .labels import UnknownLabelError, resolve_label
+from .mask_search import AUX_INITS, INNER_RULES, OUTER_REDUCTIONS
+from .meta import MetaTrainConfig
 from .masks import binarize
 from .models import DEFAULT_MODEL, CheckpointError, ModelBundle, best_device, load_model
 
@@ -80,6 +82,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         "preprocessing": bundle.preprocessing.to_dict(),
         "benchmark_groups": len(bench.group_names) if bench else 0,
         "locality_images": int(len(bench.locality_indices)) if bench else 0,
+        "mask_diagnostics": editor.hypernetwork.config.diagnostics if editor.hypernetwork is not None else None,
     }
     text = "\n".join(f"{key}: {value}" for key, value in payload.items())
     _emit(args, payload, text)
@@ -190,32 +193,54 @@ def _progress_bar(total: int, disable: bool) -> Callable[[int, int, float], None
     return update
 
 
+#: ``w2e meta-train`` options that set a :class:`w2e.mask_search.MaskSearchConfig` field of the same name.
+SEARCH_OPTIONS = ("sharpness", "inner_lr", "inner_steps", "inner_rule", "outer_steps", "outer_reduction",
+                  "sparsity_weight", "aux_init", "aux_inits")
+#: ``w2e meta-train`` options that set a :class:`w2e.meta.MetaTrainConfig` field of the same name.
+META_OPTIONS = ("iterations", "batch_size", "hyper_lr", "hyper_depth", "seed", "checkpoint_every", "probe_every", "probe_rho")
+
+
 def cmd_meta_train(args: argparse.Namespace) -> None:
     """Meta-train a hypernetwork for a model on CutMix pseudo-samples of a data source."""
-    from .meta import MetaTrainConfig, init_distributed_from_env, meta_train
-    from .mask_search import MaskSearchConfig
+    from dataclasses import replace
+
+    from .mask_diagnostics import benchmark_probe
+    from .meta import init_distributed_from_env, meta_train
 
     device = init_distributed_from_env(args.device)
     bundle = _load(args, device)
-    source = _meta_source(args.data, bundle)
-    search = MaskSearchConfig(sharpness=args.sharpness, inner_lr=args.inner_lr, inner_steps=args.inner_steps,
-                              outer_steps=args.outer_steps, sparsity_weight=args.sparsity_weight)
-    config = MetaTrainConfig(iterations=args.iterations, batch_size=args.batch_size, hyper_lr=args.hyper_lr,
-                             hyper_depth=args.hyper_depth, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                             search=search)
-    path = meta_train(bundle, source, args.out, config)
+    source, probe = _meta_source(args.data, bundle, args.probe_size)
+    base = MetaTrainConfig()
+    search = replace(base.search, **_given(args, SEARCH_OPTIONS))
+    config = replace(base, search=search, **_given(args, META_OPTIONS))
+    probes = [p for p in (probe, benchmark_probe(bundle)) if p is not None]
+    path = meta_train(bundle, source, args.out, config, probes=probes)
     print(f"hypernetwork written to {path}")
 
 
-def _meta_source(data: str, bundle: ModelBundle):
-    from .data import FolderSource
+def _given(args: argparse.Namespace, names: Sequence[str]) -> dict:
+    """The options among ``names`` given on the command line (the others keep the config's defaults)."""
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def _meta_source(data: str, bundle: ModelBundle, probe_size: int):
+    """Training images and a held-out probe of real images for ``--data``."""
+    from .data import FolderSource, split_off_probe
+    from .mask_diagnostics import MaskProbe
 
     if Path(data).is_dir():
-        return FolderSource(data, bundle.preprocessing)
+        source = FolderSource(data, bundle.preprocessing)
+        try:
+            train, held_out = split_off_probe(source, probe_size)
+        except ValueError as error:
+            raise CliError(f"--probe-size: {error}") from None
+        if held_out is None:
+            return train, None
+        return train, MaskProbe.from_images("held-out", bundle.model, bundle.site.start, held_out.to(bundle.device))
     if data == "fashion":
-        from .worlds.fashion_world import meta_training_source
+        from .worlds.fashion_world import meta_probe, meta_training_source
 
-        return meta_training_source(bundle)
+        return meta_training_source(bundle), meta_probe(bundle)
     raise CliError(f"--data {data!r}: not a folder of images and not a bundled data set ('fashion')")
 
 
@@ -284,17 +309,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p)
     p.add_argument("--data", default="fashion", help="image folder, or 'fashion' for the world's training images")
     p.add_argument("--out", required=True, help="output folder (resumes if it holds a checkpoint)")
-    p.add_argument("--iterations", type=int, default=7000)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--hyper-lr", type=float, default=1e-4)
-    p.add_argument("--hyper-depth", type=int, default=3)
-    p.add_argument("--sharpness", type=float, default=10.0)
-    p.add_argument("--inner-lr", type=float, default=1e-3)
-    p.add_argument("--inner-steps", type=int, default=5)
-    p.add_argument("--outer-steps", type=int, default=10)
-    p.add_argument("--sparsity-weight", type=float, default=1.0)
-    p.add_argument("--checkpoint-every", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
+    meta, search = MetaTrainConfig(), MetaTrainConfig().search
+    p.add_argument("--iterations", type=int, help=f"default {meta.iterations} (paper)")
+    p.add_argument("--batch-size", type=int, help=f"episodes per iteration (default {meta.batch_size})")
+    p.add_argument("--hyper-lr", type=float, help=f"hypernetwork RMSProp lr (default {meta.hyper_lr})")
+    p.add_argument("--hyper-depth", type=int, help=f"hypernetwork attention blocks (default {meta.hyper_depth})")
+    p.add_argument("--sharpness", type=float, help=f"k of sigmoid(k m) (default {search.sharpness})")
+    p.add_argument("--inner-lr", type=float, help=f"inner-loop SGD lr (default {search.inner_lr})")
+    p.add_argument("--inner-steps", type=int, help=f"inner-loop steps T (default {search.inner_steps})")
+    p.add_argument("--inner-rule", choices=INNER_RULES,
+                   help=f"paper: delta -= lr*dL/dW; masked-delta: delta -= lr*m*dL/dW (default {search.inner_rule})")
+    p.add_argument("--outer-steps", type=int, help=f"auxiliary-mask optimiser steps (default {search.outer_steps})")
+    p.add_argument("--outer-reduction", choices=OUTER_REDUCTIONS,
+                   help=f"episodes combined by mean (authors') or sum (default {search.outer_reduction})")
+    p.add_argument("--sparsity-weight", type=float, help=f"lambda of the L1 term (default {search.sparsity_weight})")
+    p.add_argument("--aux-init", choices=AUX_INITS,
+                   help=f"auxiliary masks start at U(-1,1) (uniform, paper) or zero (default {search.aux_init})")
+    p.add_argument("--aux-inits", type=int,
+                   help=f"initialisations per episode; targets are their mean (default {search.aux_inits})")
+    p.add_argument("--checkpoint-every", type=int, help=f"iterations between checkpoints (default {meta.checkpoint_every})")
+    p.add_argument("--probe-every", type=int,
+                   help=f"iterations between mask diagnostics on the probe sets (default {meta.probe_every})")
+    p.add_argument("--probe-rho", type=_fraction, help=f"kept fraction for the diagnostics (default {meta.probe_rho})")
+    p.add_argument("--probe-size", type=int, default=64,
+                   help="images of an image folder held out as the diagnostics probe (default 64; 0: none)")
+    p.add_argument("--seed", type=int, help=f"default {meta.seed}")
     p.set_defaults(func=cmd_meta_train)
 
     p = sub.add_parser("world", help="build or check a bundled world")

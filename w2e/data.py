@@ -42,3 +42,34 @@ class FolderSource:
     def get(self, indices: torch.Tensor) -> torch.Tensor:
         """The images at ``indices``, preprocessed."""
         return preprocess([read_image(self.paths[int(i)]) for i in indices], self.config)
+
+
+class SubsetSource:
+    """The images of another source at fixed indices."""
+
+    def __init__(self, source, indices: torch.Tensor) -> None:
+        self.source = source
+        self.indices = indices
+        labels = getattr(source, "labels", None)
+        self.labels = labels[indices] if labels is not None else None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def get(self, indices: torch.Tensor) -> torch.Tensor:
+        """The images at ``indices`` of the subset."""
+        return self.source.get(self.indices[indices])
+
+
+def split_off_probe(source, size: int, seed: int = 0) -> tuple[object, torch.Tensor | None]:
+    """``(training source without the probe images, probe images)``: ``size`` seeded images held out.
+
+    With ``size`` 0 the source is returned whole and the probe is ``None``. At least one image
+    must remain for training.
+    """
+    if size <= 0:
+        return source, None
+    if size >= len(source):
+        raise ValueError(f"a probe of {size} images leaves none of the {len(source)} images for training")
+    order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed))
+    return SubsetSource(source, order[size:].sort().values), source.get(order[:size].sort().values)
