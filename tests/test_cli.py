@@ -110,6 +110,12 @@ def test_meta_train_on_an_image_folder_writes_a_hypernetwork_for_the_model(tiny_
     assert len(log) == 2 and log[-1]["probe"]["held-out"]["images"] == 3
     saved = json.loads((out / "hypernet.json").read_text())
     assert saved["diagnostics"]["held-out"] == log[-1]["probe"]["held-out"]
+    resumed = ("meta-train", "--model", tiny_dir, "--data", folder, "--out", out, "--device", "cpu", "--probe-size", 3)
+    code, _, err = _run(capsys, *resumed, "--iterations", 3, "--inner-rule", "paper")
+    assert code == 2 and "inner_rule" in err and "masked-delta -> paper" in err.replace("'", "")
+    code, stdout, _ = _run(capsys, *resumed, "--iterations", 3)
+    assert code == 0 and len((out / "meta_log.jsonl").read_text().splitlines()) == 3
+    assert json.loads((out / "meta_config.json").read_text())["search"]["aux_inits"] == 2
     code, _, err = _run(capsys, "meta-train", "--model", tiny_dir, "--data", folder, "--out", tmp_path / "h2",
                         "--iterations", 1, "--probe-size", 6)
     assert code == 2 and "--probe-size" in err

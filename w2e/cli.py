@@ -205,16 +205,19 @@ def cmd_meta_train(args: argparse.Namespace) -> None:
     from dataclasses import replace
 
     from .mask_diagnostics import benchmark_probe
-    from .meta import init_distributed_from_env, meta_train
+    from .meta import MetaConfigMismatchError, init_distributed_from_env, meta_train, saved_config
 
     device = init_distributed_from_env(args.device)
     bundle = _load(args, device)
     source, probe = _meta_source(args.data, bundle, args.probe_size)
-    base = MetaTrainConfig()
+    base = saved_config(args.out) or MetaTrainConfig()
     search = replace(base.search, **_given(args, SEARCH_OPTIONS))
     config = replace(base, search=search, **_given(args, META_OPTIONS))
     probes = [p for p in (probe, benchmark_probe(bundle)) if p is not None]
-    path = meta_train(bundle, source, args.out, config, probes=probes)
+    try:
+        path = meta_train(bundle, source, args.out, config, probes=probes)
+    except MetaConfigMismatchError as error:
+        raise CliError(str(error)) from None
     print(f"hypernetwork written to {path}")
 
 
@@ -308,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("meta-train", help="meta-train a where-to-edit hypernetwork")
     add_model_options(p)
     p.add_argument("--data", default="fashion", help="image folder, or 'fashion' for the world's training images")
-    p.add_argument("--out", required=True, help="output folder (resumes if it holds a checkpoint)")
+    p.add_argument("--out", required=True,
+                   help="output folder; one holding a run resumes it with that run's settings (options may "
+                        "only change --iterations, --checkpoint-every and --probe-every)")
     meta, search = MetaTrainConfig(), MetaTrainConfig().search
     p.add_argument("--iterations", type=int, help=f"default {meta.iterations} (paper)")
     p.add_argument("--batch-size", type=int, help=f"episodes per iteration (default {meta.batch_size})")

@@ -31,6 +31,13 @@ from .runner import forward_prefix, forward_suffix, patch_size
 HYPERNET_FILE = "hypernet.safetensors"
 STATE_FILE = "meta_state.safetensors"
 LOG_FILE = "meta_log.jsonl"
+CONFIG_FILE = "meta_config.json"
+#: Settings a resumed run may change (how long and how often to save or probe); any other change is refused.
+RESUMABLE_CHANGES = ("iterations", "checkpoint_every", "probe_every")
+
+
+class MetaConfigMismatchError(ValueError):
+    """A run was resumed with settings that differ from the ones it started with."""
 
 
 class ImageSource(Protocol):
@@ -120,6 +127,35 @@ def fit_hypernetwork(hypernet: torch.nn.Module, optimizer: torch.optim.Optimizer
     return float(loss.detach())
 
 
+def saved_config(out_dir: str | Path) -> MetaTrainConfig | None:
+    """The settings a run in ``out_dir`` started with, or ``None`` when it holds no run."""
+    path = Path(out_dir) / CONFIG_FILE
+    return MetaTrainConfig.from_dict(json.loads(path.read_text())) if path.is_file() else None
+
+
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """Nested settings as ``{"search.inner_lr": value, ...}``."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _check_and_save_config(out_dir: Path, config: MetaTrainConfig) -> None:
+    saved = saved_config(out_dir)
+    if saved is not None:
+        old, new = _flat(saved.to_dict()), _flat(config.to_dict())
+        changed = sorted(key for key in new if key not in RESUMABLE_CHANGES and new[key] != old.get(key))
+        if changed:
+            details = "; ".join(f"{key}: {old.get(key)} -> {new[key]}" for key in changed)
+            raise MetaConfigMismatchError(f"{out_dir} holds a run started with other settings ({details}); "
+                                          "resume with the same settings or use another --out")
+    (out_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=1))
+
+
 def _lr(iteration: int, config: MetaTrainConfig) -> float:
     if not config.cosine_schedule:
         return config.hyper_lr
@@ -195,6 +231,7 @@ def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, co
     rank, world = _rank_world()
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
+        _check_and_save_config(out_dir, config)
     torch.manual_seed(config.seed)
     hypernet = new_hypernetwork(bundle.site, bundle.name, bundle.sha256, depth=config.hyper_depth,
                                 sharpness=config.search.sharpness).to(bundle.device)
