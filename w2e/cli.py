@@ -12,6 +12,7 @@ import torch
 from .editing import EditConfig
 from .editor import DEFAULT_RHO, Editor
 from .edit import edited_state_dict
+from .hub import HubError
 from .hypernet import HypernetworkMismatchError, load_hypernetwork
 from .images import ImageInputError, read_image
 from .labels import UnknownLabelError, resolve_label
@@ -35,7 +36,7 @@ def _editor(args: argparse.Namespace) -> Editor:
     if hypernetwork_path is None:
         return Editor(bundle, use_bundled_hypernetwork=not getattr(args, "no_hypernetwork", False))
     try:
-        hypernetwork = load_hypernetwork(hypernetwork_path, bundle.site, bundle.sha256)
+        hypernetwork = load_hypernetwork(hypernetwork_path, bundle.site, bundle.sha256, bundle.name)
     except ValueError as error:
         raise CliError(str(error)) from None
     return Editor(bundle, hypernetwork)
@@ -245,7 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_model_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", default=DEFAULT_MODEL, help="bundled world, model folder, or timm name (default: fashion)")
+        p.add_argument("--model", default=DEFAULT_MODEL,
+                       help="bundled world, model folder, hf://OWNER/NAME model folder, or timm name (default: fashion)")
         p.add_argument("--site-blocks", type=parse_site_blocks, default=None, help="blocks to edit, e.g. 7:10 (default: paper's position)")
         p.add_argument("--device", default=None, help="cpu or cuda (default: best available)")
 
@@ -270,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--mode", choices=("topk", "threshold"), default="topk")
         where = p.add_mutually_exclusive_group()
         where.add_argument("--no-hypernetwork", action="store_true", help="use the test-time mask search")
-        where.add_argument("--hypernetwork", default=None, help="hypernetwork file (e.g. from meta-train) instead of the bundled one")
+        where.add_argument("--hypernetwork", default=None,
+                           help="hypernetwork file (e.g. from meta-train) or hf://OWNER/NAME[@REV][/FILE] instead of the bundled one")
         p.add_argument("--save", default=None, help="write the mask / edit (safetensors) here")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
@@ -315,7 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except (ImageInputError, UnknownLabelError, CheckpointError, HypernetworkMismatchError, CliError,
-            FileNotFoundError) as error:
+            FileNotFoundError, HubError) as error:
         print(f"w2e: error: {error}", file=sys.stderr)
         return USAGE_ERROR
     return 0

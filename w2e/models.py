@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from .hub import is_hub_spec, resolve_folder
 from .runner import check_vit
 from .site import EditSite, site_for_model
 from .preprocess import PreprocessConfig
@@ -210,7 +211,10 @@ def load_timm_model(name: str, site_blocks: Sequence[int] | None = None, device:
 
 
 def load_model(spec: str = DEFAULT_MODEL, site_blocks: Sequence[int] | None = None, device: str | torch.device = "cpu") -> ModelBundle:
-    """Load by bundled world name (``fashion``), local folder path, or timm model name."""
+    """Load by bundled world name (``fashion``), local folder path, ``hf://REPO_ID[@REVISION][/FOLDER]``
+    model folder on the Hugging Face Hub, or timm model name."""
+    if is_hub_spec(spec):
+        return load_local_model(resolve_folder(spec, MANIFEST_NAME), site_blocks, device)
     if (project_root() / "checkpoints" / spec / MANIFEST_NAME).is_file() and "/" not in spec:
         return load_local_model(world_dir(spec), site_blocks, device)
     path = Path(spec)
@@ -220,7 +224,7 @@ def load_model(spec: str = DEFAULT_MODEL, site_blocks: Sequence[int] | None = No
         return load_timm_model(spec, site_blocks, device)
     raise CheckpointError(
         f"unknown model {spec!r}: not a bundled world ({', '.join(bundled_worlds()) or 'none built'}), "
-        "not a folder with manifest.json, not a timm model name"
+        "not a folder with manifest.json, not an hf:// model folder, not a timm model name"
     )
 
 
