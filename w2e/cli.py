@@ -1,4 +1,4 @@
-"""The ``w2e`` command line: info, predict, mask, edit, meta-train, world, bench, bench-train."""
+"""The ``w2e`` command line: info, predict, mask, edit, meta-train, world, push, bench, bench-train."""
 from __future__ import annotations
 
 import argparse
@@ -163,9 +163,8 @@ def _export(bundle: ModelBundle, edit, out_dir: Path) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = dict(bundle.manifest) if bundle.manifest else _timm_manifest(bundle)
-    manifest.pop("files", None)
-    manifest.pop("hypernetwork", None)
-    manifest.pop("benchmark", None)
+    for key in ("files", "hypernetwork", "benchmark", "subpopulations", "stronger", "figures"):  # files not exported
+        manifest.pop(key, None)
     manifest["weights"] = "model.safetensors"
     manifest["name"] = f"{bundle.name}-edited"
     manifest["edited_from"] = {"name": bundle.name, "sha256": bundle.sha256, "edits": [edit.to_json()]}
@@ -227,6 +226,26 @@ def cmd_world(args: argparse.Namespace) -> None:
     if args.name != "fashion":
         raise CliError(f"unknown world {args.name!r}; available: fashion")
     build_fashion_world(check=args.check)
+
+
+def cmd_push(args: argparse.Namespace) -> None:
+    """Share a hypernetwork, a saved edit or a model folder on the Hugging Face Hub, with a model card."""
+    from .push import CardOptions, push
+
+    card_text = None
+    if args.card is not None:
+        if not Path(args.card).is_file():
+            raise CliError(f"--card {args.card}: no such file")
+        card_text = Path(args.card).read_text()
+    options = CardOptions(license=args.license, base_model=args.base_model, card_text=card_text, card_source=str(args.card))
+    staged, url = push(args.path, args.repo_id, private=args.private, revision=args.revision, options=options,
+                       dry_run=args.dry_run)
+    files = "\n".join(f"  {name}" for name in staged.files)
+    if url is None:
+        print(f"dry run: the {staged.kind} would be pushed as these files, written to {staged.folder} "
+              f"(nothing uploaded):\n{files}")
+    else:
+        print(f"pushed the {staged.kind} to {url}:\n{files}\nload it with {staged.spec}")
 
 
 def parse_site_blocks(text: str) -> list[int]:
@@ -305,6 +324,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--check", action="store_true", help="verify shipped files and rebuild the cheap parts")
     p.set_defaults(func=cmd_world)
+
+    p = sub.add_parser("push", help="share a hypernetwork, an edit or a model folder on the Hugging Face Hub")
+    p.add_argument("path", help="hypernetwork (.safetensors beside its .json, or a meta-train --out folder), "
+                                "saved edit (.safetensors) or model folder (with manifest.json)")
+    p.add_argument("repo_id", help="OWNER/NAME of the model repository (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private (an existing one keeps its visibility)")
+    p.add_argument("--revision", default=None, help="branch to push to (created if missing; default: main)")
+    p.add_argument("--license", default=None, help="license in the card (default: the timm base model's, else mit)")
+    p.add_argument("--base-model", default=None, help="Hub id of the base model for the card (default: timm's repository "
+                                                      "for timm models, none otherwise)")
+    p.add_argument("--card", default=None, help="your own README.md to use as the card (w2e adds its metadata)")
+    p.add_argument("--dry-run", metavar="DIR", default=None, help="write what would be uploaded, card included, into DIR "
+                                                                  "and upload nothing")
+    p.set_defaults(func=cmd_push)
 
     from .bench.cli import add_bench_parser
 
