@@ -2,7 +2,9 @@
 huggingface_hub lays it out (offline mode on), pushes stop at ``HfApi``'s own upload calls."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -31,7 +33,8 @@ TIMM_NAME = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch):
     """An empty HF cache with the Hub offline; returns ``publish(repo_id, files, revision)`` that
-    lays files out in it as a download would (snapshot folder of a commit, ref naming it)."""
+    lays files out in it as a download does: content in ``blobs/``, the commit's snapshot folder
+    of relative symlinks to them, and a ref naming the commit."""
     import huggingface_hub.constants as constants
 
     cache = tmp_path / "hub"
@@ -43,10 +46,13 @@ def hub_cache(tmp_path, monkeypatch):
 
     def publish(repo_id: str, files: dict[str, Path], revision: str = "main", commit: str = COMMIT) -> None:
         root = cache / f"models--{repo_id.replace('/', '--')}"
+        (root / "blobs").mkdir(parents=True, exist_ok=True)
         for name, source in files.items():
+            blob = root / "blobs" / hashlib.sha256(source.read_bytes()).hexdigest()
+            shutil.copy(source, blob)
             target = root / "snapshots" / commit / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(source, target)
+            target.symlink_to(os.path.relpath(blob, target.parent))
         ref = root / "refs" / revision
         ref.parent.mkdir(parents=True, exist_ok=True)
         ref.write_text(commit)
@@ -174,6 +180,22 @@ def test_model_folder_and_edit_pull_through_the_cache(hub_cache, tiny_dir, tiny_
     assert all(torch.equal(a, b) for a, b in zip(pulled.deltas, edit.deltas)) and pulled.label == 1
 
 
+def test_model_folder_with_its_own_hypernetwork_pulls_and_pairs(hub_cache, tiny_dir, hyper_file, tmp_path):
+    manifest = json.loads((tiny_dir / "manifest.json").read_text())
+    (tiny_dir / "manifest.json").write_text(json.dumps({**manifest, "hypernetwork": "hypernet.safetensors"}))
+    files = {p.name: p for p in tiny_dir.iterdir()}
+    hub_cache("me/world", {**files, "hypernet.safetensors": hyper_file, "hypernet.json": hyper_file.with_suffix(".json")})
+    assert Editor(load_model("hf://me/world")).mask_source == "hypernetwork"
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    other = load_local_model(write_model_dir(tmp_path / "other-model", tiny_model(seed=1)))
+    new_hypernetwork(other.site, other.name, other.sha256, depth=1).save(foreign / "hypernet.safetensors")
+    hub_cache("me/mixed", {**files, "hypernet.safetensors": foreign / "hypernet.safetensors",
+                           "hypernet.json": foreign / "hypernet.json"})
+    with pytest.raises(HypernetworkMismatchError, match="'other-model'.*'tiny'"):
+        Editor(load_model("hf://me/mixed"))
+
+
 def test_cli_takes_hub_specs_and_refuses_a_mismatched_hypernetwork(hub_cache, tiny_dir, hyper_file, image_file, tmp_path, capsys):
     hub_cache("me/tiny", {p.name: p for p in tiny_dir.iterdir()})
     hub_cache("me/hyper", {"hypernet.safetensors": hyper_file, "hypernet.json": hyper_file.with_suffix(".json")})
@@ -262,6 +284,10 @@ def test_users_own_card_keeps_its_text_and_gains_the_metadata(uploads, hyper_fil
     card = _card(_uploaded(uploads))
     assert card.text.strip() == "My words." and card.data.license == "cc-by-4.0"
     assert {"mine", "w2e"} <= set(card.data.tags) and card.data.library_name == "w2e"
+    uploads.clear()
+    push(hyper_file, "me/hyper", options=CardOptions(license="apache-2.0", card_text="---\nlicense: cc-by-4.0\n---\nMine.\n",
+                                                     card_source="mine.md"))
+    assert _card(_uploaded(uploads)).data.license == "apache-2.0"
 
 
 @pytest.mark.parametrize("text, message", [
@@ -276,6 +302,9 @@ def test_malformed_card_is_a_clear_error_and_nothing_is_uploaded(uploads, hyper_
 
 
 def test_missing_or_foreign_files_are_clear_errors_and_nothing_is_uploaded(uploads, hyper_file, tiny_dir, tmp_path):
+    (hyper_file.parent / LOG_FILE).write_text('{"iteration": 1, "kl": 0.5}\n')
+    with pytest.raises(HubError, match="line 1 lacks fit_loss, mask_density"):
+        push(hyper_file, "me/hyper")
     hyper_file.with_suffix(".json").unlink()
     with pytest.raises(HubError, match="hypernetwork file missing: .*hypernet.json"):
         push(hyper_file, "me/hyper")

@@ -6,7 +6,6 @@ files being shared; nothing is typed in by hand.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import yaml
@@ -24,37 +23,37 @@ KIND_TAGS = {"hypernetwork": ("where-to-edit-hypernetwork",), "edit": ("model-ed
 #: How a shared file derives from its base model, in the Hub's ``base_model_relation`` words.
 BASE_RELATION = {"edit": "adapter", "model": "finetune"}
 PAPER = "[Learning Where to Edit Vision Transformers](https://arxiv.org/abs/2411.01948) (Yang et al., NeurIPS 2024)"
-#: Rows of the meta-training learning-curve table.
+#: Rows of the meta-training learning-curve table, and the log columns it summarises.
 CURVE_ROWS = 8
+CURVE_COLUMNS = ("iteration", "fit_loss", "kl", "mask_density")
 
 
 class CardError(HubError):
     """A model card that cannot be read (the message names the file and what is wrong)."""
 
 
-def hub_base_model(name: str) -> str | None:
-    """Hub repository of a timm model's pretrained weights (``timm/...``), ``None`` for other names."""
+def _timm_pretrained(name: str):
+    """timm's pretrained config of ``name``, ``None`` for names timm does not know."""
     try:
-        config = get_pretrained_cfg(name) if name else None
+        return get_pretrained_cfg(name) if name else None
     except (RuntimeError, ValueError):
         return None
-    return getattr(config, "hf_hub_id", None) or None
+
+
+def hub_base_model(name: str) -> str | None:
+    """Hub repository of a timm model's pretrained weights (``timm/...``), ``None`` for other names."""
+    return getattr(_timm_pretrained(name), "hf_hub_id", None) or None
 
 
 def base_license(name: str) -> str | None:
     """License of a timm model's pretrained weights, ``None`` for other names."""
-    try:
-        config = get_pretrained_cfg(name) if name else None
-    except (RuntimeError, ValueError):
-        return None
-    return getattr(config, "license", None) or None
+    return getattr(_timm_pretrained(name), "license", None) or None
 
 
-def card_metadata(kind: str, base_name: str, base_sha256: str, license: str, base_model: str | None,
-                  extra_tags: Sequence[str] = ()) -> dict:
+def card_metadata(kind: str, base_name: str, base_sha256: str, license: str, base_model: str | None) -> dict:
     """Front matter: library, license, tags, the Hub base model when known, and w2e's own pairing keys."""
     metadata: dict = {"library_name": LIBRARY_NAME, "license": license,
-                      "tags": list(dict.fromkeys([*BASE_TAGS, *KIND_TAGS[kind], *extra_tags]))}
+                      "tags": [*BASE_TAGS, *KIND_TAGS[kind]]}
     if base_model:
         metadata["base_model"] = base_model
         if kind in BASE_RELATION:
@@ -82,14 +81,11 @@ def parse_card(text: str, source: str) -> ModelCard:
     return card
 
 
-def merge_card(text: str, source: str, metadata: dict) -> str:
-    """A user's own card with w2e's metadata added: the user's keys stay unless w2e must set them
-    (library, base model, pairing keys); tags are joined."""
-    card = parse_card(text, source)
-    merged = {**card.data.to_dict(), **metadata}
-    merged["tags"] = list(dict.fromkeys([*(card.data.to_dict().get("tags") or []), *metadata["tags"]]))
-    if "license" in card.data.to_dict():
-        merged["license"] = card.data.to_dict()["license"]
+def merge_card(card: ModelCard, metadata: dict) -> str:
+    """A user's own card with w2e's metadata: the user's keys stay unless w2e must set them
+    (library, license, base model, pairing keys); tags are joined."""
+    own = card.data.to_dict()
+    merged = {**own, **metadata, "tags": list(dict.fromkeys([*(own.get("tags") or []), *metadata["tags"]]))}
     return render_card(merged, card.text)
 
 

@@ -89,11 +89,12 @@ class ModelBundle:
         return next(self.model.parameters()).device
 
     def resolve_path(self, key: str) -> Path | None:
-        """A file named in the manifest under ``key``, relative to the model folder."""
+        """A file named in the manifest under ``key``, relative to the model folder (normalised
+        without following symlinks: in the Hugging Face cache files are links to content blobs)."""
         value = self.manifest.get(key)
         if not value or self.directory is None:
             return None
-        return (self.directory / value).resolve()
+        return Path(os.path.abspath(self.directory / value))
 
     @property
     def hypernetwork_path(self) -> Path | None:

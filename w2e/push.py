@@ -21,8 +21,8 @@ from .edit import EDIT_FILE, Edit
 from .hub import HubError, HubSpec
 from .hypernet import HYPERNET_FILE, Hypernetwork, read_hypernet_config
 from .meta import LOG_FILE
-from .model_card import (base_license, card_metadata, edit_card, hub_base_model, hypernetwork_card, merge_card,
-                         model_card, render_card)
+from .model_card import (CURVE_COLUMNS, base_license, card_metadata, edit_card, hub_base_model, hypernetwork_card, merge_card,
+                         model_card, parse_card, render_card)
 from .models import MANIFEST_NAME, CheckpointError, file_sha256, read_manifest
 from .plots import learning_curve, loss_curve
 
@@ -51,7 +51,7 @@ class Staged:
     """A folder holding exactly what a push uploads, README.md card included."""
 
     kind: str
-    folder: Path
+    folder: Path  # a temporary folder is removed once uploaded
     files: tuple[str, ...]
     spec: str  # how to load it back: hf://REPO_ID[@REVISION]
 
@@ -92,21 +92,27 @@ def artifact_kind(path: Path) -> str:
     raise HubError(f"{path} is neither a w2e hypernetwork nor a saved edit (no w2e metadata in its header)")
 
 
-def _finish_card(folder: Path, metadata: dict, body: str, options: CardOptions) -> None:
-    text = (merge_card(options.card_text, options.card_source, metadata) if options.card_text is not None
-            else render_card(metadata, body))
-    (folder / CARD_FILE).write_text(text)
-
-
-def _license(options: CardOptions, base_name: str) -> str:
-    return options.license or base_license(base_name) or DEFAULT_LICENSE
+def _write_card(folder: Path, kind: str, base_name: str, base_sha256: str, body: str, options: CardOptions) -> None:
+    """README.md: w2e's metadata with ``body``, or with the user's own card text. License: the
+    ``--license`` option, else the user's card's, else the timm base model's, else w2e's."""
+    own = parse_card(options.card_text, options.card_source) if options.card_text is not None else None
+    license = (options.license or (own.data.to_dict().get("license") if own else None) or base_license(base_name)
+               or DEFAULT_LICENSE)
+    metadata = card_metadata(kind, base_name, base_sha256, license, options.base_model or hub_base_model(base_name))
+    (folder / CARD_FILE).write_text(merge_card(own, metadata) if own else render_card(metadata, body))
 
 
 def _read_log(path: Path) -> list[dict]:
+    """A meta-training log: one JSON object per line, each with the columns the card summarises."""
     try:
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     except json.JSONDecodeError as error:
         raise HubError(f"{path} is not a meta-training log (one JSON object per line): {error}") from None
+    for number, entry in enumerate(entries, start=1):
+        missing = [key for key in CURVE_COLUMNS if not isinstance(entry, dict) or key not in entry]
+        if missing:
+            raise HubError(f"{path} line {number} lacks {', '.join(missing)}: not a w2e meta-training log")
+    return entries
 
 
 def _meta_training_recipe(path: Path) -> dict | None:
@@ -116,8 +122,8 @@ def _meta_training_recipe(path: Path) -> dict | None:
         return None
     try:
         manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError:
-        return None
+    except json.JSONDecodeError as error:
+        raise HubError(f"{manifest_path}, beside the hypernetwork, is not valid JSON ({error})") from None
     if manifest.get("hypernetwork") != path.name:
         return None
     return manifest.get("recipes", {}).get("meta_training")
@@ -145,11 +151,9 @@ def stage_hypernetwork(path: Path, folder: Path, spec: str, options: CardOptions
         learning_curve([e["iteration"] for e in log], [e["fit_loss"] for e in log], [e["kl"] for e in log]).write_html(
             folder / LEARNING_CURVE_FIGURE, include_plotlyjs="cdn")
         figure = LEARNING_CURVE_FIGURE
-    metadata = card_metadata("hypernetwork", config.base_model, config.base_sha256, _license(options, config.base_model),
-                             options.base_model or hub_base_model(config.base_model))
     parameters = sum(p.numel() for p in hypernetwork.parameters())
     body = hypernetwork_card(config, spec, file_sha256(path), parameters, log, _meta_training_recipe(path), figure)
-    _finish_card(folder, metadata, body, options)
+    _write_card(folder, "hypernetwork", config.base_model, config.base_sha256, body, options)
 
 
 def stage_edit(path: Path, folder: Path, spec: str, options: CardOptions) -> None:
@@ -165,10 +169,8 @@ def stage_edit(path: Path, folder: Path, spec: str, options: CardOptions) -> Non
         (folder / LOSS_CURVE_FIGURE).parent.mkdir(parents=True, exist_ok=True)
         loss_curve(edit.losses).write_html(folder / LOSS_CURVE_FIGURE, include_plotlyjs="cdn")
         figure = LOSS_CURVE_FIGURE
-    base = edit.info.get("base_model", "")
-    metadata = card_metadata("edit", base, edit.info.get("base_sha256", ""), _license(options, base),
-                             options.base_model or hub_base_model(base))
-    _finish_card(folder, metadata, edit_card(meta, spec, figure), options)
+    _write_card(folder, "edit", edit.info.get("base_model", ""), edit.info.get("base_sha256", ""), edit_card(meta, spec, figure),
+                options)
 
 
 def _manifest_files(manifest: dict) -> dict[str, str]:
@@ -183,7 +185,7 @@ def _manifest_files(manifest: dict) -> dict[str, str]:
 def _check_model_folder(directory: Path, manifest: dict) -> None:
     """Every file the manifest names lies inside the folder, exists, and matches its recorded sha256."""
     for key, value in _manifest_files(manifest).items():
-        target = (directory / value).resolve()
+        target = Path(os.path.abspath(directory / value))
         if not target.is_relative_to(directory):
             raise HubError(f"{directory / MANIFEST_NAME} names {key} {value!r} outside the folder; copy it into "
                            "the folder and update the manifest before pushing")
@@ -224,10 +226,8 @@ def stage_model_folder(directory: Path, folder: Path, spec: str, options: CardOp
     if options.card_text is None and (directory / CARD_FILE).is_file():
         options = CardOptions(options.license, options.base_model, (directory / CARD_FILE).read_text(),
                               str(directory / CARD_FILE))
-    metadata = card_metadata("model", base, edited.get("sha256", ""), _license(options, base),
-                             options.base_model or hub_base_model(base))
     body = model_card(manifest, spec, _parameter_count(directory / manifest["weights"]), edit_log)
-    _finish_card(folder, metadata, body, options)
+    _write_card(folder, "model", base, edited.get("sha256", ""), body, options)
 
 
 STAGERS = {"hypernetwork": stage_hypernetwork, "edit": stage_edit, "model": stage_model_folder}
