@@ -27,6 +27,7 @@ from PIL import Image
 
 from .edit import Edit, edited_state_dict
 from .editor import DEFAULT_RHO, Editor, LocalityResult, PrefixCache
+from .hypernet import load_hypernetwork
 from .images import MAX_FILE_BYTES, MAX_PIXELS, ImageInputError, read_image
 from .labels import resolve_label
 from .masks import binarize
@@ -63,9 +64,10 @@ def _silent(fraction: float, text: str) -> None:
 class AppConfig:
     """What the app serves and its limits. Env vars: ``W2E_APP_MODELS`` (comma-separated),
     ``W2E_APP_LOCALITY_DIR``, ``W2E_APP_DEVICE``, ``W2E_APP_EDIT_CONCURRENCY``,
-    ``W2E_APP_QUEUE_SIZE``, ``W2E_APP_MAX_EDITS``."""
+    ``W2E_APP_QUEUE_SIZE``, ``W2E_APP_MAX_EDITS``, ``W2E_APP_HYPERNETWORK``."""
 
     models: tuple[str, ...] = DEFAULT_APP_MODELS
+    hypernetwork: str | None = None  # file or hf:// spec for the default model (None: its bundled one, if any)
     locality_dir: Path | None = None
     device: str | None = None  # None: best available (CUDA, else CPU)
     edit_concurrency: int = 1  # edits / mask searches / trade-offs running at once (one device)
@@ -92,9 +94,12 @@ def parse_app_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(prog="app.py", description="w2e web app: see where to edit a ViT, edit it, check locality.")
     parser.add_argument("--models", default=env.get("W2E_APP_MODELS", ",".join(DEFAULT_APP_MODELS)),
-                        help="comma-separated model specs (bundled world, model folder or timm name); first is the default")
+                        help="comma-separated model specs (bundled world, model folder, hf://OWNER/NAME or timm name); "
+                             "first is the default")
     parser.add_argument("--locality-dir", default=env.get("W2E_APP_LOCALITY_DIR"),
                         help="folder of images used as locality set for models without a bundled benchmark")
+    parser.add_argument("--hypernetwork", default=env.get("W2E_APP_HYPERNETWORK") or None,
+                        help="hypernetwork for the first model: file or hf://OWNER/NAME[@REV][/FILE] (default: its bundled one)")
     parser.add_argument("--device", default=env.get("W2E_APP_DEVICE"), help="cpu or cuda (default: best available)")
     parser.add_argument("--edit-concurrency", type=int, default=int(env.get("W2E_APP_EDIT_CONCURRENCY", 1)))
     parser.add_argument("--queue-size", type=int, default=int(env.get("W2E_APP_QUEUE_SIZE", 32)))
@@ -110,7 +115,7 @@ def parse_app_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
         parser.error("--edit-concurrency, --queue-size and --max-edits must be positive")
     config = AppConfig(models=models, locality_dir=Path(args.locality_dir) if args.locality_dir else None,
                        device=args.device, edit_concurrency=args.edit_concurrency, queue_size=args.queue_size,
-                       max_edits=args.max_edits)
+                       max_edits=args.max_edits, hypernetwork=args.hypernetwork)
     return config, args
 
 
@@ -282,7 +287,11 @@ class Workbench:
         """Load ``spec`` on the configured device and prepare its locality set and gallery."""
         report(0.0, f"loading model {spec}")
         bundle = load_model(spec, device=config.resolved_device())
-        editor = Editor(bundle)
+        hypernetwork = None
+        if config.hypernetwork and spec == config.default_model:
+            report(0.3, f"loading hypernetwork {config.hypernetwork}")
+            hypernetwork = load_hypernetwork(config.hypernetwork, bundle.site, bundle.sha256, bundle.name)
+        editor = Editor(bundle, hypernetwork)
         report(0.5, "caching the locality set")
         locality, note = None, ""
         if editor.benchmark is not None and len(editor.benchmark.locality_indices):

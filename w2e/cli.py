@@ -1,4 +1,4 @@
-"""The ``w2e`` command line: info, predict, mask, edit, meta-train, world, bench, bench-train."""
+"""The ``w2e`` command line: info, predict, mask, edit, meta-train, world, push, bench, bench-train."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,7 @@ import torch
 from .editing import EditConfig
 from .editor import DEFAULT_RHO, Editor
 from .edit import edited_state_dict
+from .hub import HubError
 from .hypernet import HypernetworkMismatchError, load_hypernetwork
 from .images import ImageInputError, read_image
 from .labels import UnknownLabelError, resolve_label
@@ -37,7 +38,7 @@ def _editor(args: argparse.Namespace) -> Editor:
     if hypernetwork_path is None:
         return Editor(bundle, use_bundled_hypernetwork=not getattr(args, "no_hypernetwork", False))
     try:
-        hypernetwork = load_hypernetwork(hypernetwork_path, bundle.site, bundle.sha256)
+        hypernetwork = load_hypernetwork(hypernetwork_path, bundle.site, bundle.sha256, bundle.name)
     except ValueError as error:
         raise CliError(str(error)) from None
     return Editor(bundle, hypernetwork)
@@ -165,9 +166,8 @@ def _export(bundle: ModelBundle, edit, out_dir: Path) -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     manifest = dict(bundle.manifest) if bundle.manifest else _timm_manifest(bundle)
-    manifest.pop("files", None)
-    manifest.pop("hypernetwork", None)
-    manifest.pop("benchmark", None)
+    for key in ("files", "hypernetwork", "benchmark", "subpopulations", "stronger", "figures"):  # files not exported
+        manifest.pop(key, None)
     manifest["weights"] = "model.safetensors"
     manifest["name"] = f"{bundle.name}-edited"
     manifest["edited_from"] = {"name": bundle.name, "sha256": bundle.sha256, "edits": [edit.to_json()]}
@@ -256,6 +256,26 @@ def cmd_world(args: argparse.Namespace) -> None:
     build_fashion_world(check=args.check)
 
 
+def cmd_push(args: argparse.Namespace) -> None:
+    """Share a hypernetwork, a saved edit or a model folder on the Hugging Face Hub, with a model card."""
+    from .push import CardOptions, push
+
+    card_text = None
+    if args.card is not None:
+        if not Path(args.card).is_file():
+            raise CliError(f"--card {args.card}: no such file")
+        card_text = Path(args.card).read_text()
+    options = CardOptions(license=args.license, base_model=args.base_model, card_text=card_text, card_source=str(args.card))
+    staged, url = push(args.path, args.repo_id, private=args.private, revision=args.revision, options=options,
+                       dry_run=args.dry_run)
+    files = "\n".join(f"  {name}" for name in staged.files)
+    if url is None:
+        print(f"dry run: the {staged.kind} would be pushed as these files, written to {staged.folder} "
+              f"(nothing uploaded):\n{files}")
+    else:
+        print(f"pushed the {staged.kind} to {url}:\n{files}\nload it with {staged.spec}")
+
+
 def parse_site_blocks(text: str) -> list[int]:
     """``--site-blocks`` value: ``7:10`` (a range) or ``7,8,9``."""
     try:
@@ -273,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_model_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", default=DEFAULT_MODEL, help="bundled world, model folder, or timm name (default: fashion)")
+        p.add_argument("--model", default=DEFAULT_MODEL,
+                       help="bundled world, model folder, hf://OWNER/NAME model folder, or timm name (default: fashion)")
         p.add_argument("--site-blocks", type=parse_site_blocks, default=None, help="blocks to edit, e.g. 7:10 (default: paper's position)")
         p.add_argument("--device", default=None, help="cpu or cuda (default: best available)")
 
@@ -298,7 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--mode", choices=("topk", "threshold"), default="topk")
         where = p.add_mutually_exclusive_group()
         where.add_argument("--no-hypernetwork", action="store_true", help="use the test-time mask search")
-        where.add_argument("--hypernetwork", default=None, help="hypernetwork file (e.g. from meta-train) instead of the bundled one")
+        where.add_argument("--hypernetwork", default=None,
+                           help="hypernetwork file (e.g. from meta-train) or hf://OWNER/NAME[@REV][/FILE] instead of the bundled one")
         p.add_argument("--save", default=None, help="write the mask / edit (safetensors) here")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
@@ -347,6 +369,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="verify shipped files and rebuild the cheap parts")
     p.set_defaults(func=cmd_world)
 
+    p = sub.add_parser("push", help="share a hypernetwork, an edit or a model folder on the Hugging Face Hub")
+    p.add_argument("path", help="hypernetwork (.safetensors beside its .json, or a meta-train --out folder), "
+                                "saved edit (.safetensors) or model folder (with manifest.json)")
+    p.add_argument("repo_id", help="OWNER/NAME of the model repository (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repository private (an existing one keeps its visibility)")
+    p.add_argument("--revision", default=None, help="branch to push to (created if missing; default: main)")
+    p.add_argument("--license", default=None, help="license in the card (default: the timm base model's, else mit)")
+    p.add_argument("--base-model", default=None, help="Hub id of the base model for the card (default: timm's repository "
+                                                      "for timm models, none otherwise)")
+    p.add_argument("--card", default=None, help="your own README.md to use as the card (w2e adds its metadata)")
+    p.add_argument("--dry-run", metavar="DIR", default=None, help="write what would be uploaded, card included, into DIR "
+                                                                  "and upload nothing")
+    p.set_defaults(func=cmd_push)
+
     from .bench.cli import add_bench_parser
 
     add_bench_parser(sub)
@@ -359,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.func(args)
     except (ImageInputError, UnknownLabelError, CheckpointError, HypernetworkMismatchError, CliError,
-            FileNotFoundError) as error:
+            FileNotFoundError, HubError) as error:
         print(f"w2e: error: {error}", file=sys.stderr)
         return USAGE_ERROR
     return 0

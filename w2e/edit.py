@@ -12,10 +12,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from .hub import resolve_file
 from .overrides import make_overridable, weight_overrides
 from .site import EditSite, SiteLayer
 
 EDIT_FORMAT = "w2e.edit/1"
+#: File name of an edit pulled from a Hub repository when the spec names no file.
+EDIT_FILE = "edit.safetensors"
 
 
 @dataclass
@@ -97,14 +100,16 @@ class Edit:
 
     @classmethod
     def load(cls, path: str | Path) -> "Edit":
-        """Load an edit written by :meth:`save`."""
+        """Load an edit written by :meth:`save` (a file or ``hf://REPO_ID[@REVISION][/FILE]``)."""
+        source = path
+        path = resolve_file(path, EDIT_FILE)
         with safe_open(str(path), "pt") as handle:
             header = (handle.metadata() or {}).get("w2e_edit")
             if header is None:
-                raise ValueError(f"{path} is not a w2e edit (no 'w2e_edit' metadata)")
+                raise ValueError(f"{source} is not a w2e edit (no 'w2e_edit' metadata)")
             meta = json.loads(header)
             if meta.get("format") != EDIT_FORMAT:
-                raise ValueError(f"{path}: unsupported edit format {meta.get('format')!r}")
+                raise ValueError(f"{source}: unsupported edit format {meta.get('format')!r}")
             site = EditSite.from_dict(meta["site"])
             indices = [handle.get_tensor(f"{layer.param_name}.indices") for layer in site.layers]
             deltas = [handle.get_tensor(f"{layer.param_name}.delta") for layer in site.layers]

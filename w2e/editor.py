@@ -72,7 +72,7 @@ class Editor:
                  edit_config: EditConfig | None = None, search_config: MaskSearchConfig | None = None) -> None:
         self.bundle = bundle
         if hypernetwork is None and use_bundled_hypernetwork and bundle.hypernetwork_path is not None:
-            hypernetwork = load_hypernetwork(bundle.hypernetwork_path, bundle.site, bundle.sha256)
+            hypernetwork = load_hypernetwork(bundle.hypernetwork_path, bundle.site, bundle.sha256, bundle.name)
         self.hypernetwork = hypernetwork.to(bundle.device).eval() if hypernetwork is not None else None
         self.edit_config = edit_config or EditConfig(lr=bundle.edit_lr)
         self.search_config = search_config or bundle.mask_search_config

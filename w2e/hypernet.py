@@ -10,9 +10,12 @@ from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from .hub import resolve_file
 from .site import EditSite
 
 HYPERNET_FORMAT = "w2e.hypernetwork/1"
+#: File name of a hypernetwork written by meta-training (and pulled from a repository by default).
+HYPERNET_FILE = "hypernet.safetensors"
 
 
 class HypernetworkMismatchError(ValueError):
@@ -101,27 +104,41 @@ def new_hypernetwork(site: EditSite, base_model: str, base_sha256: str, **option
     return Hypernetwork(config)
 
 
-def load_hypernetwork(path: str | Path, site: EditSite, base_sha256: str) -> Hypernetwork:
-    """Load a hypernetwork and refuse it unless it was trained for this base model and site."""
-    path = Path(path)
+def read_hypernet_config(path: Path) -> HypernetConfig:
+    """The config beside hypernetwork file ``path`` (same name, ``.json``); errors name the file."""
     config_path = path.with_suffix(".json")
     for needed in (path, config_path):
         if not needed.is_file():
             raise FileNotFoundError(f"hypernetwork file missing: {needed}")
-    raw = json.loads(config_path.read_text())
-    if raw.pop("format", None) != HYPERNET_FORMAT:
+    try:
+        raw = json.loads(config_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_path} is not valid JSON ({error})") from None
+    if not isinstance(raw, dict) or raw.pop("format", None) != HYPERNET_FORMAT:
         raise ValueError(f"{config_path} is not a w2e hypernetwork config")
-    config = HypernetConfig(**raw)
+    try:
+        return HypernetConfig(**raw)
+    except TypeError as error:
+        raise ValueError(f"{config_path}: malformed hypernetwork config ({error})") from None
+
+
+def load_hypernetwork(path: str | Path, site: EditSite, base_sha256: str, base_name: str = "") -> Hypernetwork:
+    """Load a hypernetwork (a file or ``hf://REPO_ID[@REVISION][/FILE]``) and refuse it unless it
+    was trained for this base model (``base_name`` only words the error) and site."""
+    source = path
+    path = resolve_file(path, HYPERNET_FILE, companions=(".json",))
+    config = read_hypernet_config(path)
     if config.base_sha256 != base_sha256:
+        this_model = f"this model {base_name!r}" if base_name else "this model"
         raise HypernetworkMismatchError(
-            f"{path} was trained for base model {config.base_model!r} (sha256 {config.base_sha256[:12]}...), "
-            f"not for this model (sha256 {base_sha256[:12]}...)"
+            f"{source} was trained for base model {config.base_model!r} (sha256 {config.base_sha256[:12]}...), "
+            f"not for {this_model} (sha256 {base_sha256[:12]}...)"
         )
     if config.site != site.to_dict():
-        raise HypernetworkMismatchError(f"{path} was trained for edit site {config.site}, not {site.to_dict()}")
+        raise HypernetworkMismatchError(f"{source} was trained for edit site {config.site}, not {site.to_dict()}")
     model = Hypernetwork(config)
     try:
         model.load_state_dict(load_file(str(path)))
     except (RuntimeError, OSError) as error:
-        raise ValueError(f"{path}: corrupt or mismatched hypernetwork weights ({error})") from error
+        raise ValueError(f"{source}: corrupt or mismatched hypernetwork weights ({error})") from error
     return model.eval()

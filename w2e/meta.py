@@ -22,13 +22,12 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .cutmix import CutMixConfig, cutmix
-from .hypernet import Hypernetwork, load_hypernetwork, new_hypernetwork
+from .hypernet import HYPERNET_FILE, Hypernetwork, load_hypernetwork, new_hypernetwork
 from .mask_diagnostics import MaskProbe
 from .mask_search import MaskSearchConfig, aux_mask_target, distillation_kl, optimise_aux_masks
 from .models import ModelBundle, best_device
 from .runner import forward_prefix, forward_suffix, patch_size
 
-HYPERNET_FILE = "hypernet.safetensors"
 STATE_FILE = "meta_state.safetensors"
 LOG_FILE = "meta_log.jsonl"
 CONFIG_FILE = "meta_config.json"
@@ -177,7 +176,7 @@ def _resume(out_dir: Path, bundle: ModelBundle, hypernet: Hypernetwork, optimize
     state_path = out_dir / STATE_FILE
     if not state_path.is_file() or not (out_dir / HYPERNET_FILE).is_file():
         return 0
-    saved = load_hypernetwork(out_dir / HYPERNET_FILE, bundle.site, bundle.sha256)
+    saved = load_hypernetwork(out_dir / HYPERNET_FILE, bundle.site, bundle.sha256, bundle.name)
     hypernet.load_state_dict(saved.state_dict())
     hypernet.config = replace(hypernet.config, diagnostics=saved.config.diagnostics)
     from safetensors import safe_open

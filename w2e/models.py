@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from .hub import is_hub_spec, resolve_folder
 from .runner import check_vit
 from .site import EditSite, site_for_model
 from .preprocess import PreprocessConfig
@@ -91,11 +92,12 @@ class ModelBundle:
         return next(self.model.parameters()).device
 
     def resolve_path(self, key: str) -> Path | None:
-        """A file named in the manifest under ``key``, relative to the model folder."""
+        """A file named in the manifest under ``key``, relative to the model folder (normalised
+        without following symlinks: in the Hugging Face cache files are links to content blobs)."""
         value = self.manifest.get(key)
         if not value or self.directory is None:
             return None
-        return (self.directory / value).resolve()
+        return Path(os.path.abspath(self.directory / value))
 
     @property
     def hypernetwork_path(self) -> Path | None:
@@ -224,7 +226,10 @@ def load_timm_model(name: str, site_blocks: Sequence[int] | None = None, device:
 
 
 def load_model(spec: str = DEFAULT_MODEL, site_blocks: Sequence[int] | None = None, device: str | torch.device = "cpu") -> ModelBundle:
-    """Load by bundled world name (``fashion``), local folder path, or timm model name."""
+    """Load by bundled world name (``fashion``), local folder path, ``hf://REPO_ID[@REVISION][/FOLDER]``
+    model folder on the Hugging Face Hub, or timm model name."""
+    if is_hub_spec(spec):
+        return load_local_model(resolve_folder(spec, MANIFEST_NAME), site_blocks, device)
     if (project_root() / "checkpoints" / spec / MANIFEST_NAME).is_file() and "/" not in spec:
         return load_local_model(world_dir(spec), site_blocks, device)
     path = Path(spec)
@@ -234,7 +239,7 @@ def load_model(spec: str = DEFAULT_MODEL, site_blocks: Sequence[int] | None = No
         return load_timm_model(spec, site_blocks, device)
     raise CheckpointError(
         f"unknown model {spec!r}: not a bundled world ({', '.join(bundled_worlds()) or 'none built'}), "
-        "not a folder with manifest.json, not a timm model name"
+        "not a folder with manifest.json, not an hf:// model folder, not a timm model name"
     )
 
 

@@ -144,3 +144,16 @@ def tradeoff_curve(rhos: Sequence[float], locality: Sequence[float | None], othe
     fig.update_yaxes(title_text="locality", range=[-0.05, 1.05], tickformat=".0%")
     return _layout(fig, title or f"Trade-off: locality vs {other_name} over rho", 360,
                    legend=dict(orientation="h", y=-0.2, x=0))
+
+
+def learning_curve(iterations: Sequence[int], fit_loss: Sequence[float], kl: Sequence[float],
+                   title: str = "Meta-training") -> go.Figure:
+    """The hypernetwork's fit loss and its targets' KL per meta-training iteration (log scale)."""
+    fig = go.Figure()
+    fig.add_scatter(x=list(iterations), y=[max(float(v), 1e-8) for v in fit_loss], mode="lines", name="fit loss",
+                    line=dict(color=AFTER_COLOUR))
+    fig.add_scatter(x=list(iterations), y=[max(float(v), 1e-8) for v in kl], mode="lines", name="targets' KL",
+                    line=dict(color=BEFORE_COLOUR))
+    fig.update_xaxes(title_text="iteration")
+    fig.update_yaxes(title_text="loss", type="log")
+    return _layout(fig, title, 320, legend=dict(orientation="h", y=-0.25, x=0))

@@ -192,8 +192,8 @@ def cmd_bench(args) -> None:
         data = load_any_benchmark(bench_path, bundle.preprocessing)
     except ValueError as error:
         raise _cli_error(str(error)) from None
-    hyper_path = Path(args.hypernetwork) if args.hypernetwork else bundle.hypernetwork_path
-    hypernetwork = load_hypernetwork(hyper_path, bundle.site, bundle.sha256).to(bundle.device) if hyper_path else None
+    hyper_path = args.hypernetwork or bundle.hypernetwork_path
+    hypernetwork = load_hypernetwork(hyper_path, bundle.site, bundle.sha256, bundle.name).to(bundle.device) if hyper_path else None
     source = resolve_train_source(args.train_data, args.model, bundle)
     options = BenchOptions(methods=methods, quick=args.quick, seed=args.seed, edits_per_group=args.edits_per_group,
                            max_group_eval=args.max_group_eval, max_locality=args.max_locality, ablations=ablations,
