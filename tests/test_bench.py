@@ -121,7 +121,7 @@ def world(tmp_path_factory):
 
 FAST = {"max_steps": 4, "loss_stop": -1.0}  # fixed step count: knob comparisons see the same schedule
 FAST_SETTINGS = {
-    "w2e": FAST, "search": {**FAST, "search": {"outer_steps": 2, "inner_steps": 1}, "num_pseudo": 3},
+    "w2e": FAST, "w2e-mean": {**FAST, "mean_images": 16}, "search": {**FAST, "search": {"outer_steps": 2, "inner_steps": 1}, "num_pseudo": 3},
     "ft": FAST, "ft-l1": FAST, "ft-l2": FAST, "random": FAST, "kn": {**FAST, "ig_steps": 4}, "spt": FAST,
     "tpatcher": {**FAST, "memory_images": 8}, "rome": {**FAST, "covariance_images": 8}, "lora": {**FAST, "lr": 0.05},
     "ke": {"iterations": 2, "batch_size": 4, "hidden": 16}, "mend": {"iterations": 2, "batch_size": 4, "rank": 8},
