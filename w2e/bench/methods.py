@@ -63,7 +63,7 @@ class BenchEdit:
 
     ``first_right`` is the same edit at the first step where every editing sample was predicted
     right, after ``first_right.steps`` optimiser steps (``None`` if that never happened); when
-    those steps equal ``steps`` it is the edit itself.
+    those steps equal ``steps`` it holds the same change as the edit (the runner reuses its scores).
     """
 
     level: int
@@ -742,6 +742,6 @@ def registry() -> dict[str, type[Method]]:
     """Every method of the paper's comparison, by CLI name, in report order."""
     from .hyperedit import KEMethod, MENDMethod
 
-    methods = [W2EMethod, W2EMeanMethod, SearchMethod, FTMethod, FTL1Method, FTL2Method, RandomMaskMethod, KNMethod, SPTMethod,
-               TPatcherMethod, ROMEMethod, LoRAMethod, KEMethod, MENDMethod]
+    methods = [W2EMethod, W2EMeanMethod, SearchMethod, FTMethod, FTL1Method, FTL2Method, RandomMaskMethod, KNMethod,
+               SPTMethod, TPatcherMethod, ROMEMethod, LoRAMethod, KEMethod, MENDMethod]
     return {m.name: m for m in methods}

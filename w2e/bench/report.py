@@ -29,7 +29,7 @@ def _ordered(rows: list[dict], methods: dict) -> list[dict]:
 
 #: Keys of results.json's summaries at each stopping point, and how reports name them.
 SUMMARY_KEYS = {"rule": "summary", "first_right": "summary_first_right"}
-STOP_TITLES = {"rule": "at the stop rule (CE <= 0.01 and right, or the step cap)",
+STOP_TITLES = {"rule": "at the stop rule (right and CE <= loss_stop, or the step cap)",
                "first_right": "when each edit first becomes right (or at the step cap if never)"}
 
 
