@@ -6,14 +6,17 @@
 For every knob value of ``--method``, pairs the records of the two ``edits.jsonl`` files that
 edited the same benchmark rows, and prints the number of pairs, the mean change of each edit's
 GR and LR (second run minus first), how many went up and down, and a two-sided exact sign-test
-p-value (ties left out).
+p-value (ties left out; :func:`w2e.bench.metrics.paired_counts`). Sign tests of w2e against every
+baseline of one run are in its ``results.json`` (``python benchmarks/results_table.py RESULTS
+--sign-tests``).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
+
+from w2e.bench.metrics import paired_counts
 
 
 def read_records(path: Path, method: str) -> dict[tuple, dict]:
@@ -26,15 +29,6 @@ def read_records(path: Path, method: str) -> dict[tuple, dict]:
     return records
 
 
-def sign_test(up: int, down: int) -> float:
-    """Two-sided exact binomial p-value of ``up`` against ``down`` under p = 1/2."""
-    n = up + down
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, k) for k in range(min(up, down) + 1)) / 2**n
-    return min(1.0, 2 * tail)
-
-
 def compare(first: dict[tuple, dict], second: dict[tuple, dict]) -> list[dict]:
     """One row per knob value: pairs, mean GR / LR change, ups and downs, sign-test p-values."""
     rows = []
@@ -42,10 +36,10 @@ def compare(first: dict[tuple, dict], second: dict[tuple, dict]) -> list[dict]:
         keys = [key for key in first if key[0] == value and key in second]
         row = {"value": value, "pairs": len(keys)}
         for metric, hits, total in (("gr", "gr_correct", "gr_total"), ("lr", "lr_same", "lr_total")):
-            changes = [second[k][hits] / second[k][total] - first[k][hits] / first[k][total] for k in keys]
-            up, down = sum(c > 0 for c in changes), sum(c < 0 for c in changes)
-            row.update({f"{metric}_mean_change": sum(changes) / len(changes), f"{metric}_up": up, f"{metric}_down": down,
-                        f"{metric}_p": sign_test(up, down)})
+            counts = paired_counts([second[k][hits] / second[k][total] for k in keys],
+                                   [first[k][hits] / first[k][total] for k in keys])
+            row.update({f"{metric}_mean_change": counts["mean_difference"], f"{metric}_up": counts["up"],
+                        f"{metric}_down": counts["down"], f"{metric}_p": counts["p"]})
         rows.append(row)
     return rows
 

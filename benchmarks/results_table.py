@@ -1,19 +1,33 @@
-"""Print a bench results.json as the Markdown table the README shows.
+"""Print a bench results.json as the Markdown tables the README shows.
 
     python benchmarks/results_table.py benchmarks/results/bench-fashion-full.json
+    python benchmarks/results_table.py RESULTS --stop first_right   # scored when each edit first became right
+    python benchmarks/results_table.py RESULTS --sign-tests          # w2e against every baseline, both stops
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
-from w2e.bench.report import format_markdown
+from w2e.bench.metrics import STOPS
+from w2e.bench.report import format_markdown, format_sign_tests
 
 
-def main(path: str) -> None:
-    with open(path) as handle:
-        print(format_markdown(json.load(handle)))
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("results", help="a results.json written by w2e bench")
+    parser.add_argument("--stop", choices=STOPS, default=None,
+                        help="stopping point of the summary (default: rule; with --sign-tests: both)")
+    parser.add_argument("--sign-tests", action="store_true", help="print the paired sign tests instead")
+    args = parser.parse_args()
+    with open(args.results) as handle:
+        results = json.load(handle)
+    try:
+        print(format_sign_tests(results, args.stop) if args.sign_tests else format_markdown(results, args.stop or "rule"))
+    except ValueError as error:
+        sys.exit(f"results_table.py: {error}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()

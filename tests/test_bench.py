@@ -17,12 +17,14 @@ from w2e.bench.ablations import EnsembleMethod, mask_specificity
 from w2e.bench.data import BenchContext, EvalLimits, load_any_benchmark, load_image_folder
 from w2e.bench.hooks import has_hooks
 from w2e.bench.methods import Resources, registry
-from w2e.bench.metrics import group_generalization, locality_rate, pareto_front, success_rate, summarise_records
+from w2e.bench.metrics import (at_stop, group_generalization, locality_rate, paired_sign_tests, pareto_front, sign_test,
+                               success_rate, summarise_records)
 from w2e.mask_diagnostics import iou_matrix
 from w2e.bench.pgd import PGDConfig, pgd_pseudo_samples
 from w2e.bench.records import RecordStore
-from w2e.bench.report import format_markdown
+from w2e.bench.report import format_markdown, format_sign_tests
 from w2e.data import TensorSource
+from w2e.editing import fit_until_correct, masked_fine_tune
 from w2e.hypernet import new_hypernetwork
 from w2e.models import load_local_model
 from w2e.preprocess import normalise_array
@@ -87,6 +89,93 @@ def test_markdown_table_keeps_method_order_and_marks_missing_values():
     assert lines[2] == "| w2e | rho=0.05 | 2 | 1.000 | 0.750 | 0.500 | 0.12 | 7 |"
     assert lines[3] == "| ke | - | 2 | 1.000 | 0.750 | - | 0.12 | 7 |"
     assert lines[-1] == "Mask IoU at rho = 0.05 (w2e): 0.600 within groups, 0.400 across groups."
+    with pytest.raises(ValueError, match="older w2e bench"):
+        format_markdown(results, "first_right")
+    results["summary_first_right"] = [{**row, "method": "w2e", "knob": "rho", "value": 0.05, "lr": 0.625}]
+    assert format_markdown(results, "first_right").splitlines()[2] == "| w2e | rho=0.05 | 2 | 1.000 | 0.750 | 0.625 | 0.12 | 7 |"
+
+
+def test_sign_test_exact_p_values():
+    assert sign_test(5, 0) == pytest.approx(2 / 32)
+    assert sign_test(0, 6) == pytest.approx(2 / 64)
+    assert sign_test(10, 2) == pytest.approx(2 * (1 + 12 + 66) / 4096)
+    assert sign_test(3, 2) == 1.0 and sign_test(1, 1) == 1.0 and sign_test(0, 0) == 1.0
+    assert sign_test(25, 5) == pytest.approx(2 * 174437 / 2**30)  # the KN vs w2e count: p = 3.2e-4
+
+
+def _record(method, value, rows, gr, lr, knob="rho", first_right=None, steps=10):
+    return {"method": method, "knob": knob, "value": value, "rows": list(rows), "group": rows[0] % 2,
+            "sr_correct": 1, "sr_total": 1, "gr_correct": gr, "gr_total": 10, "lr_same": lr, "lr_total": 10,
+            "seconds": 1.0, "steps": steps, "first_right": first_right}
+
+
+def _early(gr, lr, steps=2):
+    return {"sr_correct": 1, "sr_total": 1, "gr_correct": gr, "gr_total": 10, "lr_same": lr, "lr_total": 10,
+            "steps": steps, "seconds": 0.5}
+
+
+def test_at_stop_and_first_right_summary():
+    early = _record("w2e", 0.05, (1,), gr=8, lr=5, first_right=_early(3, 9))
+    never = _record("w2e", 0.05, (2,), gr=6, lr=4)
+    assert at_stop(early, "rule")["gr_correct"] == 8
+    assert at_stop(early, "first_right")["gr_correct"] == 3 and at_stop(early, "first_right")["steps"] == 2
+    assert at_stop(never, "first_right") is never  # never right: scored at the rule stop (the step cap)
+    with pytest.raises(ValueError, match="stop"):
+        at_stop(early, "halfway")
+    (rule,) = summarise_records([early, never])
+    (first,) = summarise_records([early, never], stop="first_right")
+    assert rule["edits"] == first["edits"] == 2 and rule["became_right"] == first["became_right"] == 1
+    assert rule["lr"] == pytest.approx((0.5 + 0.4) / 2) and first["lr"] == pytest.approx((0.9 + 0.4) / 2)
+    assert rule["median_steps"] == 10 and first["median_steps"] == pytest.approx((2 + 10) / 2)
+
+
+def test_paired_sign_tests_pair_by_sample_at_matched_density():
+    records = []
+    for row in range(6):  # w2e has higher GR than KN on 5 edits, lower on 1; LR tied everywhere
+        records.append(_record("w2e", 0.05, (row,), gr=6, lr=5, first_right=_early(2, 9)))
+        records.append(_record("kn", 0.05, (row,), gr=7 if row == 0 else 4, lr=5, first_right=_early(2, 8)))
+        records.append(_record("w2e", 0.1, (row,), gr=7, lr=4))
+        records.append(_record("w2e", 0.25, (row,), gr=9, lr=2))
+        records.append(_record("ft", 1.0, (row,), gr=8, lr=1, knob="density"))
+    records.append(_record("kn", 0.05, (99,), gr=0, lr=0))  # no w2e edit of that sample: not paired
+    records.append(_record("kn", 0.5, (0,), gr=0, lr=0))  # no w2e at rho 0.5: no comparison
+    rows = paired_sign_tests(records, "w2e")
+    kn = {r["stop"]: r for r in rows if r["baseline"] == "kn"}
+    assert set(kn) == {"rule", "first_right"} and all(r["reference_value"] == 0.05 for r in kn.values())
+    rule = kn["rule"]
+    assert (rule["pairs"], rule["gr_up"], rule["gr_down"], rule["gr_ties"]) == (6, 5, 1, 0)
+    assert rule["gr_p"] == pytest.approx(sign_test(5, 1)) and rule["gr_mean_difference"] == pytest.approx((5 * 0.2 - 0.1) / 6)
+    assert (rule["lr_up"], rule["lr_down"], rule["lr_ties"], rule["lr_p"]) == (0, 0, 6, 1.0)
+    first = kn["first_right"]
+    assert (first["gr_up"], first["gr_down"], first["gr_ties"]) == (0, 0, 6)
+    assert (first["lr_up"], first["lr_down"], first["lr_p"]) == (6, 0, pytest.approx(sign_test(6, 0)))
+    ft = sorted((r["reference_value"], r["stop"], r["gr_down"], r["lr_up"]) for r in rows if r["baseline"] == "ft")
+    # a method without a rho knob is compared with w2e at rho 0.05 and 0.1 (not 0.25), at both stops
+    assert ft == [(0.05, "first_right", 6, 6), (0.05, "rule", 6, 6), (0.1, "first_right", 6, 6), (0.1, "rule", 6, 6)]
+    assert [r["baseline"] for r in paired_sign_tests(records, "w2e", baselines=["ft"])] == ["ft"] * 4
+    table = format_sign_tests({"sign_tests": {"rows": rows}}, stop="rule").splitlines()
+    assert len(table) == 2 + 3 and "| kn | rho=0.05 | 0.05 | rule | 6 | 0.150 | 5 / 1 / 0 (0.22) |" in table[2]
+
+
+def test_fit_until_correct_reports_the_first_right_step_once():
+    right, wrong = torch.tensor([[0.0, 1.0]]), torch.tensor([[1.0, 0.0]])
+    script = iter([wrong, wrong, right, wrong, right, right])
+    param = torch.zeros(1, requires_grad=True)
+
+    def step_loss():
+        loss = (param**2).sum() + 1.0
+        return next(script), loss.detach(), loss
+
+    calls = []
+    steps, success, losses = fit_until_correct(step_loss, torch.tensor([1]), torch.optim.SGD([param], lr=0.1),
+                                               max_steps=5, loss_stop=-1.0, on_first_right=calls.append)
+    assert calls == [2] and steps == 5 and success and len(losses) == 6
+    script = iter([wrong] * 4)
+    calls.clear()
+    fit_until_correct(step_loss, torch.tensor([1]), torch.optim.SGD([param], lr=0.1), 3, -1.0,
+                      on_first_right=calls.append)
+    assert calls == []
+
 
 # ---------------------------------------------------------------------------------------------
 # fixtures: a tiny random ViT and a fake benchmark file
@@ -121,7 +210,7 @@ def world(tmp_path_factory):
 
 FAST = {"max_steps": 4, "loss_stop": -1.0}  # fixed step count: knob comparisons see the same schedule
 FAST_SETTINGS = {
-    "w2e": FAST, "search": {**FAST, "search": {"outer_steps": 2, "inner_steps": 1}, "num_pseudo": 3},
+    "w2e": FAST, "w2e-mean": {**FAST, "mean_images": 16}, "search": {**FAST, "search": {"outer_steps": 2, "inner_steps": 1}, "num_pseudo": 3},
     "ft": FAST, "ft-l1": FAST, "ft-l2": FAST, "random": FAST, "kn": {**FAST, "ig_steps": 4}, "spt": FAST,
     "tpatcher": {**FAST, "memory_images": 8}, "rome": {**FAST, "covariance_images": 8}, "lora": {**FAST, "lr": 0.05},
     "ke": {"iterations": 2, "batch_size": 4, "hidden": 16}, "mend": {"iterations": 2, "batch_size": 4, "rank": 8},
@@ -170,13 +259,74 @@ def test_every_method_edits_and_is_reversible(world, name, tmp_path):
         assert torch.equal(model(x), base_out)
 
 
-@pytest.mark.parametrize("name", ["w2e", "random", "kn", "spt", "search"])
+@pytest.mark.parametrize("name", ["w2e", "w2e-mean", "random", "kn", "spt", "search"])
 def test_rho_sets_the_edited_density(world, name, tmp_path):
     method = _method(world, name, tmp_path)
     sample = world["ctx"].samples[0]
     for rho in (0.5, 0.1):
         edit = method.edit(sample, rho)
         assert edit.density == pytest.approx(rho, abs=1 / np.prod(world["bundle"].site.mask_shape))
+
+
+@pytest.mark.parametrize("name", ["w2e", "w2e-mean", "ft", "ft-l1", "random", "kn", "tpatcher", "rome", "lora"])
+def test_first_right_snapshot_is_right_and_not_later_than_the_stop(world, name, tmp_path):
+    ctx, model = world["ctx"], world["bundle"].model
+    method = _method(world, name, tmp_path, max_steps=12)
+    for sample in ctx.samples:
+        edit = method.edit(sample, method.values[-1])
+        first = edit.first_right
+        assert first is not None and 1 <= first.steps < edit.steps == 12, name
+        assert first.level == edit.level and first.seconds <= edit.seconds
+        assert ctx.evaluate(first, sample)["sr_correct"] == 1  # right at its snapshot
+        with torch.no_grad(), first.apply():
+            early = model(ctx.sample_inputs(sample))
+        with torch.no_grad(), edit.apply():
+            late = model(ctx.sample_inputs(sample))
+        assert not torch.equal(early, late), f"{name}: the snapshot is the final edit"
+    never = _method(world, name, tmp_path, max_steps=3, lr=0.0).edit(ctx.samples[0], method.values[-1])
+    assert never.first_right is None and not never.success
+
+
+def test_masked_fine_tune_keeps_a_snapshot_only_when_asked(world):
+    bundle, ctx = world["bundle"], world["ctx"]
+    sample = ctx.samples[0]
+    tokens, labels = ctx.sample_tokens(sample, bundle.site.start), ctx.sample_labels(sample)
+    everything = torch.ones(bundle.site.mask_shape, dtype=torch.bool)
+    from w2e.editing import EditConfig
+
+    config = EditConfig(lr=1e-2, max_steps=8, loss_stop=-1.0)
+    plain = masked_fine_tune(bundle.model, bundle.site, tokens, labels, everything, config)
+    both = masked_fine_tune(bundle.model, bundle.site, tokens, labels, everything, config, snapshot_first_right=True)
+    assert plain.first_right is None
+    assert all(torch.equal(a, b) for a, b in zip(plain.deltas, both.deltas))  # the snapshot changes nothing
+    first = both.first_right
+    assert first.success and first.steps < both.steps and len(first.losses) == first.steps + 1
+    assert first.losses == both.losses[: first.steps + 1]
+    assert not all(torch.equal(a, b) for a, b in zip(first.deltas, both.deltas))
+
+
+def test_w2e_mean_gives_every_image_one_mask_unlike_w2e(world, tmp_path):
+    from w2e.masks import binarize
+
+    ctx, bundle = world["ctx"], world["bundle"]
+    mean = _method(world, "w2e-mean", tmp_path)
+    w2e = _method(world, "w2e", tmp_path)
+    first, second = ctx.samples[0], ctx.samples[1]
+    assert not torch.equal(ctx.sample_inputs(first), ctx.sample_inputs(second))
+    mean_masks = [binarize(mean.cached_mask(s)[0], 0.1) for s in (first, second)]
+    w2e_masks = [binarize(w2e.cached_mask(s)[0], 0.1) for s in (first, second)]
+    assert torch.equal(mean_masks[0], mean_masks[1])
+    assert not torch.equal(w2e_masks[0], w2e_masks[1])
+    assert not torch.equal(mean_masks[0], w2e_masks[0])
+    # the mean of the hypernetwork's masks over the seeded training images, via timm's own forward
+    picks = torch.randperm(len(world["source"]), generator=torch.Generator().manual_seed(mean.config["mean_seed"]))[:16]
+    with torch.no_grad():
+        features = bundle.model.forward_head(bundle.model.forward_features(world["source"].get(picks)), pre_logits=True)
+        expected = world["hyper"].mask(features).mean(0)
+    assert torch.allclose(mean.mean_mask, expected, atol=1e-5)
+    assert mean.settings()["mean_images"] == 16 and mean.settings()["mean_seed"] == 17
+    edit = mean.edit(first, 0.1)
+    assert edit.density == pytest.approx(0.1, abs=1 / np.prod(bundle.site.mask_shape))
 
 
 def test_ft_edits_the_whole_site(world, tmp_path):
@@ -296,6 +446,47 @@ def test_run_writes_outputs_and_resumes_after_a_kill(world, tmp_path):
     # a rerun has nothing left to do
     third = _run(world, tmp_path / "b")
     assert sum(m["new_edits"] for m in third["methods"].values()) == 0
+
+
+def test_run_scores_both_stops_and_sign_tests_w2e(world, tmp_path, monkeypatch):
+    from w2e.bench import runner
+
+    steps = {**FAST, "max_steps": 10}
+    opts = BenchOptions(methods=["w2e", "w2e-mean", "ft", "random", "ke"], quick=True, ablations=(),
+                        method_settings={"w2e": steps, "w2e-mean": {**steps, "mean_images": 16}, "ft": steps,
+                                         "random": {**FAST, "lr": 0.0}, "ke": FAST_SETTINGS["ke"]})
+    results = run_bench(world["bundle"], world["data"], tmp_path, opts, world["hyper"], world["source"],
+                        progress=False, log=lambda _: None)
+    records = [json.loads(line) for line in (tmp_path / "edits.jsonl").read_text().splitlines()]
+    by_method = {name: [r for r in records if r["method"] == name] for name in opts.methods}
+    for name in ("w2e", "w2e-mean", "ft"):
+        for record in by_method[name]:
+            first = record["first_right"]
+            assert first["sr_correct"] == first["sr_total"] == 1 and first["steps"] < record["steps"] == 10
+            assert first["gr_total"] == record["gr_total"] and first["lr_total"] == record["lr_total"]
+    assert all(r["first_right"] is None for r in by_method["random"])  # lr 0: never right
+    for record in by_method["ke"]:  # one update: both stops are that update
+        assert (record["first_right"] is not None) == record["train_success"]
+        assert record["first_right"] is None or record["first_right"]["steps"] == record["steps"] == 1
+    rule = {(r["method"], r["value"]): r for r in results["summary"]}
+    first = {(r["method"], r["value"]): r for r in results["summary_first_right"]}
+    assert rule.keys() == first.keys()
+    assert first[("random", 0.05)] == rule[("random", 0.05)]  # never right: scored at the cap both ways
+    assert first[("ft", 1.0)]["median_steps"] < rule[("ft", 1.0)]["median_steps"]
+    tests = results["sign_tests"]["rows"]
+    assert {(t["baseline"], t["reference_value"], t["stop"]) for t in tests if t["baseline"] == "w2e-mean"} == {
+        ("w2e-mean", rho, stop) for rho in (0.25, 0.05) for stop in ("rule", "first_right")}
+    assert {t["reference_value"] for t in tests if t["baseline"] in ("ft", "ke")} == {0.05}
+    assert all(t["pairs"] == len(by_method["w2e"]) // 2 for t in tests)
+    assert results["methods"]["w2e-mean"]["settings"]["mean_images"] == 16
+    html = (tmp_path / "report.html").read_text()
+    assert "first becomes right" in html and "Paired sign tests" in html
+    assert runner.reaggregate(tmp_path, "first_right") == results["summary_first_right"]
+    # records of another protocol version are redone, never mixed with these
+    monkeypatch.setattr(runner, "PROTOCOL_VERSION", runner.PROTOCOL_VERSION + 1)
+    again = run_bench(world["bundle"], world["data"], tmp_path, opts, world["hyper"], world["source"],
+                      progress=False, log=lambda _: None)
+    assert sum(m["new_edits"] for m in again["methods"].values()) == len(records)
 
 
 def test_image_folder_benchmark(world, tmp_path):

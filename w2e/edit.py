@@ -27,6 +27,8 @@ class Edit:
 
     For an fc1 layer ``deltas[i]`` has shape ``(k, in_features)`` (rows); for fc2
     ``(out_features, k)`` (columns). Nothing outside the selected neurons is stored.
+    ``first_right`` is the same edit at the first step where its samples were predicted right
+    (kept only when asked for, see :func:`w2e.editing.masked_fine_tune`; never saved).
     """
 
     site: EditSite
@@ -38,6 +40,7 @@ class Edit:
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     info: dict = field(default_factory=dict)
+    first_right: "Edit | None" = field(default=None, repr=False, compare=False)
 
     @property
     def density(self) -> float:

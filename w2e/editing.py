@@ -39,15 +39,40 @@ def make_optimizer(name: str, params: Sequence[torch.Tensor], lr: float) -> torc
     return factories[name](params, lr=lr)
 
 
+class FirstRightSnapshot:
+    """``on_first_right`` callback for :func:`fit_until_correct`: copies the trainable tensors.
+
+    After the fit, ``tensors`` holds detached copies of ``params`` at the first step where every
+    editing sample was predicted right (``None`` if that never happened), ``steps`` the number of
+    optimiser steps taken by then and ``seconds`` the time since ``started`` (a
+    ``time.perf_counter()`` reading; default: when the snapshot object was made).
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor], started: float | None = None) -> None:
+        self.params = list(params)
+        self.tensors: list[torch.Tensor] | None = None
+        self.steps = 0
+        self.seconds = 0.0
+        self._started = time.perf_counter() if started is None else started
+
+    def __call__(self, steps: int) -> None:
+        self.tensors = [param.detach().clone() for param in self.params]
+        self.steps = steps
+        self.seconds = time.perf_counter() - self._started
+
+
 def fit_until_correct(step_loss: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]], labels: torch.Tensor,
                       optimizer: torch.optim.Optimizer, max_steps: int, loss_stop: float,
                       after_step: Callable[[], None] | None = None,
-                      progress: ProgressFn | None = None) -> tuple[int, bool, list[float]]:
+                      progress: ProgressFn | None = None,
+                      on_first_right: Callable[[int], None] | None = None) -> tuple[int, bool, list[float]]:
     """The edit loop shared by every gradient-based editor.
 
     ``step_loss()`` returns ``(logits, cross-entropy, loss to minimise)``. Stops when every
     sample is classified as its label and the cross-entropy is at most ``loss_stop``, or
-    after ``max_steps`` optimiser steps. Returns ``(steps, success, cross-entropies)``.
+    after ``max_steps`` optimiser steps. ``on_first_right(steps)`` is called once, the first
+    time every sample is classified right, before any further step (e.g. a
+    :class:`FirstRightSnapshot`). Returns ``(steps, success, cross-entropies)``.
     """
     losses: list[float] = []
     steps = 0
@@ -55,6 +80,9 @@ def fit_until_correct(step_loss: Callable[[], tuple[torch.Tensor, torch.Tensor, 
         logits, cross_entropy, loss = step_loss()
         losses.append(cross_entropy.item())
         success = bool((logits.argmax(-1) == labels).all())
+        if success and on_first_right is not None:
+            on_first_right(steps)
+            on_first_right = None
         if progress is not None:
             progress(steps, max_steps, losses[-1])
         if (success and losses[-1] <= loss_stop) or steps >= max_steps:
@@ -77,13 +105,16 @@ def masked_fine_tune(
     prior_edits: Sequence[Edit] = (),
     progress: ProgressFn | None = None,
     penalty: Callable[[list[torch.Tensor]], torch.Tensor] | None = None,
+    snapshot_first_right: bool = False,
 ) -> Edit:
     """Fine-tune only the masked neurons of the site so ``tokens`` are classified as ``labels``.
 
     ``tokens`` are prefix tokens (the input of the first site block) of one or more editing
     samples, so each step runs only the suffix of the network. ``prior_edits`` are already
     applied edits the new one stacks on. ``penalty(deltas)`` is added to the loss (FT-L1/L2);
-    the stopping rule and the recorded losses use the cross-entropy alone. The shared model
+    the stopping rule and the recorded losses use the cross-entropy alone. With
+    ``snapshot_first_right`` the returned edit's ``first_right`` is the edit as it was at the
+    first step where every sample was predicted right (``None`` if never). The shared model
     weights are never written.
     """
     if binary_mask.shape != site.mask_shape:
@@ -110,16 +141,18 @@ def masked_fine_tune(
         loss = F.cross_entropy(logits, labels)
         return logits, loss, (loss + penalty(deltas)) if penalty is not None else loss
 
+    snapshot = FirstRightSnapshot(deltas, started) if snapshot_first_right else None
     steps, success, losses = fit_until_correct(step_loss, labels, optimizer, config.max_steps, config.loss_stop,
-                                               progress=progress)
-    return Edit(
-        site=site,
-        indices=[index.cpu() for index in indices],
-        deltas=[delta.detach().cpu() for delta in deltas],
-        label=int(labels[0]) if len(labels) == 1 else -1,
-        success=success,
-        steps=steps,
-        losses=losses,
-        seconds=time.perf_counter() - started,
-        info={"config": config.to_dict(), "num_samples": len(labels), "labels": labels.tolist()},
-    )
+                                               progress=progress, on_first_right=snapshot)
+    info = {"config": config.to_dict(), "num_samples": len(labels), "labels": labels.tolist()}
+    cpu_indices = [index.cpu() for index in indices]
+
+    def as_edit(tensors: Sequence[torch.Tensor], success: bool, steps: int, seconds: float) -> Edit:
+        return Edit(site=site, indices=cpu_indices, deltas=[t.detach().cpu() for t in tensors],
+                    label=int(labels[0]) if len(labels) == 1 else -1, success=success, steps=steps,
+                    losses=losses[: steps + 1], seconds=seconds, info=dict(info))
+
+    edit = as_edit(deltas, success, steps, time.perf_counter() - started)
+    if snapshot is not None and snapshot.tensors is not None:
+        edit.first_right = as_edit(snapshot.tensors, True, snapshot.steps, snapshot.seconds)
+    return edit

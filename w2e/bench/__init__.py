@@ -17,18 +17,24 @@ Protocol (METHOD.md sections 6-8)
   images, not the authors' biased (correct - 1)/N); mean over the group's edits, then over
   groups.
 - LR: share of locality images whose prediction equals the base model's, mean over edits.
-- GR-LR curves: each method swept over its knob (w2e/search/random/KN/SPT: kept fraction rho
+- Two stopping points: every edit made by the shared edit loop is scored at the stop rule and
+  at the first optimiser step where its editing sample is predicted right (an edit never right
+  is scored at the step cap), so mask quality is compared apart from how hard an edit was
+  pushed; KE/MEND's single update is both.
+- GR-LR curves: each method swept over its knob (w2e/w2e-mean/search/random/KN/SPT: kept fraction rho
   of the site; FT-L1/L2: penalty weight; LoRA: rank; FT, T-Patcher, ROME, KE, MEND: one
   setting). Settings follow METHOD.md section 8, scaled to the model, and are recorded in
   results.json with every method.
 
-Methods (``w2e bench --list``): w2e (the bundle's hypernetwork), test-time mask search, FT,
+Methods (``w2e bench --list``): w2e (the bundle's hypernetwork), w2e-mean (the control for input
+dependence: one fixed mask for every edit, the mean of the hypernetwork's outputs over 512
+seeded training images), test-time mask search (the model's own search settings), FT,
 FT-L1, FT-L2, random masks, KN, SPT - all RMSProp at the model's edit lr, stop at CE <= 0.01 and
 a right prediction or 100 steps; T-Patcher (Adam 5e-3, multiplier 10), ROME (Adam 0.01, then
 constrained least squares), LoRA (Adam, paper's 1e-4 scaled by the model's edit lr / 2e-5),
 KE and MEND (meta-trained here, Adam 1e-3 instead of the paper's 1e-5 so a few hundred
-iterations suffice). T-Patcher's memory loss, ROME's key covariance, KE/MEND and the
-CutMix/PGD hypernetworks use "seen" training images (``--train-data``; the fashion world's
+iterations suffice). T-Patcher's memory loss, ROME's key covariance, w2e-mean's average mask,
+KE/MEND and the CutMix/PGD hypernetworks use "seen" training images (``--train-data``; the fashion world's
 own by default), never benchmark images. Every setting is in results.json; ``--set
 METHOD.key=value`` and ``--knob METHOD=v1,v2`` change them.
 
@@ -36,11 +42,18 @@ Ablations: w2e with 1, 2 and 3 samples of a group (masks averaged by
 :func:`w2e.masks.ensemble`); mask specificity (IoU of rho = 0.05 masks within and across
 groups); hypernetworks meta-trained on CutMix vs PGD pseudo-samples (same short budget).
 
-Outputs in ``--out`` (default ``runs/bench-<model>``): ``edits.jsonl`` (one record per edit,
-flushed as soon as it is evaluated; rerunning the same command skips recorded edits, so an
-interrupted run resumes, and records can be re-aggregated with
-:func:`w2e.bench.runner.reaggregate` or :func:`w2e.bench.metrics.summarise_records`), ``results.json``, and a self-contained
-``report.html`` (plotly.js inlined): GR-LR curves overall and per group, the SR table, the IoU
+Paired sign tests: w2e against every other method edit by edit (same editing sample), at the
+same rho for methods with a rho knob, otherwise each knob value against w2e at rho 0.05 and
+0.1; GR and LR up / down / ties and a two-sided exact sign test, at both stops.
+
+Outputs in ``--out`` (default ``runs/bench-<model>``): ``edits.jsonl`` (one record per edit with
+its counts at the stop rule and under ``first_right``, flushed as soon as it is evaluated;
+rerunning the same command skips recorded edits, so an interrupted run resumes; the settings
+hash includes a protocol version, so records of an older protocol are redone, never mixed in;
+records can be re-aggregated with :func:`w2e.bench.runner.reaggregate` or
+:func:`w2e.bench.metrics.summarise_records`), ``results.json`` (``summary`` at the stop rule,
+``summary_first_right``, ``sign_tests``), and a self-contained ``report.html`` (plotly.js
+inlined): GR-LR curves at both stops and per group, the SR table, the sign tests, the IoU
 heatmap, median seconds and steps per edit; a summary table is printed in the terminal.
 
 ``--quick``: 1 editing sample in each of the 12 groups with the most failures, GR on at most
@@ -62,12 +75,12 @@ is one batched pass over its group's images and the locality set.
 """
 from .data import BenchContext, EditSample, EvalLimits, load_any_benchmark, load_image_folder
 from ..mask_diagnostics import iou_matrix
-from .metrics import group_generalization, locality_rate, success_rate, summarise_records
+from .metrics import group_generalization, locality_rate, paired_sign_tests, sign_test, success_rate, summarise_records
 from .methods import BenchEdit, Method, Resources, registry
 from .runner import BenchOptions, run_bench
 
 __all__ = [
     "BenchContext", "BenchEdit", "BenchOptions", "EditSample", "EvalLimits", "Method", "Resources",
-    "group_generalization", "iou_matrix", "load_any_benchmark", "load_image_folder", "locality_rate", "registry",
-    "run_bench", "success_rate", "summarise_records",
+    "group_generalization", "iou_matrix", "load_any_benchmark", "load_image_folder", "locality_rate",
+    "paired_sign_tests", "registry", "run_bench", "sign_test", "success_rate", "summarise_records",
 ]

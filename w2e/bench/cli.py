@@ -12,8 +12,11 @@ from ..models import DEFAULT_MODEL
 
 EPILOG = """\
 methods (--methods, comma list; default: all of the paper's comparison plus the ablation variants):
-  w2e (rho)  search (rho)  ft  ft-l1 (penalty)  ft-l2 (penalty)  random (rho)  kn (rho)  spt (rho)
-  tpatcher  rome  lora (rank)  ke  mend   |  ablations: w2e-ensemble (samples)  w2e-cutmix (rho)  w2e-pgd (rho)
+  w2e (rho)  w2e-mean (rho)  search (rho)  ft  ft-l1 (penalty)  ft-l2 (penalty)  random (rho)  kn (rho)
+  spt (rho)  tpatcher  rome  lora (rank)  ke  mend
+  ablations: w2e-ensemble (samples)  w2e-cutmix (rho)  w2e-pgd (rho)
+  (w2e-mean: one fixed mask, the mean of the hypernetwork's outputs over 512 training images: the
+  control for input dependence)
 --quick: 1 editing sample in each of the 12 groups with the most failures, GR on <= 32 images per
   group, LR on <= 128 locality images, 1-2 knob values per method, KE/MEND meta-trained 60
   iterations, only the IoU ablation (add --ablations iou,ensemble,pseudo for the others).
@@ -21,6 +24,8 @@ full (default): 36 editing samples dealt round-robin over the groups (each group
   any gets two; at most 5 per group), GR on <= 160 images per group, LR on <= 320 locality images,
   every knob value, KE/MEND 400 iterations, all ablations (CutMix/PGD hypernets 30 iterations).
 --edits-per-group N replaces the budget by N per group; 'all' lifts a cap.
+Every gradient-based edit is scored at the stop rule and when it first becomes right; w2e is
+sign-tested edit by edit against every other method (same rho, else w2e at rho 0.05 and 0.1).
 Results: OUT/edits.jsonl (one record per edit; reruns resume), OUT/results.json, OUT/report.html.
 """
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -282,9 +283,11 @@ class HyperEditorMethod(Method):
         model = self.model
         from ..edit import edits_applied
 
-        return BenchEdit(level=site.start, apply=lambda: edits_applied(model, site, [edit]), success=success,
-                         steps=1, seconds=edit.seconds, num_parameters=edit.num_parameters,
-                         info={"update_norm": float(sum(u.norm() ** 2 for u in updates) ** 0.5)})
+        bench_edit = BenchEdit(level=site.start, apply=lambda: edits_applied(model, site, [edit]), success=success,
+                               steps=1, seconds=edit.seconds, num_parameters=edit.num_parameters,
+                               info={"update_norm": float(sum(u.norm() ** 2 for u in updates) ** 0.5)})
+        bench_edit.first_right = replace(bench_edit) if success else None  # one update: both stops are the same
+        return bench_edit
 
 
 class KEMethod(HyperEditorMethod):

@@ -13,6 +13,12 @@ edited *for the current thread only*. Nothing ever writes the shared base weight
 ``BenchEdit.level`` is the first block the edit changes: evaluation starts from the cached
 tokens entering that block (site methods: ``site.start``; T-Patcher/ROME: the last block;
 KE/MEND: the third-last; LoRA: block 0, i.e. full forwards of all blocks, batched).
+
+Two stopping points: every edit made by the shared loop :func:`w2e.editing.fit_until_correct`
+(all methods but KE and MEND) also keeps ``BenchEdit.first_right``, the edit as it was at the
+first optimiser step where every editing sample was predicted right (``None`` if never), so it
+is scored both there and at the stop rule. KE and MEND make one update: both stops are that
+update (``first_right`` is a copy of the edit when it is right).
 """
 from __future__ import annotations
 
@@ -21,18 +27,18 @@ import time
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, ContextManager, Iterator
+from typing import Callable, ContextManager, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..edit import Edit, edits_applied
-from ..editing import EditConfig, fit_until_correct, masked_fine_tune
+from ..editing import EditConfig, FirstRightSnapshot, fit_until_correct, masked_fine_tune
 from ..mask_search import MaskSearchConfig, search_mask
 from ..masks import binarize, ensemble
 from ..overrides import make_overridable, weight_overrides
-from ..runner import forward_suffix
+from ..runner import cached_prefix, forward_prefix, forward_suffix
 from ..site import EditSite, site_for_model
 from .data import BenchContext, EditSample
 from .hooks import make_linear_overridable, scoped_forward_hook
@@ -42,6 +48,9 @@ DENSITIES = (0.75, 0.5, 0.25, 0.1, 0.05)
 QUICK_DENSITIES = (0.25, 0.05)
 #: Editing learning rate of the paper's ViT-B/16 (LoRA's Adam lr 1e-4 is scaled by bundle lr / this).
 PAPER_VIT_B_EDIT_LR = 2e-5
+#: Training images used by a method (T-Patcher's memory, ROME's covariance, w2e-mean's average
+#: mask) are drawn with seed ``run seed + TRAIN_IMAGES_SEED_OFFSET``.
+TRAIN_IMAGES_SEED_OFFSET = 17
 
 
 class SettingsError(ValueError):
@@ -50,7 +59,12 @@ class SettingsError(ValueError):
 
 @dataclass
 class BenchEdit:
-    """One edit as the benchmark sees it (see the module docstring)."""
+    """One edit as the benchmark sees it (see the module docstring).
+
+    ``first_right`` is the same edit at the first step where every editing sample was predicted
+    right, after ``first_right.steps`` optimiser steps (``None`` if that never happened); when
+    those steps equal ``steps`` it holds the same change as the edit (the runner reuses its scores).
+    """
 
     level: int
     apply: Callable[[], ContextManager]
@@ -60,6 +74,18 @@ class BenchEdit:
     num_parameters: int
     density: float | None = None
     info: dict = field(default_factory=dict)
+    first_right: BenchEdit | None = None
+
+
+def with_first_right(build: Callable[[Sequence[torch.Tensor], bool, int, float], BenchEdit],
+                     params: Sequence[torch.Tensor], snapshot: FirstRightSnapshot, success: bool, steps: int,
+                     seconds: float) -> BenchEdit:
+    """``build(tensors, success, steps, seconds)`` of the final ``params``, with ``first_right``
+    built from the ``snapshot`` taken by :func:`w2e.editing.fit_until_correct` (if any)."""
+    edit = build(params, success, steps, seconds)
+    if snapshot.tensors is not None:
+        edit.first_right = build(snapshot.tensors, True, snapshot.steps, snapshot.seconds)
+    return edit
 
 
 @dataclass
@@ -138,9 +164,17 @@ class Method:
 
 
 def _site_edit(model: nn.Module, edit: Edit, level: int, extra_seconds: float = 0.0, **info) -> BenchEdit:
-    return BenchEdit(level=level, apply=lambda: edits_applied(model, edit.site, [edit]), success=edit.success,
-                     steps=edit.steps, seconds=edit.seconds + extra_seconds, num_parameters=edit.num_parameters,
-                     density=edit.density, info=info)
+    bench_edit = BenchEdit(level=level, apply=lambda: edits_applied(model, edit.site, [edit]), success=edit.success,
+                           steps=edit.steps, seconds=edit.seconds + extra_seconds, num_parameters=edit.num_parameters,
+                           density=edit.density, info=info)
+    if edit.first_right is not None:
+        bench_edit.first_right = _site_edit(model, edit.first_right, level, extra_seconds)
+    return bench_edit
+
+
+def seeded_picks(size: int, count: int, seed: int) -> torch.Tensor:
+    """``min(count, size)`` distinct indices of ``range(size)`` in a seeded random order."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[: min(count, size)]
 
 
 def _paper_ft_settings(bundle) -> dict:
@@ -182,7 +216,8 @@ class MaskMethod(Method):
         mask, mask_seconds = self.cached_mask(sample)
         binary = binarize(mask, self.density_for(value), self.config["binarize"])
         tokens = self.ctx.sample_tokens(sample, self.site.start)
-        edit = masked_fine_tune(self.model, self.site, tokens, self.ctx.sample_labels(sample), binary, self.edit_config())
+        edit = masked_fine_tune(self.model, self.site, tokens, self.ctx.sample_labels(sample), binary, self.edit_config(),
+                                snapshot_first_right=True)
         return _site_edit(self.model, edit, self.site.start, mask_seconds, mask_seconds=mask_seconds)
 
 
@@ -200,6 +235,48 @@ class W2EMethod(MaskMethod):
         tokens = self.ctx.sample_tokens(sample, self.site.start)
         features = forward_suffix(self.model, tokens, self.site.start, pre_logits=True)
         return ensemble(self.hypernetwork().mask(features))
+
+
+class W2EMeanMethod(W2EMethod):
+    """Control for input dependence: every edit gets one fixed mask, the mean of the hypernetwork's
+    continuous masks over ``mean_images`` seeded training images, binarised at w2e's rho values.
+
+    If w2e does no better than this, its per-image masks add nothing over a fixed site.
+    """
+
+    name, title = "w2e-mean", "W2E mean mask (control)"
+    needs = ("hypernetwork", "train_data")
+
+    def default_settings(self) -> dict:
+        return {**super().default_settings(), "mean_images": 512,
+                "mean_seed": self.resources.seed + TRAIN_IMAGES_SEED_OFFSET}
+
+    def prepare(self) -> None:
+        source = self.resources.train_source
+        picks = seeded_picks(len(source), self.config["mean_images"], self.config["mean_seed"])
+        self.mean_mask = mean_hypernetwork_mask(self.model, self.site, self.hypernetwork(), source, picks,
+                                                self.ctx.limits.batch_size)
+
+    def continuous_mask(self, sample: EditSample) -> torch.Tensor:
+        return self.mean_mask
+
+
+@torch.no_grad()
+def mean_hypernetwork_mask(model: nn.Module, site: EditSite, hypernetwork: nn.Module, source, indices: torch.Tensor,
+                           batch_size: int = 256) -> torch.Tensor:
+    """Mean over the images ``indices`` of ``source`` of the hypernetwork's continuous masks (CPU).
+
+    The hypernetwork reads the base model's [cls] pre-logit features, as for an edit.
+    """
+    if len(indices) == 0:
+        raise ValueError("the mean mask needs at least one image")
+    device = next(model.parameters()).device
+    total = torch.zeros(site.mask_shape)
+    for i in range(0, len(indices), batch_size):
+        images = source.get(indices[i : i + batch_size]).to(device)
+        features = forward_suffix(model, forward_prefix(model, images, site.start), site.start, pre_logits=True)
+        total += hypernetwork.mask(features).sum(0).float().cpu()
+    return total / len(indices)
 
 
 class SearchMethod(MaskMethod):
@@ -317,17 +394,19 @@ def sensitivity_scores(model: nn.Module, site: EditSite, tokens: torch.Tensor, l
 # FT with an L1 / L2 penalty on the change.
 # ---------------------------------------------------------------------------------------------
 def penalised_fine_tune(model: nn.Module, site: EditSite, tokens: torch.Tensor, labels: torch.Tensor, norm: int,
-                        weight: float, config: EditConfig) -> Edit:
+                        weight: float, config: EditConfig, snapshot_first_right: bool = False) -> Edit:
     """Fine-tune all site weights with ``weight * ||delta||_norm^norm`` added to the loss.
 
     Early stopping looks at the cross-entropy alone (right prediction and CE <= loss_stop).
+    ``snapshot_first_right`` as in :func:`w2e.editing.masked_fine_tune`.
     """
     def penalty(deltas: list[torch.Tensor]) -> torch.Tensor:
         return weight * sum((d.abs().sum() if norm == 1 else (d**2).sum()) for d in deltas)
 
     everything = torch.ones(site.mask_shape, dtype=torch.bool)
     with torch.enable_grad():
-        edit = masked_fine_tune(model, site, tokens, labels, everything, config, penalty=penalty)
+        edit = masked_fine_tune(model, site, tokens, labels, everything, config, penalty=penalty,
+                                snapshot_first_right=snapshot_first_right)
     edit.info.update({"penalty": f"l{norm}", "weight": weight})
     return edit
 
@@ -342,7 +421,7 @@ class PenaltyMethod(Method):
     def edit(self, sample: EditSample, value) -> BenchEdit:
         tokens = self.ctx.sample_tokens(sample, self.site.start)
         edit = penalised_fine_tune(self.model, self.site, tokens, self.ctx.sample_labels(sample), self.norm,
-                                   float(value), self.edit_config())
+                                   float(value), self.edit_config(), snapshot_first_right=True)
         delta_norm = float(sum((d.abs().sum() if self.norm == 1 else (d**2).sum()) for d in edit.deltas))
         return _site_edit(self.model, edit, self.site.start, delta_norm=delta_norm)
 
@@ -392,11 +471,8 @@ def capture_input(model: nn.Module, module: nn.Module, tokens: torch.Tensor, lev
 
 def _train_tokens(ctx: BenchContext, resources: Resources, count: int, level: int) -> torch.Tensor:
     """Tokens entering ``blocks[level]`` of ``count`` seeded training images ("seen data")."""
-    from ..runner import cached_prefix
-
     source = resources.train_source
-    generator = torch.Generator().manual_seed(resources.seed + 17)
-    picks = torch.randperm(len(source), generator=generator)[: min(count, len(source))]
+    picks = seeded_picks(len(source), count, resources.seed + TRAIN_IMAGES_SEED_OFFSET)
     images = torch.cat([source.get(picks[i : i + 256]) for i in range(0, len(picks), 256)]).to(ctx.bundle.device)
     return cached_prefix(ctx.bundle.model, images, level, ctx.limits.batch_size)
 
@@ -466,12 +542,18 @@ class TPatcherMethod(Method):
                     loss = loss + c["memory_weight"] * F.relu(patch.pre(self.memory) + c["margin"]).mean()
             return logits, ce, loss
 
-        steps, success, losses = fit_until_correct(step_loss, labels, optimizer, c["max_steps"], c["loss_stop"])
-        final = PatchNeuron(*(p.detach().clone() for p in params))
-        mlp = self.mlp
-        return BenchEdit(level=self.level, apply=lambda: scoped_forward_hook(mlp, final.hook), success=success,
-                         steps=steps, seconds=time.perf_counter() - started,
-                         num_parameters=sum(p.numel() for p in params), info={"final_loss": losses[-1]})
+        snapshot = FirstRightSnapshot(params, started)
+        steps, success, losses = fit_until_correct(step_loss, labels, optimizer, c["max_steps"], c["loss_stop"],
+                                                   on_first_right=snapshot)
+        mlp, level = self.mlp, self.level
+
+        def build(tensors: Sequence[torch.Tensor], success: bool, steps: int, seconds: float) -> BenchEdit:
+            neuron = PatchNeuron(*(t.detach().clone() for t in tensors))
+            return BenchEdit(level=level, apply=lambda: scoped_forward_hook(mlp, neuron.hook), success=success,
+                             steps=steps, seconds=seconds, num_parameters=sum(t.numel() for t in tensors),
+                             info={"final_loss": losses[steps]})
+
+        return with_first_right(build, params, snapshot, success, steps, time.perf_counter() - started)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -545,17 +627,22 @@ class ROMEMethod(Method):
             if residual.norm() > limit:
                 residual.mul_(limit / residual.norm())
 
+        snapshot = FirstRightSnapshot([residual], started)
         steps, success, losses = fit_until_correct(step_loss, labels, optimizer, c["max_steps"], c["loss_stop"],
-                                                   after_step=clamp_residual)
+                                                   after_step=clamp_residual, on_first_right=snapshot)
         u = self.cov_inv @ key.double()
-        delta = (residual.detach().double()[:, None] * u[None, :] / (u @ key.double())).float().cpu()
         hidden = self.fc2.in_features
-        edit = Edit(self.rome_site, [torch.zeros(0, dtype=torch.long), torch.arange(hidden)],
-                    [torch.zeros(0, self.fc2.in_features), delta], sample.label, success, steps, losses,
-                    time.perf_counter() - started)
-        return BenchEdit(level=self.level, apply=lambda: edits_applied(self.model, self.rome_site, [edit]),
-                         success=success, steps=steps, seconds=edit.seconds, num_parameters=delta.numel(),
-                         info={"residual_norm": float(residual.detach().norm())})
+
+        def build(tensors: Sequence[torch.Tensor], success: bool, steps: int, seconds: float) -> BenchEdit:
+            (found,) = tensors
+            delta = (found.detach().double()[:, None] * u[None, :] / (u @ key.double())).float().cpu()
+            edit = Edit(self.rome_site, [torch.zeros(0, dtype=torch.long), torch.arange(hidden)],
+                        [torch.zeros(0, hidden), delta], sample.label, success, steps, losses[: steps + 1], seconds)
+            return BenchEdit(level=self.level, apply=lambda: edits_applied(self.model, self.rome_site, [edit]),
+                             success=success, steps=steps, seconds=seconds, num_parameters=delta.numel(),
+                             info={"residual_norm": float(found.detach().norm())})
+
+        return with_first_right(build, [residual], snapshot, success, steps, time.perf_counter() - started)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -633,12 +720,19 @@ class LoRAMethod(Method):
                 loss = F.cross_entropy(logits, labels)
             return logits, loss, loss
 
-        steps, success, losses = fit_until_correct(step_loss, labels, optimizer, c["max_steps"], c["loss_stop"])
-        final = LoRAEdit([tuple(t.detach().clone() for t in f) for f in factors], lora.scale)
+        snapshot = FirstRightSnapshot(params, started)
+        steps, success, losses = fit_until_correct(step_loss, labels, optimizer, c["max_steps"], c["loss_stop"],
+                                                   on_first_right=snapshot)
         model = self.model
-        return BenchEdit(level=0, apply=lambda: final.applied(model), success=success, steps=steps,
-                         seconds=time.perf_counter() - started, num_parameters=sum(p.numel() for p in params),
-                         info={"final_loss": losses[-1]})
+
+        def build(tensors: Sequence[torch.Tensor], success: bool, steps: int, seconds: float) -> BenchEdit:
+            copies = [t.detach().clone() for t in tensors]
+            final = LoRAEdit([tuple(copies[i : i + 4]) for i in range(0, len(copies), 4)], lora.scale)
+            return BenchEdit(level=0, apply=lambda: final.applied(model), success=success, steps=steps,
+                             seconds=seconds, num_parameters=sum(t.numel() for t in tensors),
+                             info={"final_loss": losses[steps]})
+
+        return with_first_right(build, params, snapshot, success, steps, time.perf_counter() - started)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -648,6 +742,6 @@ def registry() -> dict[str, type[Method]]:
     """Every method of the paper's comparison, by CLI name, in report order."""
     from .hyperedit import KEMethod, MENDMethod
 
-    methods = [W2EMethod, SearchMethod, FTMethod, FTL1Method, FTL2Method, RandomMaskMethod, KNMethod, SPTMethod,
-               TPatcherMethod, ROMEMethod, LoRAMethod, KEMethod, MENDMethod]
+    methods = [W2EMethod, W2EMeanMethod, SearchMethod, FTMethod, FTL1Method, FTL2Method, RandomMaskMethod, KNMethod,
+               SPTMethod, TPatcherMethod, ROMEMethod, LoRAMethod, KEMethod, MENDMethod]
     return {m.name: m for m in methods}

@@ -4,9 +4,15 @@
 - GR: per group, mean over its edits of the share of the *other* images of the group that are
   right after the edit (no "-1" bias); then the mean over groups.
 - LR: mean over edits of the share of locality images whose prediction equals the base model's.
+
+Two stopping points (:data:`STOPS`): ``"rule"``, the edit loop's stop rule (right prediction
+and cross-entropy <= 0.01, or the step cap), and ``"first_right"``, the first optimiser step
+where every editing sample is predicted right. Paired sign tests compare one method with
+another edit by edit on the same editing samples.
 """
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from typing import Iterable, Sequence
@@ -52,15 +58,39 @@ def _nanmean(values: Iterable[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
-def summarise_records(records: Iterable[dict], group_names: Sequence[str] = ()) -> list[dict]:
+#: Stopping points every gradient-based edit is scored at (see the module docstring).
+STOPS = ("rule", "first_right")
+#: Knob values of the reference (w2e's rho) that methods without a rho knob are compared with.
+SINGLE_SETTING_RHOS = (0.05, 0.1)
+
+
+def at_stop(record: dict, stop: str = "rule") -> dict:
+    """A per-edit record with its counts, ``steps`` and ``seconds`` at one stopping point.
+
+    ``"rule"``: the record as written. ``"first_right"``: its ``first_right`` entry (written by
+    the runner: counts, steps and seconds at the first step where every editing sample was
+    right). An edit that was never right has ``first_right`` null and is scored at the stop
+    rule, which for it is the step cap: stopping "at the first right prediction or the cap"
+    keeps every edit, so both stops score the same edits.
+    """
+    if stop not in STOPS:
+        raise ValueError(f"unknown stop {stop!r}; choose from {', '.join(STOPS)}")
+    if stop == "first_right" and record.get("first_right"):
+        return {**record, **record["first_right"]}
+    return record
+
+
+def summarise_records(records: Iterable[dict], group_names: Sequence[str] = (), stop: str = "rule") -> list[dict]:
     """One row per (method, knob value): SR, GR (mean over groups), LR, per-group GR/LR, timing.
 
     Each record carries ``method``, ``knob``, ``value``, ``group`` and the counts written by
-    :meth:`w2e.bench.data.BenchContext.evaluate` plus ``seconds`` and ``steps`` of the edit.
+    :meth:`w2e.bench.data.BenchContext.evaluate` plus ``seconds`` and ``steps`` of the edit;
+    ``stop`` picks the stopping point they are read at (:func:`at_stop`). ``became_right``
+    counts the edits whose samples were all predicted right at some step.
     """
     buckets: dict[tuple, list[dict]] = defaultdict(list)
     for record in records:
-        buckets[(record["method"], _value_key(record["value"]))].append(record)
+        buckets[(record["method"], _value_key(record["value"]))].append(at_stop(record, stop))
     rows = []
     for (method, _), recs in buckets.items():
         by_group: dict[int, list[dict]] = defaultdict(list)
@@ -75,6 +105,7 @@ def summarise_records(records: Iterable[dict], group_names: Sequence[str] = ()) 
             "knob": recs[0].get("knob"),
             "value": recs[0]["value"],
             "edits": len(recs),
+            "became_right": sum(1 for r in recs if r.get("first_right")),
             "sr": _ratio(sr_hits, sr_total),
             "gr": _nanmean(gr_group.values()),
             "lr": _nanmean(_ratio(r["lr_same"], r["lr_total"]) for r in recs),
@@ -103,3 +134,69 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
         if not any((g2 >= g and l2 >= l) and (g2 > g or l2 > l) for j, (g2, l2) in enumerate(points) if j != i):
             front.append(i)
     return front
+
+
+def sign_test(up: int, down: int) -> float:
+    """Two-sided exact binomial p-value of ``up`` against ``down`` under p = 1/2 (ties left out)."""
+    n = up + down
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(up, down) + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+def paired_counts(reference: Sequence[float], baseline: Sequence[float]) -> dict:
+    """Paired per-edit rates: how often ``reference`` is above / below / tied with ``baseline``
+    (an undefined rate counts as a tie), the mean difference and the sign test's p-value."""
+    differences = [r - b for r, b in zip(reference, baseline) if r == r and b == b]
+    up, down = sum(d > 0 for d in differences), sum(d < 0 for d in differences)
+    return {"up": up, "down": down, "ties": len(reference) - up - down, "p": sign_test(up, down),
+            "mean_difference": float(np.mean(differences)) if differences else float("nan")}
+
+
+def paired_sign_tests(records: Iterable[dict], reference: str = "w2e", baselines: Sequence[str] | None = None,
+                      fixed_values: Sequence = SINGLE_SETTING_RHOS, stops: Sequence[str] = STOPS) -> list[dict]:
+    """Edit-by-edit comparison of ``reference`` with each baseline, paired by editing sample.
+
+    A baseline with the reference's knob (rho) is compared at each value both have; any other
+    baseline (one setting, a penalty or a rank) compares each of its values with the reference
+    at each of ``fixed_values`` the reference has. Records pair when they edited the same
+    benchmark rows. For every pair of settings and stop (:func:`at_stop`): ``pairs``, and for
+    GR and LR (each edit's own rates) how often the reference is above / below / tied with
+    the baseline (``gr_up``, ``gr_down``, ``gr_ties``), the mean difference (reference minus
+    baseline) and the two-sided exact sign-test p-value, ties dropped (``gr_p``; same for LR).
+    ``baselines``: methods to compare with (default: every other method in the records).
+    """
+    by_setting: dict[tuple[str, str], dict[tuple, dict]] = defaultdict(dict)
+    knobs: dict[str, object] = {}
+    values: dict[str, dict[str, object]] = defaultdict(dict)
+    for record in records:
+        key = _value_key(record["value"])
+        by_setting[(record["method"], key)][tuple(record["rows"])] = record
+        knobs.setdefault(record["method"], record.get("knob"))
+        values[record["method"]][key] = record["value"]
+    names = [m for m in (values if baselines is None else baselines) if m != reference and m in values]
+    reference_values = values.get(reference, {})
+    rows = []
+    for name in names:
+        for key, value in sorted(values[name].items(), key=lambda item: _sort_value(item[1])):
+            if knobs[name] == knobs.get(reference):
+                matched = [key] if key in reference_values else []
+            else:
+                matched = [k for k in map(_value_key, fixed_values) if k in reference_values]
+            for reference_key in matched:
+                mine, theirs = by_setting[(reference, reference_key)], by_setting[(name, key)]
+                shared = [edited for edited in mine if edited in theirs]
+                if not shared:
+                    continue
+                for stop in stops:
+                    row = {"reference": reference, "reference_value": reference_values[reference_key],
+                           "baseline": name, "baseline_knob": knobs[name], "baseline_value": value, "stop": stop,
+                           "pairs": len(shared)}
+                    for metric, hits, total in (("gr", "gr_correct", "gr_total"), ("lr", "lr_same", "lr_total")):
+                        rate = lambda record: _ratio(record[hits], record[total])  # noqa: E731
+                        counts = paired_counts([rate(at_stop(mine[r], stop)) for r in shared],
+                                                [rate(at_stop(theirs[r], stop)) for r in shared])
+                        row.update({f"{metric}_{k}": v for k, v in counts.items()})
+                    rows.append(row)
+    return rows

@@ -27,13 +27,38 @@ def _ordered(rows: list[dict], methods: dict) -> list[dict]:
     return sorted(rows, key=lambda r: order.get(r["method"], len(order)))  # stable: knob order kept
 
 
+#: Keys of results.json's summaries at each stopping point, and how reports name them.
+SUMMARY_KEYS = {"rule": "summary", "first_right": "summary_first_right"}
+STOP_TITLES = {"rule": "at the stop rule (right and CE <= loss_stop, or the step cap)",
+               "first_right": "when each edit first becomes right (or at the step cap if never)"}
+
+
+def summary_rows(results: dict, stop: str = "rule") -> list[dict]:
+    """The summary rows of ``results`` at ``stop`` ("rule" or "first_right")."""
+    if stop not in SUMMARY_KEYS:
+        raise ValueError(f"unknown stop {stop!r}; choose from {', '.join(SUMMARY_KEYS)}")
+    if SUMMARY_KEYS[stop] not in results:
+        raise ValueError(f"these results have no {SUMMARY_KEYS[stop]!r} (written by an older w2e bench, "
+                         f"format {results.get('format')}); rerun the bench")
+    return results[SUMMARY_KEYS[stop]]
+
+
+def _by_setting(rows: list[dict]) -> dict[tuple, dict]:
+    return {(row["method"], repr(row["value"])): row for row in rows}
+
+
 def format_table(results: dict) -> str:
-    """Plain-text summary: one line per method and knob value, then timing per method."""
-    header = f"{'method':<14} {'knob':<16} {'edits':>5} {'SR':>6} {'GR':>6} {'LR':>6} {'med s':>7} {'steps':>6}"
+    """Plain-text summary: one line per method and knob value (both stops when recorded), then timing."""
+    first = _by_setting(results.get("summary_first_right", []))
+    header = (f"{'method':<14} {'knob':<16} {'edits':>5} {'SR':>6} {'GR':>6} {'LR':>6} {'med s':>7} {'steps':>6}"
+              f" | first right: {'GR':>6} {'LR':>6} {'steps':>6}")
     lines = [header, "-" * len(header)]
     for row in _ordered(results["summary"], results.get("methods", {})):
+        early = first.get((row["method"], repr(row["value"])), {})
         lines.append(f"{row['method']:<14} {_knob(row):<16} {row['edits']:>5} {_fmt(row['sr']):>6} {_fmt(row['gr']):>6} "
-                     f"{_fmt(row['lr']):>6} {_fmt(row['median_seconds'], 2):>7} {_fmt(row['median_steps'], 0):>6}")
+                     f"{_fmt(row['lr']):>6} {_fmt(row['median_seconds'], 2):>7} {_fmt(row['median_steps'], 0):>6}"
+                     f" | {'':13}{_fmt(early.get('gr')):>6} {_fmt(early.get('lr')):>6} "
+                     f"{_fmt(early.get('median_steps'), 0):>6}")
     for name, reason in results.get("skipped", {}).items():
         lines.append(f"{name:<14} skipped: {reason}")
     iou = results.get("iou")
@@ -44,10 +69,10 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def format_markdown(results: dict) -> str:
-    """The summary as a Markdown table (as in the README), then the mask IoU line when measured."""
+def format_markdown(results: dict, stop: str = "rule") -> str:
+    """The summary at ``stop`` as a Markdown table (as in the README), then the mask IoU line when measured."""
     lines = ["| method | knob | edits | SR | GR | LR | median s | steps |", "|---|---|---|---|---|---|---|---|"]
-    for row in _ordered(results["summary"], results.get("methods", {})):
+    for row in _ordered(summary_rows(results, stop), results.get("methods", {})):
         lines.append(f"| {row['method']} | {_knob(row)} | {row['edits']} | {_fmt(row['sr'])} | {_fmt(row['gr'])} | "
                      f"{_fmt(row['lr'])} | {_fmt(row['median_seconds'], 2)} | {_fmt(row['median_steps'], 0)} |")
     iou = results.get("iou")
@@ -55,6 +80,32 @@ def format_markdown(results: dict) -> str:
         lines.append("")
         lines.append(f"Mask IoU at rho = {iou['rho']} ({iou['mask_source']}): {_fmt(iou['within_mean'])} within groups, "
                      f"{_fmt(iou['across_mean'])} across groups.")
+    return "\n".join(lines)
+
+
+def _sign_cells(row: dict, metric: str) -> str:
+    return f"{row[f'{metric}_up']} / {row[f'{metric}_down']} / {row[f'{metric}_ties']} ({row[f'{metric}_p']:.2g})"
+
+
+def _sign_test_rows(results: dict, stop: str | None) -> list[list[str]]:
+    tests = results.get("sign_tests")
+    if not tests:
+        raise ValueError(f"these results have no sign tests (format {results.get('format')}); rerun the bench")
+    return [[row["baseline"], _knob({"knob": row["baseline_knob"], "value": row["baseline_value"]}),
+             f"{row['reference_value']}", row["stop"], str(row["pairs"]),
+             f"{_fmt(row['gr_mean_difference'])}", _sign_cells(row, "gr"),
+             f"{_fmt(row['lr_mean_difference'])}", _sign_cells(row, "lr")]
+            for row in tests["rows"] if stop is None or row["stop"] == stop]
+
+
+SIGN_TEST_HEADERS = ["baseline", "baseline knob", "w2e rho", "stop", "pairs", "GR w2e minus baseline",
+                     "GR: w2e above / below / tied (p)", "LR w2e minus baseline", "LR: w2e above / below / tied (p)"]
+
+
+def format_sign_tests(results: dict, stop: str | None = None) -> str:
+    """The paired per-edit sign tests of w2e against every baseline as a Markdown table (one stop or both)."""
+    lines = ["| " + " | ".join(SIGN_TEST_HEADERS) + " |", "|" + "---|" * len(SIGN_TEST_HEADERS)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in _sign_test_rows(results, stop)]
     return "\n".join(lines)
 
 
@@ -121,8 +172,16 @@ def write_report(results: dict, path: str | Path) -> Path:
     axes = dict(xaxis_title="GR (generalization)", yaxis_title="LR (locality)", template="plotly_white", height=560)
 
     fig = go.Figure(_curves(main_rows, methods, "gr", "lr"))
-    fig.update_layout(title="GR-LR curves, mean over groups (each method swept over its knob)", **axes)
-    parts.append("<h2>GR-LR trade-off</h2>" + _figure_html(fig, first=True))
+    fig.update_layout(title=f"GR-LR curves {STOP_TITLES['rule']}, mean over groups", **axes)
+    parts.append("<h2>GR-LR trade-off</h2><p>Each method swept over its knob. Every gradient-based edit is scored "
+                 "twice: at the stop rule (first figure) and at the first optimiser step where its editing sample "
+                 "is predicted right (second figure), so mask quality is compared apart from how hard an edit was "
+                 "pushed.</p>" + _figure_html(fig, first=True))
+    first_rows = [r for r in results.get("summary_first_right", []) if r["method"] not in ABLATION_METHODS]
+    if first_rows:
+        fig = go.Figure(_curves(first_rows, methods, "gr", "lr"))
+        fig.update_layout(title=f"GR-LR curves {STOP_TITLES['first_right']}, mean over groups", **axes)
+        parts.append(_figure_html(fig, first=False))
 
     groups = [g["name"] for g in results["benchmark"]["groups"]]
     if groups and main_rows:
@@ -150,10 +209,20 @@ def write_report(results: dict, path: str | Path) -> Path:
                           template="plotly_white", height=560, yaxis_autorange="reversed")
         parts.append("<h2>Mask specificity</h2>" + _figure_html(fig, first=False))
 
+    first = _by_setting(results.get("summary_first_right", []))
     parts.append("<h2>Success rate, GR and LR</h2>" + _table(
-        ["method", "knob", "edits", "SR", "GR", "LR", "median s", "median steps", "mean params changed"],
+        ["method", "knob", "edits", "SR", "GR", "LR", "median s", "median steps", "mean params changed",
+         "became right", "GR (first right)", "LR (first right)", "median steps (first right)"],
         [[r["method"], _knob(r), r["edits"], r["sr"], r["gr"], r["lr"], _fmt(r["median_seconds"], 2),
-          _fmt(r["median_steps"], 0), f"{round(r['mean_parameters']):,}"] for r in _ordered(summary, methods)]))
+          _fmt(r["median_steps"], 0), f"{round(r['mean_parameters']):,}", r.get("became_right"),
+          *[first.get((r["method"], repr(r["value"])), {}).get(k) for k in ("gr", "lr")],
+          _fmt(first.get((r["method"], repr(r["value"])), {}).get("median_steps"), 0)]
+         for r in _ordered(summary, methods)]))
+    if results.get("sign_tests", {}).get("rows"):
+        tests = results["sign_tests"]
+        parts.append("<h2>Paired sign tests: w2e against every baseline</h2><p>Edits paired by editing sample; "
+                     f"{html.escape(tests['pairing'])}. Per edit, {html.escape(tests['counts'])}. Differences are "
+                     "means of w2e minus the baseline.</p>" + _table(SIGN_TEST_HEADERS, _sign_test_rows(results, None)))
     timing = results.get("timing", {})
     if timing:
         fig = make_subplots(rows=1, cols=2, subplot_titles=["median seconds per edit", "median steps per edit"])

@@ -17,12 +17,18 @@ from .ablations import ablation_registry, mask_specificity
 from .data import BenchContext, EvalLimits, benchmark_fingerprint
 from .hooks import has_hooks
 from .methods import Resources, SearchMethod, W2EMethod, registry
-from .metrics import summarise_records
+from .metrics import SINGLE_SETTING_RHOS, paired_sign_tests, summarise_records
 from .records import RecordStore, record_key, settings_hash
 
 RECORDS_FILE = "edits.jsonl"
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.html"
+RESULTS_FORMAT = "w2e.bench/2"
+#: Version of what a per-edit record holds; part of every settings hash, so records written by
+#: an older protocol (2: ``first_right`` added) are never mixed with new ones.
+PROTOCOL_VERSION = 2
+#: The method every baseline is sign-tested against.
+REFERENCE_METHOD = "w2e"
 ABLATIONS = ("ensemble", "iou", "pseudo")
 #: Ablations run by default: all in the full sweep, only the (cheap) IoU one with ``--quick``.
 QUICK_ABLATIONS = ("iou",)
@@ -105,7 +111,8 @@ def run_bench(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path, opt
     ctx = BenchContext(bundle, data, limits, options.seed)
     resources = Resources(hypernetwork, train_source, out_dir, options.quick, options.seed, log)
     common = {"model_sha256": base_sha, "benchmark": benchmark_fingerprint(data), "seed": options.seed,
-              "max_group_eval": limits.max_group_eval, "max_locality": limits.max_locality}
+              "max_group_eval": limits.max_group_eval, "max_locality": limits.max_locality,
+              "protocol": PROTOCOL_VERSION}
     store = RecordStore(out_dir / RECORDS_FILE)
     if store.dropped:
         log(f"dropped {store.dropped} incomplete record line(s) from {out_dir / RECORDS_FILE}")
@@ -139,20 +146,26 @@ def run_bench(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path, opt
         iou = _specificity(ctx, resources, instances, hypernetwork)
     records = list(store.select(hashes))
     results = {
-        "format": "w2e.bench/1",
+        "format": RESULTS_FORMAT,
         "model": {"name": bundle.name, "sha256": base_sha, "site": bundle.site.to_dict(), "edit_lr": bundle.edit_lr,
                   "classes": len(bundle.class_names), "parameters": sum(p.numel() for p in bundle.model.parameters())},
         "benchmark": {"path": benchmark_path, "fingerprint": common["benchmark"], "groups": _group_table(ctx),
                       "locality_images": int(len(data.locality_indices)),
                       "locality_images_evaluated": int(len(ctx.locality_rows)), "editing_samples": len(ctx.samples)},
-        "protocol": {"quick": options.quick, "seed": options.seed, "limits": limits.to_dict(),
+        "protocol": {"version": PROTOCOL_VERSION, "quick": options.quick, "seed": options.seed, "limits": limits.to_dict(),
                      "ablations": list(options.chosen_ablations()),
                      "editing_samples": "group images the base model gets wrong (seeded order; first edits_per_group)",
                      "every_edit_from_base": True, "gr": "other images of the group, no -1 bias, mean over groups",
-                     "lr": "agreement with the base model on the locality set"},
+                     "lr": "agreement with the base model on the locality set",
+                     "stops": {"rule": "the edit loop's stop rule: every editing sample right and cross-entropy "
+                                       "<= loss_stop, or max_steps",
+                               "first_right": "the first optimiser step where every editing sample is right; an "
+                                              "edit never right is scored at the rule stop (the step cap)"}},
         "methods": methods_info,
         "skipped": skipped,
         "summary": summarise_records(records, ctx.data.group_names),
+        "summary_first_right": summarise_records(records, ctx.data.group_names, stop="first_right"),
+        "sign_tests": sign_test_table(records, [n for n in names if n in registry()]),
         "timing": timing_by_method(records),
         "iou": iou,
         "base_model_unchanged": True,
@@ -193,6 +206,25 @@ def _level_of(cls, ctx, resources) -> int:
         return ctx.bundle.site.start
 
 
+def sign_test_table(records: list[dict], baselines: list[str]) -> dict:
+    """``results.json["sign_tests"]``: :func:`w2e.bench.metrics.paired_sign_tests` of w2e against
+    ``baselines`` at both stops, with what the columns mean."""
+    return {"reference": REFERENCE_METHOD, "single_setting_reference_values": list(SINGLE_SETTING_RHOS),
+            "pairing": "same editing sample; same rho for methods with a rho knob, otherwise every knob value "
+                       "against w2e at each of single_setting_reference_values",
+            "counts": "per-edit GR / LR: w2e above (up), below (down), tied; two-sided exact sign test, ties dropped",
+            "rows": paired_sign_tests(records, REFERENCE_METHOD, baselines)}
+
+
+def _first_right_record(ctx: BenchContext, edit, sample, counts: dict) -> dict | None:
+    """Counts, steps and seconds of the edit at its first right step (``None`` if never right)."""
+    first = edit.first_right
+    if first is None:
+        return None
+    first_counts = counts if first.steps == edit.steps else ctx.evaluate(first, sample)
+    return {**first_counts, "steps": first.steps, "seconds": first.seconds}
+
+
 def _run_edits(ctx: BenchContext, method, todo, store: RecordStore, digest: str, progress: bool) -> None:
     from tqdm import tqdm
 
@@ -202,6 +234,7 @@ def _run_edits(ctx: BenchContext, method, todo, store: RecordStore, digest: str,
         edit = method.edit(sample, value)
         eval_started = time.perf_counter()
         counts = ctx.evaluate(edit, sample)
+        first_right = _first_right_record(ctx, edit, sample, counts)
         base = [int(ctx.base_row_predictions[r]) for r in sample.rows]
         store.append({
             "key": record_key(method.name, value, sample.key), "settings": digest, "method": method.name,
@@ -209,7 +242,7 @@ def _run_edits(ctx: BenchContext, method, todo, store: RecordStore, digest: str,
             "rows": list(sample.rows), "label": sample.label, "pred_before": base, **counts,
             "train_success": edit.success, "steps": edit.steps, "seconds": edit.seconds,
             "eval_seconds": time.perf_counter() - eval_started, "num_parameters": edit.num_parameters,
-            "density": edit.density, "level": edit.level, "info": edit.info,
+            "density": edit.density, "level": edit.level, "info": edit.info, "first_right": first_right,
         })
 
 
@@ -247,11 +280,11 @@ def _group_table(ctx: BenchContext) -> list[dict]:
             for g, name in enumerate(ctx.data.group_names)]
 
 
-def reaggregate(out_dir: str | Path) -> list[dict]:
-    """Summary rows recomputed from ``edits.jsonl`` for the methods and settings in ``results.json``."""
+def reaggregate(out_dir: str | Path, stop: str = "rule") -> list[dict]:
+    """Summary rows at ``stop`` recomputed from ``edits.jsonl`` for the methods and settings in ``results.json``."""
     out_dir = Path(out_dir)
     results = json.loads((out_dir / RESULTS_FILE).read_text())
     hashes = {name: info["settings_hash"] for name, info in results["methods"].items()}
     records = list(RecordStore(out_dir / RECORDS_FILE).select(hashes))
     names = [group["name"] for group in results["benchmark"]["groups"]]
-    return clean_json(summarise_records(records, names))
+    return clean_json(summarise_records(records, names, stop))
