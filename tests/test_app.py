@@ -323,7 +323,7 @@ def test_api_attention_panel_before_and_after_an_edit(app_url, app_world):
     assert edited["base"] == base["base"]
     assert all(value == 0 for block in edited["difference"]["mad"][: start + 1] for value in block)
     assert "With your edits" in texts(api.predict(6, 2, api_name="/attention"))
-    with pytest.raises(Exception, match="blocks 1–6"):
+    with pytest.raises(Exception, match="maximum value 6"):
         api.predict(9, 1, api_name="/attention")
 
 
