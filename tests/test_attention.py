@@ -100,6 +100,17 @@ def test_statistics_of_uniform_attention_in_a_real_model():
     assert torch.allclose(stats.prefix_share, torch.full((6, 2), 1 / 17), atol=1e-6)
 
 
+@pytest.mark.parametrize("options, prefix", [({"class_token": False, "global_pool": "avg"}, 0), ({"reg_tokens": 2}, 3)])
+def test_models_with_other_prefix_tokens(options, prefix):
+    model = _zero_attention_scores(tiny_model(**options))
+    stats = attention_statistics(model, torch.randn(2, 3, 16, 16))
+    assert patch_grid(model, 16, 16).prefix_tokens == prefix
+    assert torch.allclose(stats.prefix_share, torch.full((6, 2), prefix / (16 + prefix)), atol=1e-6)
+    assert torch.allclose(stats.entropy, torch.ones(6, 2), atol=1e-6)
+    expected = 1 / (16 + prefix) if prefix else 1 / 16  # [cls] row, or the mean attention a patch receives
+    assert torch.allclose(head_attention_map(model, torch.randn(1, 3, 16, 16), 0, 0), torch.full((4, 4), expected))
+
+
 def test_recorded_scores_are_the_probabilities_timm_computes_and_hooks_are_removed():
     model = tiny_model()
     images = torch.randn(2, 3, 16, 16)

@@ -17,9 +17,9 @@ from .site import EditSite, site_for_model
 __version__ = "0.1.0"
 
 __all__ = [
-    "AttentionReport", "AttentionStats", "DEFAULT_RHO", "CheckpointError", "Edit", "EditConfig", "EditSite", "Editor", "Hypernetwork",
-    "HypernetworkMismatchError", "ImageInputError", "LocalityResult", "ModelBundle", "PrefixCache",
-    "UnknownLabelError", "attention_report", "attention_statistics", "binarize", "edited_state_dict", "edits_applied", "ensemble", "load_hypernetwork",
-    "load_model", "masked_fine_tune", "new_hypernetwork", "read_image", "resolve_label", "site_for_model",
-    "stacked_weights", "topk_mask",
+    "AttentionReport", "AttentionStats", "DEFAULT_RHO", "CheckpointError", "Edit", "EditConfig", "EditSite", "Editor",
+    "Hypernetwork", "HypernetworkMismatchError", "ImageInputError", "LocalityResult", "ModelBundle", "PrefixCache",
+    "UnknownLabelError", "attention_report", "attention_statistics", "binarize", "edited_state_dict", "edits_applied",
+    "ensemble", "load_hypernetwork", "load_model", "masked_fine_tune", "new_hypernetwork", "read_image", "resolve_label",
+    "site_for_model", "stacked_weights", "topk_mask",
 ]

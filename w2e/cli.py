@@ -164,9 +164,9 @@ def cmd_attention(args: argparse.Namespace) -> None:
 
     from .attention import attention_report
     from .edit import load_edits
-    
+
     if (args.image is None) == (args.set is None):
-        raise CliError(f"give one image or --set ({SET_HELP}), not both or neither")
+        raise CliError(f"give one image (before any --edit) or --set ({SET_HELP}), not both or neither")
     editor = Editor(_load(args), use_bundled_hypernetwork=False)
     bundle = editor.bundle
     try:

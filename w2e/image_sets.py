@@ -6,6 +6,7 @@ from typing import Sequence
 
 import torch
 
+from .benchmark_data import BenchmarkData
 from .data import FolderSource
 from .editor import Editor
 from .images import ImageInputError, read_image
@@ -37,7 +38,7 @@ def image_set_inputs(editor: Editor, spec: Sequence[str]) -> tuple[torch.Tensor,
     raise ValueError(f"--set {' '.join(spec)!r}: expected {SET_HELP}")
 
 
-def _benchmark(editor: Editor):
+def _benchmark(editor: Editor) -> BenchmarkData:
     if editor.benchmark is None:
         raise ValueError(f"model {editor.bundle.name!r} has no bundled benchmark; give an image folder instead")
     return editor.benchmark

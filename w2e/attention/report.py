@@ -92,6 +92,8 @@ def attention_statistics(model: nn.Module, inputs: torch.Tensor, site: EditSite 
     """
     if len(inputs) == 0:
         raise ValueError("no images to measure attention on")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, not {batch_size}")
     if edits and site is None:
         raise ValueError("edits need the site they were made on")
     grid = patch_grid(model, inputs.shape[-2], inputs.shape[-1])
