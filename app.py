@@ -20,7 +20,7 @@ from pathlib import Path
 import gradio as gr
 
 from w2e import app_logic as logic
-from w2e import plots
+from w2e import attention_plots, plots
 from w2e.images import ImageInputError
 from w2e.labels import UnknownLabelError
 from w2e.models import CheckpointError
@@ -178,6 +178,19 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         progress(None, desc="writing the edited model")
         return {files: [str(p) for p in logic.export_session(hub.get(session.model), session)]}
 
+    @friendly
+    def on_attention(block_value, head_value, session, progress=gr.Progress()):
+        bench = hub.get(session.model)
+        blocks, heads = logic.attention_shape(bench)
+        progress(None, desc="reading the attention of every block")
+        view = logic.attention_view(bench, session, block_value, head_value)
+        report = view.report
+        title = f"Block {view.block + 1}, head {view.head + 1}: where it looks"
+        return {attention_heat: attention_plots.attention_heatmaps(report.base, report.edited, report.edit_blocks),
+                attention_map: attention_plots.attention_map_figure(session.sample.view, view.base_map, view.edited_map, title),
+                attention_md: logic.describe_attention(view), details: report.to_json(),
+                attention_block: gr.Slider(maximum=blocks), attention_head: gr.Slider(maximum=heads)}
+
     def on_example(event: gr.SelectData, session):
         return str(hub.get(session.model).examples[event.index].path)
 
@@ -237,6 +250,18 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
             reset_btn = gr.Button("Reset to base model", variant="stop")
             download_btn = gr.Button("Download edited model")
         files = gr.File(label="Edited model (model.safetensors + manifest.json) and edit log", file_count="multiple", height=120)
+        blocks, heads = logic.attention_shape(first)
+        with gr.Accordion("7 · Attention: how far each head looks, before and after your edits", open=False):
+            gr.Markdown("For the current image, every head's **mean attention distance** (MAD: attention-weighted "
+                        "distance between patches, in image sides; patch queries and keys, [cls] left out) and "
+                        "**normalised entropy** (1: uniform, 0: one patch), for the base model and with your edits.")
+            with gr.Row():
+                attention_block = gr.Slider(1, blocks, value=blocks, step=1, label="Block", elem_id="attention-block")
+                attention_head = gr.Slider(1, heads, value=1, step=1, label="Head", elem_id="attention-head")
+                attention_btn = gr.Button("Show attention", elem_id="attention")
+            attention_md = gr.Markdown(elem_id="attention-summary")
+            attention_heat = gr.Plot(label="MAD and entropy per block and head")
+            attention_map = gr.Plot(label="Where the chosen head looks")
         with gr.Accordion("Raw numbers of the last action (JSON)", open=False):
             details = gr.JSON()
 
@@ -264,6 +289,9 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         undo_btn.click(on_undo, [state], stack_out, api_name="undo")
         reset_btn.click(on_reset, [state], stack_out, api_name="reset")
         download_btn.click(on_download, [state], [files], api_name="download", **compute)
+        attention_btn.click(on_attention, [attention_block, attention_head, state],
+                            [attention_heat, attention_map, attention_md, details, attention_block, attention_head],
+                            api_name="attention", **compute)
     demo.queue(default_concurrency_limit=config.default_concurrency, max_size=config.queue_size)
     demo.w2e_hub = hub  # for tests and launch(): the loaded workbenches
     return demo

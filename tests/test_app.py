@@ -310,6 +310,23 @@ def test_api_predict_mask_rho_edit_undo_download(app_url, app_world):
     assert state_dict_sha256(app_url.w2e_hub.get().bundle.model) == app_url.w2e_sha
 
 
+def test_api_attention_panel_before_and_after_an_edit(app_url, app_world):
+    from gradio_client import handle_file
+
+    api = client(app_url)
+    label = outputs(api.predict(handle_file(str(example_path(app_world))), api_name="/predict"), "top")["true_label"]
+    base = outputs(api.predict(6, 2, api_name="/attention"), "base")
+    assert len(base["base"]["mad"]) == 6 and len(base["base"]["mad"][0]) == 2 and base["edited"] is None
+    outputs(api.predict(label, 0.25, False, api_name="/edit"), "success")
+    edited = outputs(api.predict(6, 2, api_name="/attention"), "base")
+    start = edited["edit_blocks"][0]
+    assert edited["base"] == base["base"]
+    assert all(value == 0 for block in edited["difference"]["mad"][: start + 1] for value in block)
+    assert "With your edits" in texts(api.predict(6, 2, api_name="/attention"))
+    with pytest.raises(Exception, match="maximum value 6"):
+        api.predict(9, 1, api_name="/attention")
+
+
 def test_switching_model_resets_the_session_and_search_waits_for_the_label(app_url, app_world, search_world):
     from gradio_client import handle_file
 

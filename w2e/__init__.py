@@ -3,6 +3,7 @@
 Implements "Learning Where to Edit Vision Transformers" (NeurIPS 2024): a meta-learned
 hypernetwork locates a sparse set of FFN neurons, masked fine-tuning edits only those.
 """
+from .attention import AttentionReport, AttentionStats, attention_report, attention_statistics
 from .edit import Edit, edited_state_dict, edits_applied, stacked_weights
 from .editing import EditConfig, masked_fine_tune
 from .editor import DEFAULT_RHO, Editor, LocalityResult, PrefixCache
@@ -16,9 +17,9 @@ from .site import EditSite, site_for_model
 __version__ = "0.1.0"
 
 __all__ = [
-    "DEFAULT_RHO", "CheckpointError", "Edit", "EditConfig", "EditSite", "Editor", "Hypernetwork",
-    "HypernetworkMismatchError", "ImageInputError", "LocalityResult", "ModelBundle", "PrefixCache",
-    "UnknownLabelError", "binarize", "edited_state_dict", "edits_applied", "ensemble", "load_hypernetwork",
-    "load_model", "masked_fine_tune", "new_hypernetwork", "read_image", "resolve_label", "site_for_model",
-    "stacked_weights", "topk_mask",
+    "AttentionReport", "AttentionStats", "DEFAULT_RHO", "CheckpointError", "Edit", "EditConfig", "EditSite", "Editor",
+    "Hypernetwork", "HypernetworkMismatchError", "ImageInputError", "LocalityResult", "ModelBundle", "PrefixCache",
+    "UnknownLabelError", "attention_report", "attention_statistics", "binarize", "edited_state_dict", "edits_applied",
+    "ensemble", "load_hypernetwork", "load_model", "masked_fine_tune", "new_hypernetwork", "read_image", "resolve_label",
+    "site_for_model", "stacked_weights", "topk_mask",
 ]

@@ -7,6 +7,7 @@
 * :class:`Session` — one browser session: its image, cached continuous mask and its own stack
   of edits (sparse deltas). The shared base model is never written.
 * ``describe_*`` — the Markdown the app shows.
+* :func:`attention_view` — the attention panel: MAD and entropy per block and head, one head's map.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .attention import AttentionReport, attention_modules, attention_report, head_attention_map
 from .edit import Edit, edited_state_dict
 from .editor import DEFAULT_RHO, Editor, LocalityResult, PrefixCache
 from .hypernet import load_hypernetwork
@@ -783,3 +785,64 @@ def edit_table(session: Session) -> list[list]:
     return rows
 
 
+
+
+# --------------------------------------------------------------------------------------------
+# attention panel
+
+
+@dataclass(frozen=True)
+class AttentionView:
+    """Attention of the session's image: MAD and entropy per block and head (base, and with the
+    session's edits), and where one head looks. ``block`` and ``head`` are 0-based."""
+
+    report: AttentionReport
+    block: int
+    head: int
+    base_map: torch.Tensor
+    edited_map: torch.Tensor | None
+
+
+def attention_shape(bench: Workbench) -> tuple[int, int]:
+    """Number of blocks and of heads per block of the model (ranges of the panel's sliders)."""
+    modules = attention_modules(bench.bundle.model)
+    return len(modules), int(modules[0].num_heads)
+
+
+def attention_view(bench: Workbench, session: Session, block: int, head: int) -> AttentionView:
+    """Attention locality of the session's image; ``block`` and ``head`` count from 1, as the page shows them."""
+    if session.sample is None:
+        raise ValueError("upload an image or pick one from the gallery first")
+    blocks, heads = attention_shape(bench)
+    if not (1 <= int(block) <= blocks and 1 <= int(head) <= heads):
+        raise ValueError(f"this model has blocks 1–{blocks} and heads 1–{heads}; you chose block {block}, head {head}")
+    bundle, inputs, edits = bench.bundle, session.sample.inputs, list(session.edits)
+    report = attention_report(bundle, inputs, edits)
+    block, head = int(block) - 1, int(head) - 1
+    base_map = head_attention_map(bundle.model, inputs, block, head)
+    edited_map = head_attention_map(bundle.model, inputs, block, head, bundle.site, edits) if edits else None
+    return AttentionView(report, block, head, base_map, edited_map)
+
+
+def describe_attention(view: AttentionView) -> str:
+    """The chosen head's numbers and where the session's edits change attention."""
+    report, block, head = view.report, view.block, view.head
+    base = report.base
+    with_prefix = report.grid.prefix_tokens > 0
+    text = (f"Block {block + 1}, head {head + 1}: **MAD {base.mad[block, head]:.3f}** of the image side, "
+            f"normalised entropy {base.entropy[block, head]:.3f}"
+            + (f", {base.prefix_share[block, head]:.1%} of its patch queries' attention goes to [cls]" if with_prefix else "")
+            + ". The map shows " + ("the [cls] token's attention over the patches." if with_prefix
+                                    else "the mean attention each patch receives."))
+    difference = report.difference
+    if difference is None:
+        return text + "  \nNo edits in this session: apply one to compare."
+    changed = (difference.mad.abs() > 1e-6).any(dim=1)
+    largest = int(difference.mad.abs().max(dim=1).values.argmax())
+    text += (f"  \nWith your edits this head's MAD is {report.edited.mad[block, head]:.3f} "
+             f"({difference.mad[block, head]:+.2e}). ")
+    if not bool(changed.any()):
+        return text + "No head's MAD changed."
+    return text + (f"Attention first changes in block {int(changed.nonzero()[0]) + 1} (edits are in the FFNs of blocks "
+                   f"{report.edit_blocks[0] + 1}–{report.edit_blocks[-1] + 1}); the largest MAD change is in block "
+                   f"{largest + 1} ({float(difference.mad[largest].abs().max()):.2e}).")

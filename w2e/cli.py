@@ -1,4 +1,4 @@
-"""The ``w2e`` command line: info, predict, mask, edit, meta-train, world, push, bench, bench-train."""
+"""The ``w2e`` command line: info, predict, mask, edit, attention, meta-train, world, push, bench, bench-train."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +14,7 @@ from .editor import DEFAULT_RHO, Editor
 from .edit import edited_state_dict
 from .hub import HubError
 from .hypernet import HypernetworkMismatchError, load_hypernetwork
+from .image_sets import SET_HELP, image_set_inputs
 from .images import ImageInputError, read_image
 from .labels import UnknownLabelError, resolve_label
 from .mask_search import AUX_INITS, INNER_RULES, OUTER_REDUCTIONS
@@ -159,6 +160,32 @@ def cmd_edit(args: argparse.Namespace) -> None:
     _emit(args, payload, text)
     if not edit.success:
         sys.exit(1)
+
+
+def cmd_attention(args: argparse.Namespace) -> None:
+    """Mean attention distance and entropy per block and head, before and after edits."""
+    from tqdm import tqdm
+
+    from .attention import attention_report
+    from .edit import load_edits
+
+    if (args.image is None) == (args.set is None):
+        raise CliError(f"give one image (before any --edit) or --set ({SET_HELP}), not both or neither")
+    editor = Editor(_load(args), use_bundled_hypernetwork=False)
+    bundle = editor.bundle
+    try:
+        if args.set is not None:
+            inputs, source = image_set_inputs(editor, args.set)
+        else:
+            inputs, source = editor.inputs(read_image(args.image)), str(args.image)
+        edits = load_edits(args.edit, bundle.site, bundle.sha256)
+        with tqdm(total=len(inputs) * (2 if edits else 1), desc="attention", disable=args.json, leave=False,
+                  file=sys.stderr) as bar:
+            report = attention_report(bundle, inputs, edits, args.batch_size, lambda done, _total: bar.update(done - bar.n))
+    except ValueError as error:
+        raise CliError(str(error)) from None
+    payload = {"model": bundle.name, "source": source, "edits": list(args.edit), **report.to_json()}
+    _emit(args, payload, f"{bundle.name} on {source}\n{report.table()}")
 
 
 def _export(bundle: ModelBundle, edit, out_dir: Path) -> None:
@@ -329,6 +356,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--max-steps", type=int, default=100)
             p.add_argument("--loss-stop", type=float, default=0.01)
             p.add_argument("--export", default=None, help="write the full edited model (safetensors + manifest) to this folder")
+
+    p = sub.add_parser("attention", help="mean attention distance and entropy per block and head, before and after edits")
+    add_model_options(p)
+    p.add_argument("image", nargs="?", help="one image (or use --set)")
+    p.add_argument("--set", nargs="+", metavar="SET", help=SET_HELP)
+    p.add_argument("--edit", nargs="+", default=[], metavar="EDIT", help="edit files (safetensors) applied in order")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_attention)
 
     p = sub.add_parser("meta-train", help="meta-train a where-to-edit hypernetwork")
     add_model_options(p)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -168,3 +168,26 @@ def edited_state_dict(model: nn.Module, site: EditSite, edits: Sequence[Edit]) -
     for layer in site.layers:
         state[layer.param_name] = weights[site.linear(model, layer)].detach()
     return {name: tensor.contiguous() for name, tensor in state.items()}
+
+
+def load_edits(paths: Sequence[str | Path], site: EditSite, base_sha256: str) -> list[Edit]:
+    """Load edit files made on ``site`` of the model with weights ``base_sha256``, in order.
+
+    Raises ``ValueError`` naming the file when one is not an edit, was made on another site,
+    or records another base model.
+    """
+    edits = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise ValueError(f"edit file missing: {path}")
+        try:
+            edit = Edit.load(path)
+        except SafetensorError as error:
+            raise ValueError(f"{path} is not a safetensors edit file ({error})") from None
+        if edit.site != site:
+            raise ValueError(f"{path} was made on site {edit.site.to_dict()}, not on this model's {site.to_dict()}")
+        recorded = edit.info.get("base_sha256")
+        if recorded and recorded != base_sha256:
+            raise ValueError(f"{path} was made on another base model (sha256 {recorded[:12]}...), not this one ({base_sha256[:12]}...)")
+        edits.append(edit)
+    return edits

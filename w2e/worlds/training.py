@@ -15,6 +15,9 @@ from tqdm import tqdm
 
 #: Each epoch's shuffle seed is ``seed * EPOCH_SEED_STRIDE + epoch`` (keeps the shipped runs' order).
 EPOCH_SEED_STRIDE = 1000
+#: CutMix draws from its own generator, seeded ``epoch seed + CUTMIX_SEED_OFFSET``, so a run with
+#: CutMix sees the same batches, crops and flips as the same run without it.
+CUTMIX_SEED_OFFSET = 500
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,7 @@ class TrainRecipe:
     crop_padding: int = 2
     hflip: bool = True
     seed: int = 0
+    cutmix: float = 0.0  # probability that a batch is CutMix-ed (0: never)
 
 
 def augment(batch: torch.Tensor, recipe: TrainRecipe, generator: torch.Generator) -> torch.Tensor:
@@ -50,6 +54,28 @@ def augment(batch: torch.Tensor, recipe: TrainRecipe, generator: torch.Generator
         flip = torch.rand(n, generator=generator) < 0.5
         batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
     return batch
+
+
+def cutmix_batch(batch: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """CutMix (Yun et al. 2019, alpha 1): paste one random box of a shuffled copy of the batch onto it.
+
+    The box covers ``1 - lam`` of the image with ``lam ~ U(0, 1)``, its centre anywhere (the box
+    is clipped at the border). Returns the mixed batch, each image's partner index and the
+    share of every image that is still its own (the weight of its own label in the loss).
+    """
+    n, _, height, width = batch.shape
+    lam = float(torch.rand(1, generator=generator))
+    ratio = math.sqrt(1.0 - lam)
+    centre_y = int(torch.randint(0, height, (1,), generator=generator))
+    centre_x = int(torch.randint(0, width, (1,), generator=generator))
+    half_h, half_w = int(height * ratio) // 2, int(width * ratio) // 2
+    top, bottom = max(0, centre_y - half_h), min(height, centre_y + half_h)
+    left, right = max(0, centre_x - half_w), min(width, centre_x + half_w)
+    partner = torch.randperm(n, generator=generator)
+    mixed = batch.clone()
+    mixed[:, :, top:bottom, left:right] = batch[partner, :, top:bottom, left:right]
+    own_share = 1.0 - (bottom - top) * (right - left) / (height * width)
+    return mixed, partner, own_share
 
 
 def _lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
@@ -126,6 +152,7 @@ def train_classifier(
     warmup_steps = int(recipe.warmup_epochs * steps_per_epoch)
     for epoch in range(start_epoch, recipe.epochs):
         generator = torch.Generator().manual_seed(recipe.seed * EPOCH_SEED_STRIDE + epoch)
+        mixing = torch.Generator().manual_seed(recipe.seed * EPOCH_SEED_STRIDE + epoch + CUTMIX_SEED_OFFSET)
         order = torch.randperm(len(inputs), generator=generator)
         model.train()
         started = time.time()
@@ -136,8 +163,13 @@ def train_classifier(
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(step, total_steps, warmup_steps, recipe.lr)
             index = order[step_in_epoch * recipe.batch_size : (step_in_epoch + 1) * recipe.batch_size]
-            batch = augment(inputs[index], recipe, generator)
-            loss = F.cross_entropy(model(batch), labels[index])
+            batch, targets = augment(inputs[index], recipe, generator), labels[index]
+            if recipe.cutmix > 0 and float(torch.rand(1, generator=mixing)) < recipe.cutmix:
+                batch, partner, own_share = cutmix_batch(batch, mixing)
+                logits = model(batch)
+                loss = own_share * F.cross_entropy(logits, targets) + (1 - own_share) * F.cross_entropy(logits, targets[partner])
+            else:
+                loss = F.cross_entropy(model(batch), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
