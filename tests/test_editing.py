@@ -86,3 +86,23 @@ def test_failed_edit_is_reported_as_failed(tiny_bundle):
     edit = editor.edit(image, wrong_label(editor, image), rho=0.01, mask=torch.rand(tiny_bundle.site.mask_shape),
                        config=EditConfig(lr=1e-9, max_steps=3))
     assert not edit.success and edit.steps == 3 and len(edit.losses) == 4
+
+
+def test_bf16_autocast_edit_and_mask_search_keep_float32_state(tiny_bundle):
+    import pytest
+
+    from w2e.mask_search import MaskSearchConfig, search_mask
+
+    editor = Editor(tiny_bundle)
+    image = torch.randn(1, 3, 16, 16)
+    label = wrong_label(editor, image)
+    mask = torch.rand(tiny_bundle.site.mask_shape, generator=torch.Generator().manual_seed(0))
+    edit = editor.edit(image, label, rho=0.25, mask=mask, config=EditConfig(lr=1e-2, precision="bf16"))
+    assert edit.success and all(delta.dtype == torch.float32 for delta in edit.deltas)
+    assert int(editor.probabilities(image, [edit])[0].argmax()) == label
+    fp32 = search_mask(tiny_bundle.model, tiny_bundle.site, image, label, MaskSearchConfig(outer_steps=2, inner_steps=1))
+    bf16 = search_mask(tiny_bundle.model, tiny_bundle.site, image, label,
+                       MaskSearchConfig(outer_steps=2, inner_steps=1, precision="bf16"))
+    assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape and not torch.equal(bf16, fp32)
+    with pytest.raises(ValueError, match="precision"):
+        EditConfig(precision="fp16")

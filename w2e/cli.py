@@ -19,6 +19,7 @@ from .images import ImageInputError, read_image
 from .labels import UnknownLabelError, resolve_label
 from .mask_search import AUX_INITS, INNER_RULES, OUTER_REDUCTIONS
 from .meta import MetaTrainConfig
+from .precision import PRECISIONS
 from .masks import binarize
 from .models import DEFAULT_MODEL, CheckpointError, ModelBundle, best_device, load_model
 
@@ -34,15 +35,19 @@ def _load(args: argparse.Namespace, device: torch.device | None = None) -> Model
 
 
 def _editor(args: argparse.Namespace) -> Editor:
+    from dataclasses import replace
+
     bundle = _load(args)
+    search_config = replace(bundle.mask_search_config, precision=getattr(args, "precision", None) or "fp32")
     hypernetwork_path = getattr(args, "hypernetwork", None)
     if hypernetwork_path is None:
-        return Editor(bundle, use_bundled_hypernetwork=not getattr(args, "no_hypernetwork", False))
+        return Editor(bundle, use_bundled_hypernetwork=not getattr(args, "no_hypernetwork", False),
+                      search_config=search_config)
     try:
         hypernetwork = load_hypernetwork(hypernetwork_path, bundle.site, bundle.sha256, bundle.name)
     except ValueError as error:
         raise CliError(str(error)) from None
-    return Editor(bundle, hypernetwork)
+    return Editor(bundle, hypernetwork, search_config=search_config)
 
 
 def _fraction(text: str) -> float:
@@ -134,7 +139,8 @@ def cmd_edit(args: argparse.Namespace) -> None:
     label = resolve_label(args.label, names)
     image = read_image(args.image)
     before = editor.probabilities(image)[0]
-    config = EditConfig(lr=args.lr or editor.bundle.edit_lr, max_steps=args.max_steps, loss_stop=args.loss_stop)
+    config = EditConfig(lr=args.lr or editor.bundle.edit_lr, max_steps=args.max_steps, loss_stop=args.loss_stop,
+                        precision=args.precision)
     progress = _progress_bar(args.max_steps, disable=args.json)
     edit = editor.edit(image, label, rho=args.rho, mode=args.mode, config=config, progress=progress)
     after = editor.probabilities(image, [edit])[0]
@@ -222,7 +228,7 @@ def _progress_bar(total: int, disable: bool) -> Callable[[int, int, float], None
 
 #: ``w2e meta-train`` options that set a :class:`w2e.mask_search.MaskSearchConfig` field of the same name.
 SEARCH_OPTIONS = ("sharpness", "inner_lr", "inner_steps", "inner_rule", "outer_steps", "outer_reduction",
-                  "sparsity_weight", "aux_init", "aux_inits")
+                  "sparsity_weight", "aux_init", "aux_inits", "precision")
 #: ``w2e meta-train`` options that set a :class:`w2e.meta.MetaTrainConfig` field of the same name.
 META_OPTIONS = ("iterations", "batch_size", "hyper_lr", "hyper_depth", "seed", "checkpoint_every", "probe_every", "probe_rho")
 
@@ -349,6 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
         where.add_argument("--hypernetwork", default=None,
                            help="hypernetwork file (e.g. from meta-train) or hf://OWNER/NAME[@REV][/FILE] instead of the bundled one")
         p.add_argument("--save", default=None, help="write the mask / edit (safetensors) here")
+        p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                       help="bf16: fine-tuning and mask search under bfloat16 autocast (default fp32)")
         p.add_argument("--json", action="store_true")
         p.set_defaults(func=func)
         if name == "edit":
@@ -390,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"auxiliary masks start at U(-1,1) (uniform, paper) or zero (default {search.aux_init})")
     p.add_argument("--aux-inits", type=int,
                    help=f"initialisations per episode; targets are their mean (default {search.aux_inits})")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help=f"bf16: auxiliary-mask optimisation under bfloat16 autocast (default {search.precision})")
     p.add_argument("--checkpoint-every", type=int, help=f"iterations between checkpoints (default {meta.checkpoint_every})")
     p.add_argument("--probe-every", type=int,
                    help=f"iterations between mask diagnostics on the probe sets (default {meta.probe_every})")

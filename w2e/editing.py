@@ -11,6 +11,7 @@ from torch import nn
 
 from .edit import Edit, stacked_weights
 from .overrides import make_overridable, weight_overrides
+from .precision import autocast, check_precision
 from .runner import forward_suffix
 from .site import EditSite
 
@@ -25,6 +26,10 @@ class EditConfig:
     max_steps: int = 100
     loss_stop: float = 0.01
     optimizer: str = "rmsprop"
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
 
     def to_dict(self) -> dict:
         """JSON-ready dict."""
@@ -136,8 +141,8 @@ def masked_fine_tune(
             linear: start_weights[linear].index_add(layer.axis, index, delta)
             for layer, linear, index, delta in zip(site.layers, linears, indices, deltas)
         }
-        with weight_overrides(weights):
-            logits = forward_suffix(model, tokens, site.start)
+        with weight_overrides(weights), autocast(config.precision, tokens.device):
+            logits = forward_suffix(model, tokens, site.start).float()
         loss = F.cross_entropy(logits, labels)
         return logits, loss, (loss + penalty(deltas)) if penalty is not None else loss
 

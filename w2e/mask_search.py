@@ -17,6 +17,7 @@ from torch import nn
 
 from .cutmix import CutMixConfig, cutmix
 from .overrides import make_overridable, weight_overrides
+from .precision import autocast, check_precision
 from .runner import forward_prefix, forward_suffix, patch_size
 from .site import EditSite
 
@@ -42,7 +43,8 @@ class MaskSearchConfig:
     gradients are tiny). Several initialisations of one episode are each scaled like the
     episode alone, so each is optimised exactly as a single-initialisation run would be. ``aux_init``: ``"uniform"`` (U(-1, 1), paper) or
     ``"zero"``. ``aux_inits``: auxiliary-mask initialisations optimised per episode (vectorised
-    with the episodes); the target is the mean of their masks (1 = the paper).
+    with the episodes); the target is the mean of their masks (1 = the paper). ``precision``:
+    ``"bf16"`` runs the model's forward and backward passes under bfloat16 autocast.
     """
 
     sharpness: float = 10.0
@@ -57,8 +59,10 @@ class MaskSearchConfig:
     temperature: float = 5.0
     aux_init: str = "uniform"
     aux_inits: int = 1
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        check_precision(self.precision)
         for name, value, allowed in (("inner_rule", self.inner_rule, INNER_RULES),
                                      ("outer_reduction", self.outer_reduction, OUTER_REDUCTIONS),
                                      ("aux_init", self.aux_init, AUX_INITS)):
@@ -99,7 +103,7 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 def inner_loop(model: nn.Module, site: EditSite, tokens: torch.Tensor, loss_fn: LossFn, masks: torch.Tensor,
-               steps: int, lr: float, forward: Forward, rule: str = "paper") -> list[torch.Tensor]:
+               steps: int, lr: float, forward: Forward, rule: str = "paper", precision: str = "fp32") -> list[torch.Tensor]:
     """``steps`` of masked SGD from the base weights; returns the (detached) deltas.
 
     With ``rule="paper"`` (Eq. 2) ``delta -= lr * dL/dW`` and the effective weight
@@ -126,8 +130,8 @@ def inner_loop(model: nn.Module, site: EditSite, tokens: torch.Tensor, loss_fn: 
     for step in range(steps):
         for weight in weights:
             weight.requires_grad_(True)
-        with weight_overrides(dict(zip(linears, weights))):
-            loss = reduce(loss_fn(forward(tokens)))
+        with weight_overrides(dict(zip(linears, weights))), autocast(precision, tokens.device):
+            loss = reduce(loss_fn(forward(tokens).float()))
         grads = torch.autograd.grad(loss, weights)
         with torch.no_grad():
             for row, (weight, grad) in enumerate(zip(weights, grads)):
@@ -190,9 +194,9 @@ def optimise_aux_masks(model: nn.Module, site: EditSite, tokens: torch.Tensor, l
     for _ in range(config.outer_steps):
         masks = torch.sigmoid(config.sharpness * aux)
         deltas = inner_loop(model, site, tokens, loss_fn, masks, config.inner_steps, config.inner_lr, forward,
-                            config.inner_rule)
-        with weight_overrides(_masked_weights(model, site, masks, deltas)):
-            per_sample = loss_fn(forward(tokens))
+                            config.inner_rule, config.precision)
+        with weight_overrides(_masked_weights(model, site, masks, deltas)), autocast(config.precision, tokens.device):
+            per_sample = loss_fn(forward(tokens).float())
         total = per_sample.sum() / divisor if per_episode else per_sample.mean()
         reliability = per_sample.detach() if per_episode else total.detach()
         sparsity = masks.mean(dim=(-2, -1)).sum() / divisor
