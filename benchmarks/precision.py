@@ -2,6 +2,7 @@
 
     python benchmarks/precision.py --json benchmarks/results/precision.json
     python benchmarks/precision.py --quick          # fewer repetitions and images
+    python benchmarks/precision.py --geometries fashion   # skip the (slow on CPU) ViT-B/16 rows
 
 1. Speed (random weights, ViT-B/16 and fashion geometry): seconds per edit of 20 masked
    fine-tuning steps and episodes per second of a batch of 8 meta-training episodes, each in
@@ -101,11 +102,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--geometries", default="fashion,vit_base_patch16_224", help="comma list of speed geometries")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     repeats, limit = (1, 3) if args.quick else (3, 10)
     results = {"threads": args.threads, "torch": torch.__version__,
-               "speed": {name: speed_rows(name, repeats) for name in ("fashion", "vit_base_patch16_224")},
+               "speed": {name: speed_rows(name, repeats) for name in args.geometries.split(",")},
                "editing": editing_rows(limit), "masks": mask_rows(limit)}
     for name, row in results["speed"].items():
         print(f"{name}: edit {row['edit_speedup']:.2f}x faster in bf16, meta-training {row['meta_speedup']:.2f}x")
