@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_bench import GROUP_NAMES, world  # noqa: F401  (the shared tiny world fixture)
-from w2e.bench.data import BenchContext, EditSample, EvalLimits, accuracy_rows
+from tests.conftest import tiny_model, write_model_dir
+from tests.test_bench import write_fake_benchmark
+from w2e.bench.data import BenchContext, EditSample, EvalLimits, accuracy_rows, load_any_benchmark
 from w2e.bench.grace import Codebook, place_key
 from w2e.bench.hooks import has_hooks
 from w2e.bench.methods import Resources, SiteStack, registry
@@ -20,8 +21,11 @@ from w2e.bench.wise import activation_scores, ties_merge
 from w2e.benchmark_data import BenchmarkData
 from w2e.edit import dense_sum, edits_applied
 from w2e.editing import EditConfig, masked_fine_tune
+from w2e.data import TensorSource
 from w2e.editor import Editor
+from w2e.hypernet import new_hypernetwork
 from w2e.lifelong import check_fixes, stack_report
+from w2e.models import load_local_model
 
 #: Enough steps for every method to fix a tiny-model sample; no early stop on the loss.
 SETTINGS = {
@@ -32,14 +36,28 @@ SETTINGS = {
 NEW_FORMS = ["w2e", "ft", "ft-l1", "tpatcher", "grace", "wise"]
 
 
-def _method(world, name, tmp_path, **extra):  # noqa: F811
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A tiny random ViT, a fake benchmark of 3 groups (17 base failures) and 16 locality images."""
+    root = tmp_path_factory.mktemp("lifelong")
+    bundle = load_local_model(write_model_dir(root / "tiny", tiny_model()))
+    bench = write_fake_benchmark(root / "bench.safetensors", bundle)
+    data = load_any_benchmark(bench, bundle.preprocessing)
+    torch.manual_seed(0)
+    hyper = new_hypernetwork(bundle.site, bundle.name, bundle.sha256, depth=1).eval()
+    ctx = BenchContext(bundle, data, EvalLimits(edits_per_group=1, max_group_eval=None, max_locality=None), seed=0)
+    return {"root": root, "bundle": bundle, "bench": bench, "data": data, "hyper": hyper,
+            "source": TensorSource(torch.randn(48, 3, 16, 16)), "ctx": ctx}
+
+
+def _method(world, name, tmp_path, **extra):
     resources = Resources(world["hyper"], world["source"], tmp_path, quick=True, seed=0, log=lambda _: None)
     method = registry()[name](world["ctx"], resources, None, **{**SETTINGS[name], **extra})
     method.prepare()
     return method
 
 
-def _outputs(world, inputs):  # noqa: F811
+def _outputs(world, inputs):
     with torch.no_grad():
         return world["bundle"].model(inputs)
 
@@ -48,7 +66,7 @@ def _outputs(world, inputs):  # noqa: F811
 # every sequential form: fixes its sample, stacks, and leaves the base model bit for bit
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", NEW_FORMS)
-def test_sequential_edits_fix_their_samples_and_leave_the_base_model_exactly(world, name, tmp_path):  # noqa: F811
+def test_sequential_edits_fix_their_samples_and_leave_the_base_model_exactly(world, name, tmp_path):
     ctx, model = world["ctx"], world["bundle"].model
     before = {k: v.clone() for k, v in model.state_dict().items()}
     images = ctx.inputs
@@ -73,7 +91,7 @@ def test_sequential_edits_fix_their_samples_and_leave_the_base_model_exactly(wor
 
 
 @pytest.mark.parametrize("name", ["grace", "wise"])
-def test_grace_and_wise_edit_in_the_single_edit_protocol_too(world, name, tmp_path):  # noqa: F811
+def test_grace_and_wise_edit_in_the_single_edit_protocol_too(world, name, tmp_path):
     ctx = world["ctx"]
     method = _method(world, name, tmp_path)
     sample = ctx.samples[0]
@@ -84,7 +102,7 @@ def test_grace_and_wise_edit_in_the_single_edit_protocol_too(world, name, tmp_pa
 
 
 @pytest.mark.parametrize("name", NEW_FORMS)
-def test_states_survive_a_save_and_restore(world, name, tmp_path):  # noqa: F811
+def test_states_survive_a_save_and_restore(world, name, tmp_path):
     ctx = world["ctx"]
     method = _method(world, name, tmp_path)
     value = method.sequential_value
@@ -109,7 +127,7 @@ def test_states_survive_a_save_and_restore(world, name, tmp_path):  # noqa: F811
         assert torch.allclose(_outputs(world, images), expected, atol=1e-5)
 
 
-def test_site_stack_sums_edits_like_stacking_them(world):  # noqa: F811
+def test_site_stack_sums_edits_like_stacking_them(world):
     bundle, ctx = world["bundle"], world["ctx"]
     site, model = bundle.site, bundle.model
     config = EditConfig(lr=1e-2, max_steps=5, loss_stop=-1.0)
@@ -166,7 +184,7 @@ def test_grace_replaces_only_inputs_inside_a_radius():
     assert torch.equal(out[1], hidden[1])  # distance 3 > radius 1: untouched
 
 
-def test_grace_leaves_inputs_far_from_every_key_untouched_exactly(world, tmp_path):  # noqa: F811
+def test_grace_leaves_inputs_far_from_every_key_untouched_exactly(world, tmp_path):
     ctx, model = world["ctx"], world["bundle"].model
     method = _method(world, "grace", tmp_path)
     state, _ = method.sequential_edit(method.initial_state(0.25), ctx.samples[0], 0.25)
@@ -197,7 +215,7 @@ def test_ties_merge_known_answer():
     assert trimmed.tolist() == [0.0, -2.0, 0.0, 4.0]
 
 
-def test_wise_routes_an_irrelevant_input_to_the_main_memory(world, tmp_path):  # noqa: F811
+def test_wise_routes_an_irrelevant_input_to_the_main_memory(world, tmp_path):
     ctx, model = world["ctx"], world["bundle"].model
     method = _method(world, "wise", tmp_path)
     sample = ctx.samples[0]
@@ -206,7 +224,7 @@ def test_wise_routes_an_irrelevant_input_to_the_main_memory(world, tmp_path):  #
     from w2e.bench.methods import capture_input
 
     inputs = capture_input(model, state.fc2, ctx.tokens(method.level), method.level)
-    scores = activation_scores(inputs, state.shard - state.main, state.token_pool)
+    scores = activation_scores(inputs, state.shard - state.main)
     threshold = state.act_ratio * state.min_score
     irrelevant = torch.nonzero(scores < threshold).flatten()
     routed = torch.nonzero(scores >= threshold).flatten()
@@ -217,7 +235,7 @@ def test_wise_routes_an_irrelevant_input_to_the_main_memory(world, tmp_path):  #
         assert int(_outputs(world, ctx.sample_inputs(sample)).argmax()) == sample.label
 
 
-def test_wise_closes_and_merges_shards_on_schedule(world, tmp_path):  # noqa: F811
+def test_wise_closes_and_merges_shards_on_schedule(world, tmp_path):
     ctx = world["ctx"]
     method = _method(world, "wise", tmp_path, max_steps=3)
     state = method.initial_state(0.88)
@@ -257,7 +275,7 @@ def test_retention_and_checkpoint_metrics_known_answers():
     assert stream == edit_stream(samples, seed=3)
 
 
-def test_checkpoint_counts_of_the_base_model(world):  # noqa: F811
+def test_checkpoint_counts_of_the_base_model(world):
     bundle, data = world["bundle"], world["data"]
     ctx = BenchContext(bundle, data, EvalLimits(edits_per_group=None, max_group_eval=None, max_locality=8), seed=0,
                        with_accuracy_set=True)
@@ -298,7 +316,7 @@ def test_accuracy_rows_prefer_the_in_distribution_set():
 # ---------------------------------------------------------------------------------------------
 # the runner: outputs and resume after an interruption
 # ---------------------------------------------------------------------------------------------
-def _run(world, out, **options):  # noqa: F811
+def _run(world, out, **options):
     opts = SequentialOptions(methods=["ft", "tpatcher", "grace"], quick=True, stream_length=None, steps=(1, 3, None),
                              method_settings={name: {**SETTINGS[name], "max_steps": 5} for name in ("ft", "tpatcher", "grace")},
                              **options)
@@ -310,7 +328,7 @@ def _strip(rows):
     return [{k: v for k, v in row.items() if k != "median_seconds"} for row in rows]
 
 
-def test_sequential_run_writes_curves_and_resumes_after_a_kill(world, tmp_path, monkeypatch):  # noqa: F811
+def test_sequential_run_writes_curves_and_resumes_after_a_kill(world, tmp_path, monkeypatch):
     first = _run(world, tmp_path / "a")
     length = first["protocol"]["stream_length"]
     assert length == 3 * 6 - 1  # every failure of the fake benchmark (one group image is right)
@@ -350,7 +368,7 @@ def test_sequential_run_writes_curves_and_resumes_after_a_kill(world, tmp_path, 
     assert sum(info["new_steps"] for info in third["methods"].values()) == 0
 
 
-def test_sequential_run_skips_methods_without_a_sequential_form(world, tmp_path):  # noqa: F811
+def test_sequential_run_skips_methods_without_a_sequential_form(world, tmp_path):
     opts = SequentialOptions(methods=["rome", "ft"], quick=True, stream_length=2, steps=(1,),
                              method_settings={"ft": {"max_steps": 2}})
     results = run_sequential(world["bundle"], world["data"], tmp_path, opts, None, None, progress=False,
@@ -361,7 +379,7 @@ def test_sequential_run_skips_methods_without_a_sequential_form(world, tmp_path)
                        log=lambda _: None)
 
 
-def test_cli_sequential(world, tmp_path, capsys):  # noqa: F811
+def test_cli_sequential(world, tmp_path, capsys):
     from w2e.bench.cli import add_bench_parser
     from w2e.cli import CliError
 
