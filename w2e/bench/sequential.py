@@ -177,7 +177,8 @@ class BaseState:
         return nullcontext()
 
 
-def _state_path(out_dir: Path, name: str, value) -> Path:
+def state_path(out_dir: Path, name: str, value) -> Path:
+    """Where a sequential run in ``out_dir`` keeps method ``name``'s state for one knob value."""
     return out_dir / STATES_DIR / (re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{name}-{value!r}") + ".safetensors")
 
 
@@ -279,7 +280,7 @@ def _run_stream(ctx: BenchContext, method, value, stream: Sequence[EditSample], 
     """Edit the stream with one knob value, resuming after the last saved state; returns the edits made."""
     from tqdm import tqdm
 
-    path = _state_path(out_dir, method.name, value)
+    path = state_path(out_dir, method.name, value)
     state, start = method.initial_state(value), 0
     saved = read_state(path, digest)
     if saved is not None:
