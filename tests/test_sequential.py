@@ -101,6 +101,20 @@ def test_grace_and_wise_edit_in_the_single_edit_protocol_too(world, name, tmp_pa
     assert not has_hooks(world["bundle"].model)
 
 
+def test_single_edit_run_sweeps_grace_and_wise_knobs(world, tmp_path):
+    from w2e.bench import BenchOptions, run_bench
+
+    opts = BenchOptions(methods=["grace", "wise"], quick=True, ablations=(), knob_values={"grace": (0.1, 0.5)},
+                        method_settings={"grace": SETTINGS["grace"], "wise": SETTINGS["wise"]})
+    results = run_bench(world["bundle"], world["data"], tmp_path, opts, None, world["source"], progress=False,
+                        log=lambda _: None)
+    rows = {(r["method"], r["value"]): r for r in results["summary"]}
+    assert set(rows) == {("grace", 0.1), ("grace", 0.5), ("wise", 0.88)}
+    assert all(row["sr"] == 1.0 for row in rows.values())
+    assert rows[("grace", 0.5)]["lr"] <= rows[("grace", 0.1)]["lr"]  # a wider radius captures more inputs
+    assert results["methods"]["wise"]["training"]["beta"] > 0
+
+
 @pytest.mark.parametrize("name", NEW_FORMS)
 def test_states_survive_a_save_and_restore(world, name, tmp_path):
     ctx = world["ctx"]

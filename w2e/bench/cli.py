@@ -13,7 +13,7 @@ from ..models import DEFAULT_MODEL
 EPILOG = """\
 methods (--methods, comma list; default: all of the paper's comparison plus the ablation variants):
   w2e (rho)  w2e-mean (rho)  search (rho)  ft  ft-l1 (penalty)  ft-l2 (penalty)  random (rho)  kn (rho)
-  spt (rho)  tpatcher  rome  lora (rank)  ke  mend
+  spt (rho)  tpatcher  rome  lora (rank)  ke  mend  grace (radius)  wise (act_ratio)
   ablations: w2e-ensemble (samples)  w2e-cutmix (rho)  w2e-pgd (rho)
   (w2e-mean: one fixed mask, the mean of the hypernetwork's outputs over 512 training images: the
   control for input dependence)
