@@ -214,6 +214,7 @@ FAST_SETTINGS = {
     "ft": FAST, "ft-l1": FAST, "ft-l2": FAST, "random": FAST, "kn": {**FAST, "ig_steps": 4}, "spt": FAST,
     "tpatcher": {**FAST, "memory_images": 8}, "rome": {**FAST, "covariance_images": 8}, "lora": {**FAST, "lr": 0.05},
     "ke": {"iterations": 2, "batch_size": 4, "hidden": 16}, "mend": {"iterations": 2, "batch_size": 4, "rank": 8},
+    "grace": FAST, "wise": {**FAST, "irrelevant_images": 8, "scale_images": 8},
 }
 
 

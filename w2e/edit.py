@@ -150,6 +150,26 @@ def stacked_weights(model: nn.Module, site: EditSite, edits: Sequence[Edit]) -> 
     return weights
 
 
+def dense_sum(site: EditSite, edits: Sequence[Edit]) -> Edit:
+    """One edit over every neuron of the site whose deltas are the sums of ``edits``' deltas.
+
+    Applying it equals applying ``edits`` in order (up to float rounding), at a fixed size however
+    many edits are folded in: the state of a long sequence of stacked edits.
+    """
+    indices, deltas = [], []
+    for row, layer in enumerate(site.layers):
+        shape = (site.hidden_size, site.feature_dim) if layer.axis == 0 else (site.feature_dim, site.hidden_size)
+        total = torch.zeros(shape)
+        for edit in edits:
+            if edit.site != site:
+                raise ValueError("edit was made on a different site than the one given")
+            total.index_add_(layer.axis, edit.indices[row].cpu(), edit.deltas[row].detach().cpu().to(total.dtype))
+        indices.append(torch.arange(site.hidden_size))
+        deltas.append(total)
+    return Edit(site, indices, deltas, success=all(edit.success for edit in edits),
+                steps=sum(edit.steps for edit in edits), info={"edits": len(edits)})
+
+
 @contextmanager
 def edits_applied(model: nn.Module, site: EditSite, edits: Sequence[Edit]) -> Iterator[None]:
     """Run ``model`` with ``edits`` for this thread only; the shared weights stay untouched."""

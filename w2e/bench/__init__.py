@@ -9,7 +9,8 @@ Protocol (METHOD.md sections 6-8)
   preprocessing.
 - Editing samples: the images of each group the base model gets wrong, in a seeded order;
   a budget of them is edited (see ``--quick`` below). Every edit starts from the base
-  model (edits are never stacked), and no edit ever writes the shared base weights: edits
+  model (edits are stacked only in the sequential protocol, below), and no edit ever writes the
+  shared base weights: edits
   are per-thread weight overrides or thread-scoped hooks, and the runner checks after every
   method that the base state dict is bit-identical and no hook is left.
 - SR: share of editing samples predicted right after their own edit.
@@ -36,7 +37,14 @@ KE and MEND (meta-trained here, Adam 1e-3 instead of the paper's 1e-5 so a few h
 iterations suffice). T-Patcher's memory loss, ROME's key covariance, w2e-mean's average mask,
 KE/MEND and the CutMix/PGD hypernetworks use "seen" training images (``--train-data``; the fashion world's
 own by default), never benchmark images. Every setting is in results.json; ``--set
-METHOD.key=value`` and ``--knob METHOD=v1,v2`` change them.
+METHOD.key=value`` and ``--knob METHOD=v1,v2`` change them. The lifelong editors GRACE
+(:mod:`w2e.bench.grace`: a key-value codebook on the [cls] state after one block; knob: the
+deferral radius) and WISE (:mod:`w2e.bench.wise`: a routed side memory for one FFN's second FC;
+knob: the routing threshold ratio) are in the same registry.
+
+Sequential protocol (``--sequential``, :mod:`w2e.bench.sequential`): a seeded stream of editing
+samples edited one after another, each edit on the model the previous ones left; retention,
+GR over the touched groups, LR and accuracy after T edits, curves against T in report.html.
 
 Ablations: w2e with 1, 2 and 3 samples of a group (masks averaged by
 :func:`w2e.masks.ensemble`); mask specificity (IoU of rho = 0.05 masks within and across
@@ -78,9 +86,11 @@ from ..mask_diagnostics import iou_matrix
 from .metrics import group_generalization, locality_rate, paired_sign_tests, sign_test, success_rate, summarise_records
 from .methods import BenchEdit, Method, Resources, registry
 from .runner import BenchOptions, run_bench
+from .sequential import SequentialOptions, run_sequential
 
 __all__ = [
     "BenchContext", "BenchEdit", "BenchOptions", "EditSample", "EvalLimits", "Method", "Resources",
-    "group_generalization", "iou_matrix", "load_any_benchmark", "load_image_folder", "locality_rate",
-    "paired_sign_tests", "registry", "run_bench", "sign_test", "success_rate", "summarise_records",
+    "SequentialOptions", "group_generalization", "iou_matrix", "load_any_benchmark", "load_image_folder",
+    "locality_rate", "paired_sign_tests", "registry", "run_bench", "run_sequential", "sign_test", "success_rate",
+    "summarise_records",
 ]

@@ -13,7 +13,7 @@ from ..models import DEFAULT_MODEL
 EPILOG = """\
 methods (--methods, comma list; default: all of the paper's comparison plus the ablation variants):
   w2e (rho)  w2e-mean (rho)  search (rho)  ft  ft-l1 (penalty)  ft-l2 (penalty)  random (rho)  kn (rho)
-  spt (rho)  tpatcher  rome  lora (rank)  ke  mend
+  spt (rho)  tpatcher  rome  lora (rank)  ke  mend  grace (radius)  wise (act_ratio)
   ablations: w2e-ensemble (samples)  w2e-cutmix (rho)  w2e-pgd (rho)
   (w2e-mean: one fixed mask, the mean of the hypernetwork's outputs over 512 training images: the
   control for input dependence)
@@ -27,6 +27,17 @@ full (default): 36 editing samples dealt round-robin over the groups (each group
 Every gradient-based edit is scored at the stop rule and when it first becomes right; w2e is
 sign-tested edit by edit against every other method (same rho, else w2e at rho 0.05 and 0.1).
 Results: OUT/edits.jsonl (one record per edit; reruns resume), OUT/results.json, OUT/report.html.
+
+--sequential: lifelong editing. A stream of editing samples (failures of every group, seeded order)
+  edited one after another, each edit on the model the previous ones left; after T edits (--steps,
+  default 1,10,50,all; --quick 1,10,all): retention (share of the T samples still right), GR over the
+  touched groups, LR, and accuracy on the benchmark's in-distribution set (or, without one, on
+  labelled locality images not used for LR). Default methods: w2e ft ft-l1 tpatcher grace wise (one
+  knob value each: w2e rho 0.1, FT-L1 1e-3, GRACE radius 0.25, WISE act_ratio 0.88; --knob for others).
+  Stream: 100 edits (--quick: 30; GR on <= 32 images per group, LR and accuracy on <= 128 images);
+  --stream-length N|all and --edits-per-group N|all change it. Results: OUT/steps.jsonl (one record
+  per edit), OUT/states/ (each method's state after its last edit: reruns resume), OUT/results.json,
+  OUT/report.html (default OUT: runs/bench-seq-<model>).
 """
 
 
@@ -37,6 +48,13 @@ def _optional_int(text: str) -> int | None:
     if value < 1:
         raise argparse.ArgumentTypeError("give a positive number or 'all'")
     return value
+
+
+def _steps(text: str) -> tuple[int | None, ...]:
+    steps = tuple(_optional_int(part.strip()) for part in text.split(",") if part.strip())
+    if not steps:
+        raise argparse.ArgumentTypeError("--steps: give T values such as 1,10,50,all")
+    return tuple(steps)
 
 
 def _knob(text: str) -> tuple[str, tuple]:
@@ -90,6 +108,13 @@ def add_bench_parser(subparsers) -> None:
                    help="knob values of a method, e.g. --knob lora=4,8 (repeatable)")
     p.add_argument("--json", action="store_true", help="print results.json's summary as JSON instead of a table")
     p.add_argument("--list", action="store_true", help="list the methods, their knobs and values, and exit")
+    p.add_argument("--sequential", action="store_true",
+                   help="lifelong editing: a stream of edits in a row, scored after T of them (see below)")
+    p.add_argument("--steps", type=_steps, default=None,
+                   help="with --sequential: the T values to score at, e.g. 1,10,50,all (default: 1,10,50,all; "
+                        "--quick: 1,10,all)")
+    p.add_argument("--stream-length", type=_optional_int, default=-1,
+                   help="with --sequential: editing samples in the stream, or 'all' (default 100; --quick 30)")
     p.set_defaults(func=cmd_bench)
 
     p = subparsers.add_parser("bench-train", help="meta-train the KE/MEND baselines (and the CutMix/PGD hypernets)",
@@ -109,7 +134,8 @@ def _out_dir(args) -> Path:
     if args.out:
         return Path(args.out)
     name = Path(args.model).name if Path(args.model).is_dir() else args.model
-    return Path("runs") / f"bench-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}"
+    kind = "bench-seq" if getattr(args, "sequential", False) else "bench"
+    return Path("runs") / f"{kind}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}"
 
 
 def _bundle(args):
@@ -151,14 +177,18 @@ def _method_settings(args) -> dict[str, dict]:
     return out
 
 
-def _list_methods(quick: bool) -> str:
+def _list_methods(quick: bool, sequential: bool = False) -> str:
     from .ablations import ablation_registry
-    from .methods import registry
+    from .methods import Method, registry
 
     lines = []
-    for name, cls in {**registry(), **ablation_registry()}.items():
-        values = cls.quick_values if quick and cls.quick_values is not None else cls.full_values
-        knob = f"{cls.knob} in {list(values)}" if cls.knob else "single setting"
+    for name, cls in ({**registry()} if sequential else {**registry(), **ablation_registry()}).items():
+        if sequential:
+            has_form = cls.sequential_edit is not Method.sequential_edit
+            knob = (f"{cls.knob} = {cls.sequential_value}" if cls.knob else "single setting") if has_form else "no sequential form"
+        else:
+            values = cls.quick_values if quick and cls.quick_values is not None else cls.full_values
+            knob = f"{cls.knob} in {list(values)}" if cls.knob else "single setting"
         lines.append(f"{name:<13} {cls.title:<45} {knob}")
     return "\n".join(lines)
 
@@ -172,8 +202,12 @@ def cmd_bench(args) -> None:
     from .runner import ABLATIONS, BenchOptions, all_method_names, run_bench
 
     if args.list:
-        print(_list_methods(args.quick))
+        print(_list_methods(args.quick, args.sequential))
         return
+    if not args.sequential and (args.steps is not None or args.stream_length != -1):
+        raise _cli_error("--steps and --stream-length belong to --sequential")
+    if args.sequential and args.ablations is not None:
+        raise _cli_error("--ablations belongs to the single-edit protocol, not --sequential")
     methods = None
     if args.methods:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
@@ -200,6 +234,9 @@ def cmd_bench(args) -> None:
     hyper_path = args.hypernetwork or bundle.hypernetwork_path
     hypernetwork = load_hypernetwork(hyper_path, bundle.site, bundle.sha256, bundle.name).to(bundle.device) if hyper_path else None
     source = resolve_train_source(args.train_data, args.model, bundle)
+    if args.sequential:
+        _run_sequential(args, bundle, data, methods, hypernetwork, source, str(bench_path))
+        return
     options = BenchOptions(methods=methods, quick=args.quick, seed=args.seed, edits_per_group=args.edits_per_group,
                            max_group_eval=args.max_group_eval, max_locality=args.max_locality, ablations=ablations,
                            knob_values=dict(args.knobs), method_settings=_method_settings(args))
@@ -213,6 +250,28 @@ def cmd_bench(args) -> None:
     else:
         print(format_table(results))
         print(f"results: {out / 'results.json'}  report: {out / 'report.html'}  per-edit records: {out / 'edits.jsonl'}")
+
+
+def _run_sequential(args, bundle, data, methods, hypernetwork, source, bench_path: str) -> None:
+    from .methods import SettingsError
+    from .sequential import SequentialInputError, SequentialOptions, run_sequential
+    from .sequential_report import format_sequential_table
+
+    options = SequentialOptions(methods=methods, quick=args.quick, seed=args.seed, steps=args.steps,
+                                stream_length=args.stream_length,
+                                edits_per_group=None if args.edits_per_group == -1 else args.edits_per_group,
+                                max_group_eval=args.max_group_eval, max_locality=args.max_locality,
+                                knob_values=dict(args.knobs), method_settings=_method_settings(args))
+    out = _out_dir(args)
+    try:
+        results = run_sequential(bundle, data, out, options, hypernetwork, source, bench_path)
+    except (SettingsError, SequentialInputError) as error:
+        raise _cli_error(str(error)) from None
+    if args.json:
+        print(json.dumps({"curves": results["curves"], "skipped": results["skipped"], "out": str(out)}))
+    else:
+        print(format_sequential_table(results))
+        print(f"results: {out / 'results.json'}  report: {out / 'report.html'}  per-edit records: {out / 'steps.jsonl'}")
 
 
 def cmd_bench_train(args) -> None:

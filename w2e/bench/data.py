@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..benchmark_data import LOCALITY_GROUP, BenchmarkData, load_benchmark
+from ..benchmark_data import IN_DISTRIBUTION_GROUP, LOCALITY_GROUP, BenchmarkData, load_benchmark
 from ..data import IMAGE_SUFFIXES
 from ..images import read_image
 from ..models import ModelBundle
@@ -134,14 +134,43 @@ def spread_edits(failures: list[int], total: int | None, per_group: int | None) 
     return given
 
 
+def accuracy_rows(data: BenchmarkData, locality_rows: np.ndarray, cap: int | None,
+                  seed: int) -> tuple[np.ndarray, str | None]:
+    """Labelled images to measure accuracy on, and where they come from (``None``: no such images).
+
+    The random in-distribution set (group -2) when the benchmark has one; otherwise the labelled
+    locality images not used for LR (all of them when LR uses every one), which sit near the
+    base model's decision boundary with the base model right on each. A seeded sample of at most
+    ``cap`` images.
+    """
+    rows = data.in_distribution_indices
+    source = f"random in-distribution set (group {IN_DISTRIBUTION_GROUP})"
+    if not len(rows):
+        labelled = data.locality_indices[data.labels[data.locality_indices] >= 0]
+        unused = np.setdiff1d(labelled, locality_rows)
+        rows = unused if len(unused) else labelled
+        source = ("labelled locality images " + ("not used for LR" if len(unused) else "(the LR images)") +
+                  f": this benchmark has no in-distribution set (group {IN_DISTRIBUTION_GROUP})")
+    if not len(rows):
+        return np.zeros(0, np.int64), None
+    if cap is not None and len(rows) > cap:
+        rows = np.sort(np.random.default_rng([seed, 2]).choice(rows, cap, replace=False))
+    return rows, source
+
+
 @dataclass
 class BenchContext:
-    """Shared state of one benchmark run (see the module docstring)."""
+    """Shared state of one benchmark run (see the module docstring).
+
+    ``with_accuracy_set``: also hold the images of :func:`accuracy_rows` (capped like the locality
+    set) for the sequential protocol's accuracy; ``accuracy_source`` says where they come from.
+    """
 
     bundle: ModelBundle
     data: BenchmarkData
     limits: EvalLimits = field(default_factory=EvalLimits)
     seed: int = 0
+    with_accuracy_set: bool = False
 
     def __post_init__(self) -> None:
         if len(self.data.group_names) == 0:
@@ -153,6 +182,9 @@ class BenchContext:
         if self.limits.max_locality is not None and len(loc) > self.limits.max_locality:
             loc = np.sort(rng.choice(loc, self.limits.max_locality, replace=False))
         self.locality_rows = loc
+        self.accuracy_rows, self.accuracy_source = np.zeros(0, np.int64), None
+        if self.with_accuracy_set:
+            self.accuracy_rows, self.accuracy_source = accuracy_rows(self.data, loc, self.limits.max_locality, self.seed)
         self.eval_rows = []
         for rows in self.group_rows:
             if self.limits.max_group_eval is not None and len(rows) > self.limits.max_group_eval:
@@ -177,13 +209,15 @@ class BenchContext:
         self._ensembles = {size: self._make_ensembles(size) for size in self.limits.ensemble_sizes}
         extra = [r for samples in self._ensembles.values() for sample in samples for r in sample.rows]
         extra += [r for sample in self.samples for r in sample.rows]
-        pool = np.unique(np.concatenate([*self.eval_rows, self.locality_rows, np.asarray(extra, np.int64)]))
+        pool = np.unique(np.concatenate([*self.eval_rows, self.locality_rows, self.accuracy_rows,
+                                         np.asarray(extra, np.int64)]))
         self.pool_rows = pool
         self.position = {int(r): i for i, r in enumerate(pool)}
         self.inputs = normalise_array(self.data.images[pool], self.bundle.preprocessing).to(self.bundle.device)
         self.pool_labels = torch.as_tensor(self.data.labels[pool])
         self.locality_positions = torch.as_tensor([self.position[int(r)] for r in self.locality_rows], dtype=torch.long)
         self.eval_positions = [torch.as_tensor([self.position[int(r)] for r in rows], dtype=torch.long) for rows in self.eval_rows]
+        self.accuracy_positions = torch.as_tensor([self.position[int(r)] for r in self.accuracy_rows], dtype=torch.long)
 
     # -- samples -------------------------------------------------------------------------------
     def _make_ensembles(self, size: int) -> list[EditSample]:

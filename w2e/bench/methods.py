@@ -8,7 +8,15 @@ edited *for the current thread only*. Nothing ever writes the shared base weight
   produce a core :class:`w2e.edit.Edit` (sparse or dense deltas on an
   :class:`~w2e.site.EditSite`), applied with :func:`w2e.edit.edits_applied`;
 - LoRA overrides the fused ``attn.qkv`` weights through the same per-thread override mechanism;
-- T-Patcher adds a neuron through a thread-scoped forward hook removed in ``finally``.
+- T-Patcher adds a neuron through a thread-scoped forward hook removed in ``finally``;
+- GRACE (:mod:`w2e.bench.grace`) and WISE (:mod:`w2e.bench.wise`) hook one block / one FC layer.
+
+Sequential form (``w2e bench --sequential``, :mod:`w2e.bench.sequential`): a method that has one
+turns ``(state, sample)`` into ``(new state, BenchEdit)``, where the state
+(:class:`~w2e.bench.state.EditState`) is the model as left by the previous edits: the summed
+deltas of the site-structured methods (:class:`SiteStack`), T-Patcher's neurons
+(:class:`PatchBank`), GRACE's codebook, WISE's side memory. The base weights stay untouched there
+too.
 
 ``BenchEdit.level`` is the first block the edit changes: evaluation starts from the cached
 tokens entering that block (site methods: ``site.start``; T-Patcher/ROME: the last block;
@@ -25,7 +33,7 @@ from __future__ import annotations
 import math
 import time
 import zlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Callable, ContextManager, Iterator, Sequence
 
@@ -33,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..edit import Edit, edits_applied
+from ..edit import Edit, dense_sum, edits_applied
 from ..editing import EditConfig, FirstRightSnapshot, fit_until_correct, masked_fine_tune
 from ..mask_search import MaskSearchConfig, search_mask
 from ..masks import binarize, ensemble
@@ -42,6 +50,7 @@ from ..runner import cached_prefix, forward_prefix, forward_suffix
 from ..site import EditSite, site_for_model
 from .data import BenchContext, EditSample
 from .hooks import make_linear_overridable, scoped_forward_hook
+from .state import EditState
 
 #: w2e's kept fractions of the site (paper: sparsity 0.25..0.95), also used by random/KN/SPT.
 DENSITIES = (0.75, 0.5, 0.25, 0.1, 0.05)
@@ -55,6 +64,10 @@ TRAIN_IMAGES_SEED_OFFSET = 17
 
 class SettingsError(ValueError):
     """A method setting that does not exist (a typo in ``--set``)."""
+
+
+class NoSequentialForm(NotImplementedError):
+    """The method has no sequential form (its edits cannot be stacked)."""
 
 
 @dataclass
@@ -108,6 +121,8 @@ class Method:
     knob: str | None = None
     full_values: tuple = (None,)
     quick_values: tuple | None = None
+    #: Knob value of the sequential protocol unless ``--knob`` gives others.
+    sequential_value = None
     needs: tuple[str, ...] = ()
 
     def __init__(self, ctx: BenchContext, resources: Resources, values: tuple | None = None, **overrides) -> None:
@@ -154,6 +169,24 @@ class Method:
     def settings(self) -> dict:
         return {"name": self.name, "knob": self.knob, **self.config}
 
+    # -- sequential form (to override where a method has one) ------------------------------------
+    def supports_sequential(self) -> bool:
+        """Whether the method has a sequential form."""
+        return type(self).sequential_edit is not Method.sequential_edit
+
+    def initial_state(self, value) -> EditState:
+        """The state before the first edit of a sequence: the base model."""
+        raise NoSequentialForm(self.name)
+
+    def sequential_edit(self, state: EditState, sample: EditSample, value) -> tuple[EditState, BenchEdit]:
+        """Edit ``sample`` on the model as left by ``state``; the new state and the edit (whose
+        ``apply`` is the new state's)."""
+        raise NoSequentialForm(self.name)
+
+    def restore_state(self, tensors: dict[str, torch.Tensor], meta: dict, value) -> EditState:
+        """The state :func:`~w2e.bench.state.save_state` wrote (resume of a sequential run)."""
+        raise NoSequentialForm(self.name)
+
     # -- helpers -------------------------------------------------------------------------------
     def edit_config(self) -> EditConfig:
         c = self.config
@@ -172,6 +205,65 @@ def _site_edit(model: nn.Module, edit: Edit, level: int, extra_seconds: float = 
     return bench_edit
 
 
+@dataclass
+class SiteStack:
+    """Sequential state of the site-structured methods: every edit so far summed into one dense
+    delta per site layer (:func:`w2e.edit.dense_sum`), applied as a per-thread weight override."""
+
+    model: nn.Module
+    site: EditSite
+    total: Edit | None = None
+    count: int = 0
+
+    @property
+    def level(self) -> int:
+        return self.site.start
+
+    @property
+    def edits(self) -> list[Edit]:
+        """The stack as core edits (what a new edit stacks on)."""
+        return [] if self.total is None else [self.total]
+
+    def apply(self) -> ContextManager:
+        return edits_applied(self.model, self.site, self.edits)
+
+    def add(self, edit: Edit) -> SiteStack:
+        """The stack with ``edit`` added on top."""
+        return SiteStack(self.model, self.site, dense_sum(self.site, [*self.edits, edit]), self.count + 1)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {layer.param_name: delta for layer, delta in zip(self.site.layers, self.total.deltas)} if self.total else {}
+
+    def meta(self) -> dict:
+        return {"edits": self.count}
+
+    @classmethod
+    def restore(cls, model: nn.Module, site: EditSite, tensors: dict[str, torch.Tensor], meta: dict) -> SiteStack:
+        if not tensors:
+            return cls(model, site)
+        indices = [torch.arange(site.hidden_size) for _ in site.layers]
+        total = Edit(site, indices, [tensors[layer.param_name] for layer in site.layers], success=True)
+        return cls(model, site, total, int(meta["edits"]))
+
+
+def _stacked_edit(state: SiteStack, edit: Edit, extra_seconds: float = 0.0, **info) -> tuple[SiteStack, BenchEdit]:
+    """The new stack and a BenchEdit describing ``edit`` whose ``apply`` is the whole new stack."""
+    new = state.add(edit)
+    return new, BenchEdit(level=new.level, apply=new.apply, success=edit.success, steps=edit.steps,
+                          seconds=edit.seconds + extra_seconds, num_parameters=edit.num_parameters,
+                          density=edit.density, info=info)
+
+
+class SiteStackMethod(Method):
+    """Site-structured methods: their sequential state is a :class:`SiteStack`."""
+
+    def initial_state(self, value) -> SiteStack:
+        return SiteStack(self.model, self.site)
+
+    def restore_state(self, tensors: dict[str, torch.Tensor], meta: dict, value) -> SiteStack:
+        return SiteStack.restore(self.model, self.site, tensors, meta)
+
+
 def seeded_picks(size: int, count: int, seed: int) -> torch.Tensor:
     """``min(count, size)`` distinct indices of ``range(size)`` in a seeded random order."""
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[: min(count, size)]
@@ -184,12 +276,18 @@ def _paper_ft_settings(bundle) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Mask-based methods: continuous mask -> top-rho binary mask -> masked fine-tuning (core).
 # ---------------------------------------------------------------------------------------------
-class MaskMethod(Method):
-    """Locate with a continuous mask over the site, keep the top ``rho`` fraction, fine-tune."""
+class MaskMethod(SiteStackMethod):
+    """Locate with a continuous mask over the site, keep the top ``rho`` fraction, fine-tune.
+
+    Sequentially, each sample's mask is the same as in the single-edit protocol (computed once
+    per sample on the base model: the hypernetwork reads the base model's feature of the image)
+    and the fine-tuning starts from the stack of the previous edits.
+    """
 
     knob = "rho"
     full_values = DENSITIES
     quick_values = QUICK_DENSITIES
+    sequential_value = 0.1
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -212,13 +310,23 @@ class MaskMethod(Method):
     def density_for(self, value) -> float:
         return float(value)
 
-    def edit(self, sample: EditSample, value) -> BenchEdit:
+    def fine_tune(self, sample: EditSample, value, prior: Sequence[Edit] = (),
+                  snapshot_first_right: bool = False) -> tuple[Edit, float]:
+        """The masked fine-tuning of ``sample`` on top of ``prior`` and the seconds its mask took."""
         mask, mask_seconds = self.cached_mask(sample)
         binary = binarize(mask, self.density_for(value), self.config["binarize"])
         tokens = self.ctx.sample_tokens(sample, self.site.start)
         edit = masked_fine_tune(self.model, self.site, tokens, self.ctx.sample_labels(sample), binary, self.edit_config(),
-                                snapshot_first_right=True)
+                                prior_edits=prior, snapshot_first_right=snapshot_first_right)
+        return edit, mask_seconds
+
+    def edit(self, sample: EditSample, value) -> BenchEdit:
+        edit, mask_seconds = self.fine_tune(sample, value, snapshot_first_right=True)
         return _site_edit(self.model, edit, self.site.start, mask_seconds, mask_seconds=mask_seconds)
+
+    def sequential_edit(self, state: SiteStack, sample: EditSample, value) -> tuple[SiteStack, BenchEdit]:
+        edit, mask_seconds = self.fine_tune(sample, value, state.edits)
+        return _stacked_edit(state, edit, mask_seconds, mask_seconds=mask_seconds)
 
 
 class W2EMethod(MaskMethod):
@@ -305,6 +413,7 @@ class FTMethod(MaskMethod):
     knob = "density"
     full_values = (1.0,)
     quick_values = (1.0,)
+    sequential_value = 1.0
 
     def continuous_mask(self, sample: EditSample) -> torch.Tensor:
         return torch.ones(self.site.mask_shape)
@@ -394,36 +503,47 @@ def sensitivity_scores(model: nn.Module, site: EditSite, tokens: torch.Tensor, l
 # FT with an L1 / L2 penalty on the change.
 # ---------------------------------------------------------------------------------------------
 def penalised_fine_tune(model: nn.Module, site: EditSite, tokens: torch.Tensor, labels: torch.Tensor, norm: int,
-                        weight: float, config: EditConfig, snapshot_first_right: bool = False) -> Edit:
+                        weight: float, config: EditConfig, snapshot_first_right: bool = False,
+                        prior_edits: Sequence[Edit] = ()) -> Edit:
     """Fine-tune all site weights with ``weight * ||delta||_norm^norm`` added to the loss.
 
     Early stopping looks at the cross-entropy alone (right prediction and CE <= loss_stop).
-    ``snapshot_first_right`` as in :func:`w2e.editing.masked_fine_tune`.
+    ``snapshot_first_right`` and ``prior_edits`` (stacked under the new edit; the penalty is on the
+    new edit's change alone) as in :func:`w2e.editing.masked_fine_tune`.
     """
     def penalty(deltas: list[torch.Tensor]) -> torch.Tensor:
         return weight * sum((d.abs().sum() if norm == 1 else (d**2).sum()) for d in deltas)
 
     everything = torch.ones(site.mask_shape, dtype=torch.bool)
     with torch.enable_grad():
-        edit = masked_fine_tune(model, site, tokens, labels, everything, config, penalty=penalty,
+        edit = masked_fine_tune(model, site, tokens, labels, everything, config, prior_edits, penalty=penalty,
                                 snapshot_first_right=snapshot_first_right)
     edit.info.update({"penalty": f"l{norm}", "weight": weight})
     return edit
 
 
-class PenaltyMethod(Method):
+class PenaltyMethod(SiteStackMethod):
     knob = "penalty"
     norm = 2
 
     def default_settings(self) -> dict:
         return {**_paper_ft_settings(self.bundle), "norm": self.norm}
 
-    def edit(self, sample: EditSample, value) -> BenchEdit:
+    def fine_tune(self, sample: EditSample, value, prior: Sequence[Edit] = (),
+                  snapshot_first_right: bool = False) -> tuple[Edit, float]:
+        """The penalised fine-tuning of ``sample`` on top of ``prior`` and the norm of its change."""
         tokens = self.ctx.sample_tokens(sample, self.site.start)
         edit = penalised_fine_tune(self.model, self.site, tokens, self.ctx.sample_labels(sample), self.norm,
-                                   float(value), self.edit_config(), snapshot_first_right=True)
-        delta_norm = float(sum((d.abs().sum() if self.norm == 1 else (d**2).sum()) for d in edit.deltas))
+                                   float(value), self.edit_config(), snapshot_first_right, prior)
+        return edit, float(sum((d.abs().sum() if self.norm == 1 else (d**2).sum()) for d in edit.deltas))
+
+    def edit(self, sample: EditSample, value) -> BenchEdit:
+        edit, delta_norm = self.fine_tune(sample, value, snapshot_first_right=True)
         return _site_edit(self.model, edit, self.site.start, delta_norm=delta_norm)
+
+    def sequential_edit(self, state: SiteStack, sample: EditSample, value) -> tuple[SiteStack, BenchEdit]:
+        edit, delta_norm = self.fine_tune(sample, value, state.edits)
+        return _stacked_edit(state, edit, delta_norm=delta_norm)
 
 
 class FTL2Method(PenaltyMethod):
@@ -432,6 +552,7 @@ class FTL2Method(PenaltyMethod):
     name, title, norm = "ft-l2", "FT-L2", 2
     full_values = (1e-2, 1e-1, 1.0)
     quick_values = (1e-1,)
+    sequential_value = 1e-1
 
 
 class FTL1Method(PenaltyMethod):
@@ -440,6 +561,7 @@ class FTL1Method(PenaltyMethod):
     name, title, norm = "ft-l1", "FT-L1", 1
     full_values = (1e-4, 1e-3, 1e-2)
     quick_values = (1e-3,)
+    sequential_value = 1e-3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,7 +591,7 @@ def capture_input(model: nn.Module, module: nn.Module, tokens: torch.Tensor, lev
     return torch.cat(chunks)
 
 
-def _train_tokens(ctx: BenchContext, resources: Resources, count: int, level: int) -> torch.Tensor:
+def train_tokens(ctx: BenchContext, resources: Resources, count: int, level: int) -> torch.Tensor:
     """Tokens entering ``blocks[level]`` of ``count`` seeded training images ("seen data")."""
     source = resources.train_source
     picks = seeded_picks(len(source), count, resources.seed + TRAIN_IMAGES_SEED_OFFSET)
@@ -493,12 +615,56 @@ class PatchNeuron:
         return output + F.gelu(self.pre(args[0])).unsqueeze(-1) * self.value
 
 
+@dataclass
+class PatchBank:
+    """T-Patcher's sequential state: the neurons added so far (one per edit, stacked rows) and
+    ``seen``, the FFN inputs of their editing samples, which later patches must not fire on."""
+
+    mlp: nn.Module
+    level: int
+    keys: torch.Tensor  # (n, width)
+    biases: torch.Tensor  # (n,)
+    values: torch.Tensor  # (n, width)
+    mults: torch.Tensor  # (n,)
+    seen: torch.Tensor  # (edited samples, width)
+
+    @classmethod
+    def empty(cls, mlp: nn.Module, level: int, width: int, device) -> PatchBank:
+        zeros = lambda *shape: torch.zeros(*shape, device=device)  # noqa: E731
+        return cls(mlp, level, zeros(0, width), zeros(0), zeros(0, width), zeros(0), zeros(0, width))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def hook(self, _module, args, output):
+        pre = self.mults * (args[0] @ self.keys.T + self.biases)
+        return output + F.gelu(pre) @ self.values
+
+    def apply(self) -> ContextManager:
+        return scoped_forward_hook(self.mlp, self.hook) if len(self) else nullcontext()
+
+    def add(self, neuron: PatchNeuron, seen: torch.Tensor) -> PatchBank:
+        """The bank with ``neuron`` added and ``seen`` (its editing sample's FFN inputs) remembered."""
+        row = lambda old, new: torch.cat([old, new.detach().reshape(1, *old.shape[1:]).to(old)])  # noqa: E731
+        return PatchBank(self.mlp, self.level, row(self.keys, neuron.key), row(self.biases, neuron.bias),
+                         row(self.values, neuron.value), row(self.mults, neuron.mult),
+                         torch.cat([self.seen, seen.detach().to(self.seen)]))
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"keys": self.keys, "biases": self.biases, "values": self.values, "mults": self.mults, "seen": self.seen}
+
+    def meta(self) -> dict:
+        return {"neurons": len(self)}
+
+
 class TPatcherMethod(Method):
     """T-Patcher: one neuron added to the last FFN, multiplier initialised at 10, Adam 5e-3.
 
     Loss: CE on the editing sample + an activation term keeping the patch on for it + a memory
     term keeping it off (pre-activation below ``-margin``) for ``memory_images`` training
     images ("previously seen data"; the term is dropped when no training images are given).
+    Sequentially (T-Patcher's natural lifelong form) every edit adds one neuron, trained with the
+    earlier neurons in place, and the memory also holds the earlier editing samples.
     """
 
     name, title = "tpatcher", "T-Patcher"
@@ -516,10 +682,15 @@ class TPatcherMethod(Method):
         self.mlp = self.model.blocks[self.level].mlp
         self.memory = None
         if self.resources.train_source is not None and self.config["memory_images"] > 0:
-            tokens = _train_tokens(self.ctx, self.resources, self.config["memory_images"], self.level)
+            tokens = train_tokens(self.ctx, self.resources, self.config["memory_images"], self.level)
             self.memory = _cls_or_mean(capture_input(self.model, self.mlp, tokens, self.level), self.model)
 
-    def edit(self, sample: EditSample, value) -> BenchEdit:
+    def fit_patch(self, sample: EditSample, bank: PatchBank | None = None):
+        """Train one neuron for ``sample`` (on top of ``bank``'s neurons, kept off for its ``seen``).
+
+        Returns ``(params, snapshot, success, steps, losses, z, started)``: the neuron's tensors,
+        the first-right snapshot, the loop's outcome, the sample's FFN inputs and the start time.
+        """
         c = self.config
         started = time.perf_counter()
         tokens = self.ctx.sample_tokens(sample, self.level)
@@ -533,18 +704,27 @@ class TPatcherMethod(Method):
                             mult=torch.tensor(float(c["multiplier"]), device=z.device, requires_grad=True))
         params = [patch.key, patch.bias, patch.value, patch.mult]
         optimizer = torch.optim.Adam(params, lr=c["lr"])
+        memory = self.memory
+        if bank is not None and len(bank.seen):
+            memory = bank.seen if memory is None else torch.cat([memory, bank.seen])
+        earlier = bank.apply if bank is not None else nullcontext
+
         def step_loss():
-            with torch.enable_grad(), scoped_forward_hook(self.mlp, patch.hook):
+            with torch.enable_grad(), earlier(), scoped_forward_hook(self.mlp, patch.hook):
                 logits = forward_suffix(self.model, tokens, self.level)
                 ce = F.cross_entropy(logits, labels)
                 loss = ce + c["activation_weight"] * F.relu(c["margin"] / 3 - patch.pre(z)).mean()
-                if self.memory is not None and c["memory_weight"] > 0:
-                    loss = loss + c["memory_weight"] * F.relu(patch.pre(self.memory) + c["margin"]).mean()
+                if memory is not None and c["memory_weight"] > 0:
+                    loss = loss + c["memory_weight"] * F.relu(patch.pre(memory) + c["margin"]).mean()
             return logits, ce, loss
 
         snapshot = FirstRightSnapshot(params, started)
         steps, success, losses = fit_until_correct(step_loss, labels, optimizer, c["max_steps"], c["loss_stop"],
                                                    on_first_right=snapshot)
+        return params, snapshot, success, steps, losses, z, started
+
+    def edit(self, sample: EditSample, value) -> BenchEdit:
+        params, snapshot, success, steps, losses, _, started = self.fit_patch(sample)
         mlp, level = self.mlp, self.level
 
         def build(tensors: Sequence[torch.Tensor], success: bool, steps: int, seconds: float) -> BenchEdit:
@@ -554,6 +734,20 @@ class TPatcherMethod(Method):
                              info={"final_loss": losses[steps]})
 
         return with_first_right(build, params, snapshot, success, steps, time.perf_counter() - started)
+
+    def initial_state(self, value) -> PatchBank:
+        return PatchBank.empty(self.mlp, self.level, self.mlp.fc1.in_features, self.bundle.device)
+
+    def sequential_edit(self, state: PatchBank, sample: EditSample, value) -> tuple[PatchBank, BenchEdit]:
+        params, _, success, steps, losses, z, started = self.fit_patch(sample, state)
+        new = state.add(PatchNeuron(*params), z)
+        return new, BenchEdit(level=self.level, apply=new.apply, success=success, steps=steps,
+                              seconds=time.perf_counter() - started, num_parameters=sum(t.numel() for t in params),
+                              info={"final_loss": losses[steps], "neurons": len(new)})
+
+    def restore_state(self, tensors: dict[str, torch.Tensor], meta: dict, value) -> PatchBank:
+        device = self.bundle.device
+        return PatchBank(self.mlp, self.level, **{name: tensor.to(device) for name, tensor in tensors.items()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -587,7 +781,7 @@ class ROMEMethod(Method):
         self.rome_site = site_for_model(self.model, [self.level])
         hidden = self.fc2.in_features
         if self.resources.train_source is not None and self.config["covariance_images"] > 0:
-            tokens = _train_tokens(self.ctx, self.resources, self.config["covariance_images"], self.level)
+            tokens = train_tokens(self.ctx, self.resources, self.config["covariance_images"], self.level)
             keys = capture_input(self.model, self.fc2, tokens, self.level).reshape(-1, hidden).double()
             cov = keys.T @ keys / len(keys)
         else:
@@ -739,9 +933,11 @@ class LoRAMethod(Method):
 # Registry
 # ---------------------------------------------------------------------------------------------
 def registry() -> dict[str, type[Method]]:
-    """Every method of the paper's comparison, by CLI name, in report order."""
+    """Every method of the paper's comparison and the lifelong editors GRACE and WISE, by CLI name, in report order."""
+    from .grace import GRACEMethod
     from .hyperedit import KEMethod, MENDMethod
+    from .wise import WISEMethod
 
     methods = [W2EMethod, W2EMeanMethod, SearchMethod, FTMethod, FTL1Method, FTL2Method, RandomMaskMethod, KNMethod,
-               SPTMethod, TPatcherMethod, ROMEMethod, LoRAMethod, KEMethod, MENDMethod]
+               SPTMethod, TPatcherMethod, ROMEMethod, LoRAMethod, KEMethod, MENDMethod, GRACEMethod, WISEMethod]
     return {m.name: m for m in methods}

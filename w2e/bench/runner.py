@@ -133,7 +133,7 @@ def run_bench(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path, opt
         method_started = time.perf_counter()
         method.prepare()
         _run_edits(ctx, method, todo, store, digest, progress)
-        _check_base(bundle, base_sha, name)
+        check_base_unchanged(bundle, base_sha, name)
         instances[name] = method
         methods_info[name] = {"title": method.title, "knob": method.knob, "values": list(method.values),
                               "level": method.level, "settings": method.settings(), "settings_hash": digest,
@@ -260,7 +260,8 @@ def timing_by_method(records) -> dict:
             for name, recs in by_method.items()}
 
 
-def _check_base(bundle: ModelBundle, expected: str, name: str) -> None:
+def check_base_unchanged(bundle: ModelBundle, expected: str, name: str) -> None:
+    """Raise :class:`BaseModelChangedError` when method ``name`` left a hook or changed a weight."""
     if has_hooks(bundle.model):
         raise BaseModelChangedError(f"method {name} left a hook on the base model")
     if state_dict_sha256(bundle.model) != expected:
