@@ -102,7 +102,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
             return {model_dd: session.model}
         session = logic.Session(spec)
         return {state: session, model_md: logic.describe_model(bench),
-                label: gr.Dropdown(choices=bench.labels, value=None), gallery: [(e.path, e.caption) for e in bench.examples],
+                label: gr.Dropdown(choices=bench.choices, value=None), gallery: [(e.path, e.caption) for e in bench.examples],
                 image: None, view: None, top5: plots.empty_figure("Upload an image"), pred_md: "",
                 heatmap: plots.empty_figure("Upload an image"), mask_md: "", edit_md: "", loss: None, after: None,
                 tradeoff_plot: None, tradeoff_md: "", files: None, **stack_view(bench, session, "")}
@@ -205,7 +205,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
                 top5 = gr.Plot(plots.empty_figure("Upload an image"), label="Top-5")
         gr.Markdown("## 2 · Right label and where to edit")
         with gr.Row():
-            label = gr.Dropdown(first.labels, value=None, label="Right label (type to search)", filterable=True,
+            label = gr.Dropdown(first.choices, value=None, label="Right label (type to search)", filterable=True,
                                 allow_custom_value=True, elem_id="label")
             rho = gr.Slider(0.005, 1.0, value=logic.DEFAULT_RHO, step=0.005, label="ρ: kept fraction of the edit site",
                             elem_id="rho")

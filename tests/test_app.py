@@ -24,6 +24,7 @@ from safetensors.numpy import save_file
 
 from tests.conftest import tiny_model, write_model_dir
 from w2e import app_logic as logic
+from w2e.editor import AlreadyCorrectError
 from w2e.hypernet import new_hypernetwork
 from w2e.images import ImageInputError
 from w2e.models import load_local_model, state_dict_sha256
@@ -32,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ["banana-apple", "stage light"]
 GROUP_SIZE = 6
 LOCALITY_SIZE = 48
+#: Class names of the tiny world: "apple" is inside "pineapple", as "shirt" is inside "t-shirt".
+CLASSES = ["pineapple", "apple", "cherry", "damson", "elderberry"]
 MISSING = "/nonexistent/w2e-model"  # offered but not loadable, like ViT-B/16 without internet
 SCALE = 4  # example PNGs are the 16 px benchmark images upscaled 4x (nearest), like the fashion world's
 
@@ -41,7 +44,7 @@ SCALE = 4  # example PNGs are the 16 px benchmark images upscaled 4x (nearest), 
 
 def write_app_world(root: Path, hypernetwork: bool = True) -> Path:
     """A tiny model folder with a fake benchmark, example PNGs and (optionally) a hypernetwork."""
-    model_dir = write_model_dir(root / "tiny-world", tiny_model())
+    model_dir = write_model_dir(root / "tiny-world", tiny_model(), classes=CLASSES)
     bundle = load_local_model(model_dir)
     rng = np.random.default_rng(0)
     count = len(GROUPS) * GROUP_SIZE + LOCALITY_SIZE
@@ -122,6 +125,15 @@ def test_config_from_flags_and_env(tmp_path):
     assert logic.display_names(["crane", "tench", "crane"]) == ["crane (#0)", "tench", "crane (#2)"]
 
 
+def test_dropdown_puts_every_name_before_the_names_containing_it():
+    fashion = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
+    order = logic.dropdown_order(fashion)
+    assert sorted(order) == sorted(fashion)
+    for typed in fashion:  # the dropdown's Enter takes the first name containing the typed text
+        assert next(name for name in order if typed.casefold() in name.casefold()) == typed
+    assert logic.dropdown_order(["pineapple", "Apple pie", "apple"]) == ["apple", "Apple pie", "pineapple"]
+
+
 def test_examples_map_to_benchmark_rows_and_uploads_are_recognised(bench, app_world):
     assert len(bench.examples) == 4
     first = bench.examples[0]
@@ -176,6 +188,21 @@ def test_failed_edit_is_reported_and_not_stacked(bench):
     assert "failed" in logic.describe_edit(bench, outcome, 0)
     with pytest.raises(ValueError, match="limit"):
         logic.apply_edit(bench, session, 0, 0.5, max_edits=0)
+
+
+def test_edits_towards_what_the_model_already_says_are_refused_and_not_stacked(bench):
+    session = logic.Session(bench.spec)
+    session.set_sample(bench.sample_from_file(bench.examples[0].path))
+    predicted = int(bench.probabilities(session.sample).argmax())
+    with pytest.raises(AlreadyCorrectError, match=f"already says {bench.bundle.class_names[predicted]}; nothing to fix"):
+        logic.apply_edit(bench, session, predicted, 0.25, max_edits=5)
+    assert session.edits == [] and session.log == []
+    outcome = logic.apply_edit(bench, session, session.sample.true_label, 0.25, max_edits=5)
+    assert outcome.applied and outcome.edit.changed_parameters > 0
+    assert f"{outcome.edit.changed_parameters:,} weights changed" in logic.describe_edit(bench, outcome, 1)
+    with pytest.raises(AlreadyCorrectError):  # the same edit again would change nothing
+        logic.apply_edit(bench, session, session.sample.true_label, 0.25, max_edits=5)
+    assert len(session.edits) == 1
 
 
 def test_test_time_search_needs_the_label_and_tradeoff_sweeps(search_world):
@@ -472,5 +499,11 @@ def test_browser_upload_edit_and_read_locality(browser_app, tmp_path):
             page.get_by_text("with your 1 edit(s) predicts").wait_for()
             page.wait_for_timeout(300)  # let the chained mask event start, then wait until nothing is pending
             page.wait_for_function("() => !document.querySelector('.pending, .eta-bar, .progress-text')")
+            typed = page.locator("#label input")
+            for name in browser_app.w2e_hub.get().bundle.class_names:  # a whole name typed + Enter is that name
+                typed.fill("")
+                typed.type(name)
+                typed.press("Enter")
+                page.wait_for_function("n => document.querySelector('#label input').value === n", arg=name)
         finally:
             browser.close()

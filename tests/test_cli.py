@@ -51,6 +51,16 @@ def test_label_by_index_and_mask(tiny_dir, image_file, capsys):
     assert sum(layer["selected"] for layer in payload["layers"]) == round(0.25 * np.prod(payload["mask_shape"]))
 
 
+def test_edit_towards_the_current_prediction_exits_2_unless_allowed(tiny_dir, image_file, capsys):
+    code, out, _ = _run(capsys, "predict", image_file, "--model", tiny_dir, "--json")
+    predicted = json.loads(out)["top"][0]["label"]
+    code, out, err = _run(capsys, "edit", image_file, "--model", tiny_dir, "--label", predicted.upper(), "--rho", "0.5")
+    assert code == 2 and out == "" and f"the model already says {predicted}; nothing to fix" in err
+    code, out, _ = _run(capsys, "edit", image_file, "--model", tiny_dir, "--label", predicted, "--rho", "0.5",
+                        "--lr", "0.01", "--allow-correct-label", "--json")
+    assert code == 0 and json.loads(out)["pred_after"] == predicted
+
+
 def test_unknown_label_exits_2_with_suggestion(tiny_dir, image_file, capsys):
     code, _, err = _run(capsys, "edit", image_file, "--model", tiny_dir, "--label", "banan")
     assert code == 2 and "banana" in err

@@ -126,6 +126,19 @@ def display_names(class_names: Sequence[str]) -> list[str]:
     return [name if counts[name] == 1 else f"{name} (#{i})" for i, name in enumerate(class_names)]
 
 
+def dropdown_order(names: Sequence[str]) -> list[str]:
+    """``names`` ordered for a filterable dropdown, whose Enter key takes the first name that
+    contains the typed text: every name comes before the names containing it (``shirt``
+    before ``t-shirt``), so a whole name typed is the one chosen; otherwise alphabetical."""
+    folded = [name.casefold() for name in names]
+    by_length = sorted(range(len(names)), key=lambda i: len(folded[i]))
+    depth: dict[int, int] = {}
+    for i in by_length:
+        inside = [depth[j] for j in depth if folded[j] != folded[i] and folded[j] in folded[i]]
+        depth[i] = 1 + max(inside, default=-1)
+    return [names[i] for i in sorted(range(len(names)), key=lambda i: (depth[i], folded[i]))]
+
+
 def short_name(name: str) -> str:
     """First synonym of an ImageNet-style comma-separated name."""
     return name.split(",")[0].strip()
@@ -270,6 +283,7 @@ class Workbench:
         self.locality_note = locality_note
         self.examples = examples
         self.labels = display_names(self.bundle.class_names)
+        self.choices = dropdown_order(self.labels)
         self._label_index = {name: i for i, name in enumerate(self.labels)}
         self.total_parameters = sum(p.numel() for p in self.bundle.model.parameters())
         self._groups: dict[int, PrefixCache] = {}
@@ -450,7 +464,7 @@ class Workbench:
             edit = self.edit(sample, label, rho, mask, prior, step)
             stack = [*prior, edit]
             locality = self.locality(stack)
-            points.append(TradeoffPoint(float(rho), edit.success, edit.steps, edit.num_parameters,
+            points.append(TradeoffPoint(float(rho), edit.success, edit.steps, edit.changed_parameters,
                                         locality.rate if locality is not None else None,
                                         self.generalization(sample, stack)))
         return points
@@ -616,7 +630,7 @@ class EditOutcome:
         return {"success": self.edit.success, "applied": self.applied, "label": names[self.label],
                 "pred_before": names[int(self.probs_before.argmax())], "pred_after": names[int(self.probs_after.argmax())],
                 "steps": self.edit.steps, "seconds": round(self.edit.seconds, 4), "final_loss": self.edit.losses[-1],
-                "rho": self.summary.rho, "parameters_changed": self.edit.num_parameters,
+                "rho": self.summary.rho, "parameters_changed": self.edit.changed_parameters,
                 "share_of_all_parameters": self.summary.model_share, "mask_source": bench.editor.mask_source,
                 "image": session.sample.name if session.sample else None, "edits_in_session": len(session.edits),
                 **self.evaluation.to_json()}
@@ -724,7 +738,7 @@ def describe_edit(bench: Workbench, outcome: EditOutcome, stack: int) -> str:
     names = bench.bundle.class_names
     edit = outcome.edit
     change = f"{names[int(outcome.probs_before.argmax())]} → {names[int(outcome.probs_after.argmax())]}"
-    facts = (f"{edit.steps} steps, {edit.seconds:.2f} s on `{bench.bundle.device}`, {edit.num_parameters:,} weights changed, "
+    facts = (f"{edit.steps} steps, {edit.seconds:.2f} s on `{bench.bundle.device}`, {edit.changed_parameters:,} weights changed, "
              f"final loss {edit.losses[-1]:.3g}")
     if edit.success:
         return f"### Edit succeeded: {change}\n{facts}. Edit {stack} in this session."

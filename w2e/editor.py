@@ -22,6 +22,14 @@ from .runner import cached_prefix, forward_suffix
 DEFAULT_RHO = 0.1
 
 
+class AlreadyCorrectError(ValueError):
+    """An edit towards the label the model already predicts: there is nothing to fix."""
+
+    def __init__(self, label_name: str) -> None:
+        super().__init__(f"the model already says {label_name}; nothing to fix")
+        self.label_name = label_name
+
+
 @dataclass(frozen=True)
 class LocalityResult:
     """Agreement with the base model on a fixed image set after some edits."""
@@ -123,14 +131,18 @@ class Editor:
 
     def edit(self, images, label: int | Sequence[int], rho: float = DEFAULT_RHO, mode: str = "topk",
              mask: torch.Tensor | None = None, prior_edits: Sequence[Edit] = (), progress: ProgressFn | None = None,
-             config: EditConfig | None = None) -> Edit:
+             config: EditConfig | None = None, allow_correct: bool = False) -> Edit:
         """Locate (mask at ``rho``) and fine-tune so ``images`` are classified as ``label``.
 
         ``mask`` (continuous) skips the hypernetwork; ``prior_edits`` are stacked under the new
-        edit. Returns an :class:`Edit` whose ``success`` says whether it worked.
+        edit. Returns an :class:`Edit` whose ``success`` says whether it worked. Raises
+        :class:`AlreadyCorrectError` when the model (with ``prior_edits``) already predicts
+        ``label`` for every image, unless ``allow_correct`` asks to strengthen it anyway.
         """
         x = self.inputs(images)
         labels = torch.as_tensor([label] * len(x) if isinstance(label, int) else list(label), device=x.device)
+        if not allow_correct:
+            self.check_needs_edit(x, labels, prior_edits)
         continuous = mask if mask is not None else self.continuous_mask(x, int(labels[0]))
         binary = binarize(continuous, rho, mode)
         tokens = cached_prefix(self.bundle.model, x, self.bundle.site.start)
@@ -139,6 +151,14 @@ class Editor:
         edit.info.update({"rho": rho, "mode": mode, "mask_source": "given" if mask is not None else self.mask_source,
                           "base_model": self.bundle.name, "base_sha256": self.bundle.sha256})
         return edit
+
+    def check_needs_edit(self, images, labels: torch.Tensor, prior_edits: Sequence[Edit] = ()) -> None:
+        """Raise :class:`AlreadyCorrectError` when the model with ``prior_edits`` already
+        predicts ``labels`` for every one of ``images``."""
+        predicted = self.probabilities(images, prior_edits).argmax(-1)
+        if bool((predicted == labels.cpu()).all()):
+            names = dict.fromkeys(self.bundle.class_names[int(i)] for i in labels)
+            raise AlreadyCorrectError(", ".join(names))
 
     @property
     def benchmark(self) -> BenchmarkData | None:
