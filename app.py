@@ -85,8 +85,8 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
 
     def stack_view(bench, session, message, evaluation=None):
         evaluation = evaluation or bench.evaluate(session.sample, session.edits)
-        out = {edit_md: message, locality_md: logic.describe_evaluation(evaluation, len(session.edits)),
-               flipped: bench.flipped(evaluation.locality), table: logic.edit_table(session),
+        out = {edit_md: message, locality_md: logic.describe_evaluation(bench, evaluation, len(session.edits)),
+               flipped: bench.flipped(evaluation.localities), table: logic.edit_table(session),
                details: {"edits_in_session": len(session.edits), **evaluation.to_json()}, state: session}
         if session.sample is not None:
             probs = bench.probabilities(session.sample, session.edits)

@@ -20,9 +20,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.numpy import save_file
 
-from tests.conftest import tiny_model, write_model_dir
+from tests.conftest import tiny_model, write_benchmark, write_model_dir
 from w2e import app_logic as logic
 from w2e.editor import AlreadyCorrectError
 from w2e.hypernet import new_hypernetwork
@@ -33,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ["banana-apple", "stage light"]
 GROUP_SIZE = 6
 LOCALITY_SIZE = 48
+IN_DISTRIBUTION_SIZE = 40
 #: Class names of the tiny world: "apple" is inside "pineapple", as "shirt" is inside "t-shirt".
 CLASSES = ["pineapple", "apple", "cherry", "damson", "elderberry"]
 MISSING = "/nonexistent/w2e-model"  # offered but not loadable, like ViT-B/16 without internet
@@ -45,15 +45,8 @@ SCALE = 4  # example PNGs are the 16 px benchmark images upscaled 4x (nearest), 
 def write_app_world(root: Path, hypernetwork: bool = True) -> Path:
     """A tiny model folder with a fake benchmark, example PNGs and (optionally) a hypernetwork."""
     model_dir = write_model_dir(root / "tiny-world", tiny_model(), classes=CLASSES)
+    images, labels, groups = write_benchmark(model_dir, GROUPS, GROUP_SIZE, LOCALITY_SIZE, IN_DISTRIBUTION_SIZE)
     bundle = load_local_model(model_dir)
-    rng = np.random.default_rng(0)
-    count = len(GROUPS) * GROUP_SIZE + LOCALITY_SIZE
-    images = rng.integers(0, 256, (count, 16, 16, 3), dtype=np.uint8)
-    groups = np.concatenate([np.repeat(np.arange(len(GROUPS)), GROUP_SIZE), np.full(LOCALITY_SIZE, -1)]).astype(np.int64)
-    predictions = bundle.model(logic.normalise_array(images, bundle.preprocessing)).argmax(-1).numpy()
-    labels = np.where(groups >= 0, (predictions + 1) % 5, predictions).astype(np.int64)  # groups: failures
-    save_file({"images": images, "labels": labels, "groups": groups}, str(model_dir / "benchmark.safetensors"),
-              metadata={"info": json.dumps({"group_names": GROUPS})})
     examples = model_dir / "examples"
     examples.mkdir()
     for group, name in enumerate(GROUPS):
@@ -61,13 +54,12 @@ def write_app_world(root: Path, hypernetwork: bool = True) -> Path:
             row = np.flatnonzero(groups == group)[n]
             big = Image.fromarray(images[row]).resize((16 * SCALE, 16 * SCALE), Image.Resampling.NEAREST)
             big.save(examples / f"{name}__{bundle.class_names[labels[row]]}__{n}.png")
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    manifest["benchmark"] = "benchmark.safetensors"
     if hypernetwork:
         torch.manual_seed(0)
         new_hypernetwork(bundle.site, bundle.name, bundle.sha256, depth=1).save(model_dir / "hypernet.safetensors")
+        manifest = json.loads((model_dir / "manifest.json").read_text())
         manifest["hypernetwork"] = "hypernet.safetensors"
-    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+        (model_dir / "manifest.json").write_text(json.dumps(manifest))
     return model_dir
 
 
@@ -161,9 +153,19 @@ def test_session_edit_undo_reset_export_never_touch_the_base(bench, tmp_path):
     outcome = logic.apply_edit(bench, session, label, 0.25, max_edits=5)
     assert outcome.edit.success and session.edits == [outcome.edit]
     assert int(outcome.probs_after.argmax()) == label
-    assert outcome.evaluation.locality is not None and 0 <= outcome.evaluation.locality.rate <= 1
+    assert list(outcome.evaluation.localities) == ["near-boundary", "in-distribution"]
+    near, ordinary = outcome.evaluation.localities.values()
+    assert len(near.before) == LOCALITY_SIZE and len(ordinary.before) == IN_DISTRIBUTION_SIZE
+    assert near.accuracy_before == 1.0 and ordinary.accuracy_before == 0.75  # a quarter of the ordinary set is wrong
+    assert outcome.evaluation.locality is near and 0 <= near.rate <= 1
+    text = logic.describe_evaluation(bench, outcome.evaluation, 1)
+    assert f"**in-distribution: {ordinary.rate:.1%} unchanged**" in text and f"accuracy 75.0% → {ordinary.accuracy_after:.1%}" in text
+    assert "barely gets right" in text and "the harshest test" in text and "random ordinary test images" in text
+    assert "**Locality**: predictions on unrelated images" in text and "**Generalization**: " in text
     assert outcome.evaluation.generalization is not None and outcome.evaluation.group_size == GROUP_SIZE - 1
-    assert len(bench.flipped(outcome.evaluation.locality)) == min(len(outcome.evaluation.locality.flipped), 24)
+    shown = bench.flipped(outcome.evaluation.localities)
+    assert len(shown) == min(len(near.flipped), 12) + min(len(ordinary.flipped), 12)
+    assert all(caption.split(":")[0] in ("near-boundary", "in-distribution") for _, caption in shown)
     assert logic.edit_table(session)[0][2] == bench.bundle.class_names[label]
     paths = logic.export_session(bench, session)
     assert [p.name for p in paths] == ["model.safetensors", "manifest.json", "edit_log.json"]
@@ -230,10 +232,13 @@ def test_locality_folder_for_models_without_benchmark(tmp_path):
     (folder / "broken.png").write_bytes(b"not a png")
     model_dir = write_model_dir(tmp_path / "plain", tiny_model())
     bench = logic.Hub(logic.AppConfig(models=(str(model_dir),), locality_dir=folder, device="cpu")).get()
-    assert bench.examples == [] and len(bench.locality_set) == 5
-    assert bench.locality(()).rate == 1.0
+    assert bench.examples == [] and len(bench.locality_sets["your folder"]) == 5
+    result = bench.locality(())["your folder"]
+    assert result.rate == 1.0 and result.accuracy_before is None
+    assert "no labels" in logic.describe_evaluation(bench, bench.evaluate(None, ()), 0)
     bare = logic.Hub(logic.AppConfig(models=(str(model_dir),), device="cpu")).get()
-    assert bare.locality_set is None and "--locality-dir" in logic.describe_model(bare)
+    assert bare.locality_sets == {} and "--locality-dir" in logic.describe_model(bare)
+    assert "locality cannot be shown" in logic.describe_evaluation(bare, bare.evaluate(None, ()), 0)
 
 
 # ------------------------------------------------------------------------------------------ bad uploads
@@ -327,6 +332,7 @@ def test_api_predict_mask_rho_edit_undo_download(app_url, app_world):
     edit = outputs(api.predict(label, 0.25, False, api_name="/edit"), "success")
     assert edit["success"] and edit["pred_after"] == label and edit["edits_in_session"] == 1
     assert 0 <= edit["locality_rate"] <= 1 and edit["locality_images"] == LOCALITY_SIZE
+    assert edit["locality"]["in-distribution"]["images"] == IN_DISTRIBUTION_SIZE
     assert edit["generalization"] is not None and edit["group_images"] == GROUP_SIZE - 1
     trade = outputs(api.predict(label, 0.25, api_name="/tradeoff"), "points")
     assert [p["rho"] for p in trade["points"]] == [0.75, 0.5, 0.25, 0.1, 0.05]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import tiny_model, write_model_dir
+from tests.conftest import tiny_model, write_benchmark, write_model_dir
 from w2e.cli import main
 
 
@@ -41,6 +41,22 @@ def test_edit_json_contract(tiny_dir, image_file, tmp_path, capsys):
     assert payload["label"] == "cherry" and payload["locality_rate"] is None
     assert code == (0 if payload["success"] else 1)
     assert save.is_file()
+
+
+def test_edit_reports_locality_on_both_sets_with_accuracy(tiny_dir, image_file, capsys):
+    _, labels, groups = write_benchmark(tiny_dir, ["g"], 2, locality_size=12, in_distribution_size=20)
+    code, out, _ = _run(capsys, "predict", image_file, "--model", tiny_dir, "--json")
+    wrong = json.loads(out)["top"][1]["label"]
+    code, out, _ = _run(capsys, "edit", image_file, "--model", tiny_dir, "--label", wrong, "--rho", "0.5",
+                        "--no-hypernetwork", "--lr", "0.01", "--json")
+    payload = json.loads(out)
+    near, ordinary = payload["locality"]["near-boundary"], payload["locality"]["in-distribution"]
+    assert near["images"] == 12 and ordinary["images"] == 20 and payload["locality_rate"] == near["rate"]
+    assert near["accuracy_before"] == 1.0 and ordinary["accuracy_before"] == 0.75  # a quarter is labelled wrong
+    assert 0 <= ordinary["accuracy_after"] <= 1 and ordinary["flipped"] == round((1 - ordinary["rate"]) * 20)
+    code, out, _ = _run(capsys, "edit", image_file, "--model", tiny_dir, "--label", wrong, "--rho", "0.5",
+                        "--no-hypernetwork", "--lr", "0.01")
+    assert "locality (near-boundary): " in out and "locality (in-distribution): " in out and "accuracy 75.0% -> " in out
 
 
 def test_label_by_index_and_mask(tiny_dir, image_file, capsys):

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from .edit import Edit, edited_state_dict
-from .editor import DEFAULT_RHO, Editor, LocalityResult, PrefixCache
+from .editor import DEFAULT_RHO, IN_DISTRIBUTION, NEAR_BOUNDARY, Editor, LocalityResult, PrefixCache
 from .images import MAX_FILE_BYTES, MAX_PIXELS, ImageInputError, read_image
 from .labels import resolve_label
 from .masks import binarize
@@ -186,8 +186,9 @@ def _pixels_image(pixels: np.ndarray) -> Image.Image:
 
 @dataclass
 class LocalitySet:
-    """Prefix-cached locality images and how to show one of them."""
+    """Prefix-cached locality images, what they are and how to show one of them."""
 
+    name: str
     cache: PrefixCache
     image: Callable[[int], Image.Image]
     description: str
@@ -235,51 +236,63 @@ class MaskSummary:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Locality of a stack of edits, and generalization on the image's benchmark group."""
+    """Locality of a stack of edits on each locality set (by set name, the paper's
+    near-boundary set first), and generalization on the image's benchmark group."""
 
-    locality: LocalityResult | None
+    localities: dict[str, LocalityResult]
     generalization: float | None = None
     generalization_before: float | None = None
     group_name: str | None = None
     group_size: int = 0
 
+    @property
+    def locality(self) -> LocalityResult | None:
+        """Locality on the first set (the paper's near-boundary set when there is one)."""
+        return next(iter(self.localities.values()), None)
+
     def to_json(self) -> dict:
-        """JSON-ready numbers."""
+        """JSON-ready numbers (``locality_*``: the first set; ``locality``: every set)."""
         loc = self.locality
         return {"locality_rate": loc.rate if loc is not None else None,
                 "locality_images": int(len(loc.before)) if loc is not None else 0,
                 "locality_flipped": int(len(loc.flipped)) if loc is not None else 0,
+                "locality": {name: result.to_json() for name, result in self.localities.items()},
                 "generalization": self.generalization, "generalization_before": self.generalization_before,
                 "group": self.group_name, "group_images": self.group_size}
 
 
 @dataclass(frozen=True)
 class TradeoffPoint:
-    """One edit of the trade-off sweep."""
+    """One edit of the trade-off sweep: its locality on each set (by name) and GR."""
 
     rho: float
     success: bool
     steps: int
     parameters: int
-    locality: float | None
+    localities: dict[str, float]
     generalization: float | None
+
+    @property
+    def locality(self) -> float | None:
+        """Locality rate on the first set (the paper's near-boundary set when there is one)."""
+        return next(iter(self.localities.values()), None)
 
     def to_json(self) -> dict:
         """JSON-ready numbers."""
         return {"rho": self.rho, "success": self.success, "steps": self.steps, "parameters_changed": self.parameters,
-                "locality_rate": self.locality, "generalization": self.generalization}
+                "locality_rate": self.locality, "locality": dict(self.localities), "generalization": self.generalization}
 
 
 class Workbench:
     """One loaded model and everything sessions share (read-only): editor, locality set,
     benchmark groups (prefix-cached on first use) and example gallery."""
 
-    def __init__(self, spec: str, editor: Editor, locality: LocalitySet | None, examples: list[Example],
+    def __init__(self, spec: str, editor: Editor, localities: Sequence[LocalitySet], examples: list[Example],
                  locality_note: str = "") -> None:
         self.spec = spec
         self.editor = editor
         self.bundle: ModelBundle = editor.bundle
-        self.locality_set = locality
+        self.locality_sets = {locality.name: locality for locality in localities}
         self.locality_note = locality_note
         self.examples = examples
         self.labels = display_names(self.bundle.class_names)
@@ -297,20 +310,17 @@ class Workbench:
         report(0.0, f"loading model {spec}")
         bundle = load_model(spec, device=config.resolved_device())
         editor = Editor(bundle)
-        report(0.5, "caching the locality set")
-        locality, note = None, ""
-        if editor.benchmark is not None and len(editor.benchmark.locality_indices):
-            bench = editor.benchmark
-            rows = bench.locality_indices
-            locality = LocalitySet(editor.locality_cache, lambda i: _pixels_image(bench.images[rows[i]]),
-                                   f"{len(rows):,} near-boundary images of the bundled benchmark")
-        elif config.locality_dir is not None:
-            locality, note = _folder_locality(bundle, config.locality_dir, config)
-        else:
-            note = "no locality set: this model has no bundled benchmark; start the app with --locality-dir FOLDER"
+        report(0.5, "caching the locality sets")
+        localities, note = _benchmark_localities(editor), ""
+        if not localities and config.locality_dir is not None:
+            folder, note = _folder_locality(bundle, config.locality_dir, config)
+            localities = [folder] if folder is not None else []
+        elif not localities:
+            note = ("locality cannot be shown: this model has no bundled benchmark; start the app with "
+                    "--locality-dir FOLDER (a folder of ordinary images) to see which predictions an edit changes")
         examples = _find_examples(editor, bundle)
         report(1.0, "ready")
-        return cls(spec, editor, locality, examples, note)
+        return cls(spec, editor, localities, examples, note)
 
     # ---- labels
     def label_index(self, label: str | int | None) -> int | None:
@@ -410,9 +420,9 @@ class Workbench:
         edit.info["mask_source"] = self.editor.mask_source
         return edit
 
-    def locality(self, edits: Sequence[Edit]) -> LocalityResult | None:
-        """Agreement with the base model on the locality set, or ``None`` without one."""
-        return self.locality_set.cache.locality(list(edits)) if self.locality_set is not None else None
+    def locality(self, edits: Sequence[Edit]) -> dict[str, LocalityResult]:
+        """Agreement with the base model on each locality set, by set name (empty without any)."""
+        return {name: locality.cache.locality(list(edits)) for name, locality in self.locality_sets.items()}
 
     def _group_cache(self, group: int) -> PrefixCache:
         with self._groups_lock:
@@ -442,15 +452,16 @@ class Workbench:
         return Evaluation(locality, self.generalization(sample, edits), before,
                           self.benchmark.group_names[sample.group], size)
 
-    def flipped(self, result: LocalityResult | None, limit: int = MAX_FLIPPED_SHOWN) -> list[tuple[Image.Image, str]]:
-        """Locality images whose prediction changed, with captions ``before → after``."""
-        if result is None or self.locality_set is None:
-            return []
+    def flipped(self, localities: Mapping[str, LocalityResult], limit: int = MAX_FLIPPED_SHOWN) -> list[tuple[Image.Image, str]]:
+        """Locality images whose prediction changed, an equal share of ``limit`` from each set,
+        with captions ``set: before → after``."""
         names = self.bundle.class_names
+        share = limit // max(1, len(localities))
         shown = []
-        for i in result.flipped[:limit]:
-            caption = f"{short_name(names[result.before[i]])} → {short_name(names[result.after[i]])}"
-            shown.append((upscale_for_display(self.locality_set.image(int(i)), 96), caption))
+        for name, result in localities.items():
+            for i in result.flipped[:share]:
+                caption = f"{name}: {short_name(names[result.before[i]])} → {short_name(names[result.after[i]])}"
+                shown.append((upscale_for_display(self.locality_sets[name].image(int(i)), 96), caption))
         return shown
 
     def tradeoff(self, sample: Sample, label: int, mask: torch.Tensor, prior: Sequence[Edit] = (),
@@ -463,9 +474,8 @@ class Workbench:
 
             edit = self.edit(sample, label, rho, mask, prior, step)
             stack = [*prior, edit]
-            locality = self.locality(stack)
-            points.append(TradeoffPoint(float(rho), edit.success, edit.steps, edit.changed_parameters,
-                                        locality.rate if locality is not None else None,
+            localities = {name: result.rate for name, result in self.locality(stack).items()}
+            points.append(TradeoffPoint(float(rho), edit.success, edit.steps, edit.changed_parameters, localities,
                                         self.generalization(sample, stack)))
         return points
 
@@ -516,6 +526,23 @@ def _find_examples(editor: Editor, bundle: ModelBundle) -> list[Example]:
     return examples
 
 
+def _benchmark_localities(editor: Editor) -> list[LocalitySet]:
+    """The benchmark's locality sets (the paper's near-boundary set first), prefix-cached."""
+    bench = editor.benchmark
+    margin = bench.info.get("locality_margin") if bench is not None else None
+    what = {NEAR_BOUNDARY: (lambda b: b.locality_indices, "images the base model barely gets right (top-1 "
+                            + (f"ahead of top-2 by less than {margin:g}" if margin else "barely ahead of top-2")
+                            + "): the harshest test, as in the paper"),
+            IN_DISTRIBUTION: (lambda b: b.in_distribution_indices, "random ordinary test images of the classes the "
+                              "model was trained on (none of them in the benchmark)")}
+    sets = []
+    for name, cache in editor.locality_caches.items():
+        rows, description = what[name][0](bench), what[name][1]
+        sets.append(LocalitySet(name, cache, lambda i, rows=rows: _pixels_image(bench.images[rows[i]]),
+                                f"{len(rows):,} {description}"))
+    return sets
+
+
 def _folder_locality(bundle: ModelBundle, folder: Path, config: AppConfig) -> tuple[LocalitySet | None, str]:
     """Locality set from a user-given image folder (unreadable files are skipped)."""
     paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:MAX_LOCALITY_IMAGES]
@@ -534,7 +561,7 @@ def _folder_locality(bundle: ModelBundle, folder: Path, config: AppConfig) -> tu
     def show(i: int) -> Image.Image:
         return model_view(read_image(kept[i], config.max_pixels, config.max_bytes), bundle.preprocessing)
 
-    return LocalitySet(cache, show, f"{len(kept):,} images of {folder}"), ""
+    return LocalitySet("your folder", cache, show, f"{len(kept):,} images of {folder} (no labels: no accuracy)"), ""
 
 
 class Hub:
@@ -697,7 +724,8 @@ def describe_model(bench: Workbench) -> str:
              f"{site.num_parameters / bench.total_parameters:.1%} of all parameters). "
              f"Where to edit: **{bench.editor.mask_source}**"
              + (" (needs the right label; takes a while)" if bench.mask_needs_label else "") + ".",
-             f"Locality set: {bench.locality_set.description}." if bench.locality_set else f"**{bench.locality_note}.**"]
+             "Locality sets: " + "; ".join(f"*{name}*: {locality.description}" for name, locality in bench.locality_sets.items())
+             + "." if bench.locality_sets else f"**{bench.locality_note}.**"]
     return "  \n".join(lines)
 
 
@@ -741,24 +769,35 @@ def describe_edit(bench: Workbench, outcome: EditOutcome, stack: int) -> str:
     facts = (f"{edit.steps} steps, {edit.seconds:.2f} s on `{bench.bundle.device}`, {edit.changed_parameters:,} weights changed, "
              f"final loss {edit.losses[-1]:.3g}")
     if edit.success:
-        return f"### Edit succeeded: {change}\n{facts}. Edit {stack} in this session."
+        return f"### Edit succeeded: {change}\n{facts}. Edit {stack} in this session. {RELIABILITY}"
     return (f"### Edit failed: still {names[int(outcome.probs_after.argmax())]}, wanted {names[outcome.label]}\n"
             f"{facts}. It was **not applied**; try a larger ρ.")
 
 
-def describe_evaluation(evaluation: Evaluation, stack: int) -> str:
-    """Locality rate (and GR on the image's group) of the session's stack."""
-    loc = evaluation.locality
-    if loc is None:
-        text = "Locality: no locality set for this model."
+#: One sentence each on what the numbers mean, shown where they are.
+RELIABILITY = "**Reliability**: the edited image itself now gets the right label."
+GENERALIZATION = "**Generalization**: other images of the same failure group get fixed too."
+LOCALITY = "**Locality**: predictions on unrelated images stay what they were before any edit."
+
+
+def describe_evaluation(bench: Workbench, evaluation: Evaluation, stack: int) -> str:
+    """Locality on each set, with accuracy before and after (and GR on the image's group), of
+    the session's stack."""
+    if not evaluation.localities:
+        text = f"{LOCALITY}  \n**{bench.locality_note or 'no locality set for this model'}.**"
     else:
-        text = (f"**Locality rate: {loc.rate:.2%}** of {len(loc.before):,} near-boundary images keep the base model's "
-                f"prediction with your {stack} edit(s) ({len(loc.flipped):,} flipped).")
+        lines = [f"{LOCALITY} With your {stack} edit(s):"]
+        for name, loc in evaluation.localities.items():
+            accuracy = (f"; accuracy {loc.accuracy_before:.1%} → {loc.accuracy_after:.1%}"
+                        if loc.accuracy_before is not None else "")
+            lines.append(f"- **{name}: {loc.rate:.1%} unchanged** ({len(loc.flipped):,} of {len(loc.before):,} flipped"
+                         f"{accuracy}). *{bench.locality_sets[name].description}.*")
+        text = "\n".join(lines)
     if evaluation.generalization is not None:
         before = (f" (before this edit: {evaluation.generalization_before:.1%})"
                   if evaluation.generalization_before is not None else "")
-        text += (f"  \n**Generalization rate: {evaluation.generalization:.1%}** of the {evaluation.group_size} other "
-                 f"images of group *{evaluation.group_name}* classified right{before}.")
+        text += (f"\n\n{GENERALIZATION} **{evaluation.generalization:.1%}** of the {evaluation.group_size} other "
+                 f"images of group *{evaluation.group_name}* are classified right{before}.")
     return text
 
 
@@ -766,25 +805,27 @@ def describe_tradeoff(points: Sequence[TradeoffPoint]) -> str:
     """One line per rho of the trade-off sweep."""
     lines = []
     for p in points:
-        locality = f"{p.locality:.1%}" if p.locality is not None else "–"
+        locality = ", ".join(f"{name} {rate:.1%}" for name, rate in p.localities.items()) or "–"
         gr = f", GR {p.generalization:.1%}" if p.generalization is not None else ""
         lines.append(f"ρ={p.rho:g}: {'success' if p.success else 'FAILED'}, {p.steps} steps, "
                      f"{p.parameters:,} weights changed, locality {locality}{gr}")
     return "  \n".join(lines)
 
 
-EDIT_TABLE_HEADERS = ["#", "image", "label", "before → after", "ρ", "steps", "seconds", "weights changed", "locality", "GR"]
+EDIT_TABLE_HEADERS = ["#", "image", "label", "before → after", "ρ", "steps", "seconds", "weights changed",
+                      "locality (per set)", "GR"]
 
 
 def edit_table(session: Session) -> list[list]:
     """Rows of the session's edit stack."""
     rows = []
     for n, entry in enumerate(session.log, 1):
-        loc, gen = entry.get("locality_rate"), entry.get("generalization")
+        gen = entry.get("generalization")
+        locality = " · ".join(f"{result['rate']:.1%}" for result in entry.get("locality", {}).values()) or "–"
         rows.append([n, entry.get("image") or "", short_name(entry["label"]),
                      f"{short_name(entry['pred_before'])} → {short_name(entry['pred_after'])}", entry["rho"],
                      entry["steps"], round(entry["seconds"], 2), entry["parameters_changed"],
-                     f"{loc:.1%}" if loc is not None else "–", f"{gen:.1%}" if gen is not None else "–"])
+                     locality, f"{gen:.1%}" if gen is not None else "–"])
     return rows
 
 

@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import torch
 
 from .editing import EditConfig
-from .editor import DEFAULT_RHO, AlreadyCorrectError, Editor
+from .editor import DEFAULT_RHO, NEAR_BOUNDARY, AlreadyCorrectError, Editor
 from .edit import edited_state_dict
 from .hypernet import HypernetworkMismatchError, load_hypernetwork
 from .images import ImageInputError, read_image
@@ -80,6 +80,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         "preprocessing": bundle.preprocessing.to_dict(),
         "benchmark_groups": len(bench.group_names) if bench else 0,
         "locality_images": int(len(bench.locality_indices)) if bench else 0,
+        "in_distribution_images": int(len(bench.in_distribution_indices)) if bench else 0,
     }
     text = "\n".join(f"{key}: {value}" for key, value in payload.items())
     _emit(args, payload, text)
@@ -134,7 +135,8 @@ def cmd_edit(args: argparse.Namespace) -> None:
     edit = editor.edit(image, label, rho=args.rho, mode=args.mode, config=config, progress=progress,
                        allow_correct=args.allow_correct_label)
     after = editor.probabilities(image, [edit])[0]
-    locality = editor.locality([edit])
+    localities = editor.localities([edit])
+    locality = localities.get(NEAR_BOUNDARY)
     if args.save:
         edit.save(args.save)
     if args.export:
@@ -146,13 +148,15 @@ def cmd_edit(args: argparse.Namespace) -> None:
         "mask_source": edit.info["mask_source"], "rho": args.rho,
         "locality_rate": locality.rate if locality is not None else None,
         "locality_flipped": int(len(locality.flipped)) if locality is not None else None,
+        "locality": {name: result.to_json() for name, result in localities.items()},
         "saved": args.save, "exported": args.export,
     }
     status = "succeeded" if edit.success else "FAILED (prediction still wrong after the step limit)"
     text = (f"edit {status}: {payload['pred_before']} -> {payload['pred_after']} (wanted {payload['label']}) "
             f"in {edit.steps} steps, {edit.seconds:.2f}s, {edit.changed_parameters:,} weights changed")
-    if locality is not None:
-        text += f"\nlocality: {locality.rate:.2%} of {len(locality.before)} near-boundary images unchanged"
+    for name, result in localities.items():
+        text += (f"\nlocality ({name}): {result.rate:.2%} of {len(result.before):,} images unchanged, "
+                 f"accuracy {result.accuracy_before:.1%} -> {result.accuracy_after:.1%}")
     _emit(args, payload, text)
     if not edit.success:
         sys.exit(1)
