@@ -44,25 +44,20 @@ def raw_upload(component: gr.Image) -> gr.Image:
     return component
 
 
+#: The notice bar floats at the bottom of the window, so a message is seen wherever the user is.
+CSS = """
+#notice { position: fixed; bottom: 16px; left: 50%; transform: translateX(-50%); z-index: 1000;
+          width: min(92vw, 760px); padding: 10px 16px; border-radius: 8px; background: #fef2f2;
+          border: 1px solid #f87171; box-shadow: 0 4px 16px rgba(0, 0, 0, 0.15); }
+"""
+
 KNOWN_ERRORS = (ImageInputError, UnknownLabelError, CheckpointError, ValueError, OSError)
 
 
-def friendly(handler):
-    """Show the user's mistakes (bad image, unknown label, missing model...) as an error box."""
-
-    @functools.wraps(handler)
-    def run(*args, **kwargs):
-        try:
-            return handler(*args, **kwargs)
-        except KNOWN_ERRORS as error:
-            title = "Not a usable image" if isinstance(error, ImageInputError) else "Cannot do that"
-            raise gr.Error(str(error), title=title, print_exception=False) from None
-
-    return run
-
-
-def need_label(bench, value) -> int:
-    """Class index of the label dropdown's value; an error box when none is chosen."""
+def need_label(bench, session, value) -> int:
+    """Class index of the label dropdown's value, once there is an image to edit."""
+    if session.sample is None:
+        raise ValueError("Upload an image or pick one from the gallery first.")
     index = bench.label_index(value)
     if index is None:
         raise ValueError("Choose the right label first.")
@@ -75,6 +70,25 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
     first = hub.get()
 
     # ---------------------------------------------------------------- handlers
+    def friendly(handler):
+        """A user's mistake (bad image, unknown label, nothing to fix...) becomes one message in
+        the notice bar; every other output keeps what it shows."""
+
+        @functools.wraps(handler)
+        def run(*args, **kwargs):
+            try:
+                return handler(*args, **kwargs)
+            except KNOWN_ERRORS as error:
+                title = "Not a usable image" if isinstance(error, ImageInputError) else "Cannot do that"
+                return {notice: show_notice(title, str(error)), details: {"error": str(error)}}
+
+        return run
+
+    def show_notice(title: str, message: str) -> gr.Markdown:
+        return gr.Markdown(f"**{title}:** {logic.plain_text(message)}", visible=True)
+
+    cleared = gr.Markdown("", visible=False)
+
     def mask_view(bench, session, rho, sort):
         if session.mask is None:
             hint = "Choose the right label to search where to edit." if session.sample else "Upload an image first."
@@ -87,7 +101,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         evaluation = evaluation or bench.evaluate(session.sample, session.edits)
         out = {edit_md: message, locality_md: logic.describe_evaluation(bench, evaluation, len(session.edits)),
                flipped: bench.flipped(evaluation.localities), table: logic.edit_table(session),
-               details: {"edits_in_session": len(session.edits), **evaluation.to_json()}, state: session}
+               details: {"edits_in_session": len(session.edits), **evaluation.to_json()}, state: session, notice: cleared}
         if session.sample is not None:
             probs = bench.probabilities(session.sample, session.edits)
             out[top5] = plots.prediction_bars(bench.bundle.class_names, probs, target=session.sample.true_label)
@@ -98,10 +112,9 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         try:
             bench = hub.get(spec, lambda f, text: progress(f, desc=text))
         except KNOWN_ERRORS as error:  # e.g. no internet for a timm model: stay on the current one
-            gr.Warning(f"Could not load {spec}: {error}", title="Model not loaded")
-            return {model_dd: session.model}
+            return {model_dd: session.model, notice: show_notice(f"Could not load {spec}", str(error))}
         session = logic.Session(spec)
-        return {state: session, model_md: logic.describe_model(bench),
+        return {state: session, model_md: logic.describe_model(bench), notice: cleared,
                 label: gr.Dropdown(choices=bench.choices, value=None), gallery: [(e.path, e.caption) for e in bench.examples],
                 image: None, view: None, top5: plots.empty_figure("Upload an image"), pred_md: "",
                 heatmap: plots.empty_figure("Upload an image"), mask_md: "", edit_md: "", loss: None, after: None,
@@ -116,7 +129,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         sample = bench.sample_from_file(path, None, config)
         session.set_sample(sample)
         probs = bench.probabilities(sample, session.edits)
-        return {state: session, view: logic.upscale_for_display(sample.view),
+        return {state: session, view: logic.upscale_for_display(sample.view), notice: cleared,
                 label: bench.label_name(sample.true_label) if sample.true_label is not None else None,
                 top5: plots.prediction_bars(bench.bundle.class_names, probs, target=sample.true_label),
                 pred_md: logic.describe_prediction(bench, session, probs), loss: None, after: None, edit_md: "",
@@ -137,7 +150,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
     @friendly
     def on_edit(label_value, rho_value, sort_value, session, progress=gr.Progress()):
         bench = hub.get(session.model)
-        index = need_label(bench, label_value)
+        index = need_label(bench, session, label_value)
         progress(None, desc="finding where to edit")
         logic.ensure_mask(bench, session, index)
         outcome = logic.apply_edit(bench, session, index, rho_value, config.max_edits,
@@ -152,7 +165,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
     @friendly
     def on_tradeoff(label_value, rho_value, session, progress=gr.Progress()):
         bench = hub.get(session.model)
-        index = need_label(bench, label_value)
+        index = need_label(bench, session, label_value)
         progress(None, desc="finding where to edit")
         mask = logic.ensure_mask(bench, session, index)
         points = bench.tradeoff(session.sample, index, mask, session.others(), logic.tradeoff_rhos(rho_value),
@@ -161,7 +174,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         figure = plots.tradeoff_curve([p.rho for p in points], [p.locality for p in points],
                                       [p.generalization if by_group else float(p.success) for p in points],
                                       "generalization" if by_group else "success", rho_value)
-        return {tradeoff_plot: figure, tradeoff_md: logic.describe_tradeoff(points),
+        return {tradeoff_plot: figure, tradeoff_md: logic.describe_tradeoff(points), notice: cleared,
                 details: {"points": [p.to_json() for p in points]}}
 
     def on_undo(session):
@@ -176,7 +189,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
     @friendly
     def on_download(session, progress=gr.Progress()):
         progress(None, desc="writing the edited model")
-        return {files: [str(p) for p in logic.export_session(hub.get(session.model), session)]}
+        return {files: [str(p) for p in logic.export_session(hub.get(session.model), session)], notice: cleared}
 
     def on_example(event: gr.SelectData, session):
         return str(hub.get(session.model).examples[event.index].path)
@@ -187,6 +200,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         gr.Markdown("# Where to edit a Vision Transformer\nUpload an image the model gets wrong, choose the right "
                     "label, see **where** the edit goes, move ρ, **apply the edit**, and see at once whether other "
                     "predictions stayed put. Your edits live only in your browser session.")
+        notice = gr.Markdown(visible=False, elem_id="notice")
         with gr.Row():
             model_dd = gr.Dropdown(list(config.models), value=config.default_model, label="Model", scale=1,
                                    visible=len(config.models) > 1)
@@ -245,10 +259,10 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
             return list(dict.fromkeys(components))
 
         every = [state, model_dd, model_md, label, gallery, image, view, top5, pred_md, heatmap, mask_md, edit_md, loss, after,
-                 locality_md, flipped, table, tradeoff_plot, tradeoff_md, files, details]
-        image_out = [state, view, label, top5, pred_md, loss, after, edit_md, tradeoff_plot, tradeoff_md, details]
-        mask_out = [state, heatmap, mask_md, details]
-        stack_out = [state, edit_md, locality_md, flipped, table, top5, pred_md, details]
+                 locality_md, flipped, table, tradeoff_plot, tradeoff_md, files, details, notice]
+        image_out = [state, view, label, top5, pred_md, loss, after, edit_md, tradeoff_plot, tradeoff_md, details, notice]
+        mask_out = [state, heatmap, mask_md, details, notice]
+        stack_out = [state, edit_md, locality_md, flipped, table, top5, pred_md, details, notice]
         compute = dict(concurrency_limit=config.edit_concurrency, concurrency_id="compute")
 
         model_dd.input(on_model, [model_dd, state], every, api_name="model", **compute)
@@ -259,11 +273,11 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         gr.on([rho.input, sort.input], on_rho, [rho, sort, state], mask_out, api_name="rho",
               trigger_mode="always_last", show_progress="hidden", concurrency_limit=None)
         edit_btn.click(on_edit, [label, rho, sort, state], outs(*stack_out, *mask_out, loss, after), api_name="edit", **compute)
-        tradeoff_btn.click(on_tradeoff, [label, rho, state], [tradeoff_plot, tradeoff_md, details], api_name="tradeoff",
+        tradeoff_btn.click(on_tradeoff, [label, rho, state], [tradeoff_plot, tradeoff_md, details, notice], api_name="tradeoff",
                            **compute)
         undo_btn.click(on_undo, [state], stack_out, api_name="undo")
         reset_btn.click(on_reset, [state], stack_out, api_name="reset")
-        download_btn.click(on_download, [state], [files], api_name="download", **compute)
+        download_btn.click(on_download, [state], [files, details, notice], api_name="download", **compute)
     demo.queue(default_concurrency_limit=config.default_concurrency, max_size=config.queue_size)
     demo.w2e_hub = hub  # for tests and launch(): the loaded workbenches
     return demo
@@ -274,7 +288,7 @@ def launch(demo: gr.Blocks, config: logic.AppConfig, **options):
     folders = [spec for spec in config.models if Path(spec).is_dir()]  # model folders may hold example PNGs
     folders += [str(e.path.parent) for e in demo.w2e_hub.get().examples[:1]]
     return demo.launch(max_file_size=config.max_bytes, state_session_capacity=config.max_sessions,
-                       allowed_paths=folders, footer_links=["api", "gradio"], **options)
+                       allowed_paths=folders, footer_links=["api", "gradio"], css=CSS, **options)
 
 
 def main(argv=None) -> int:

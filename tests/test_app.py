@@ -311,8 +311,22 @@ def outputs(result, key: str):
 
 
 def texts(result) -> str:
-    """All text outputs of an API call's result, joined."""
-    return "\n".join(item for item in result if isinstance(item, str))
+    """All text outputs of an API call's result (plain strings and updates' values), joined."""
+    items = result if isinstance(result, (list, tuple)) else [result]
+    values = [item.get("value") if isinstance(item, dict) else item for item in items]
+    return "\n".join(value for value in values if isinstance(value, str))
+
+
+def notice(result) -> str:
+    """The notice bar's message in an API call's result ("" when hidden or untouched)."""
+    shown = [item["value"] for item in result if isinstance(item, dict) and item.get("visible") and
+             str(item.get("value", "")).startswith("**")]
+    return shown[-1] if shown else ""
+
+
+def untouched(result) -> int:
+    """How many outputs of an API call's result were left as they were (skipped updates)."""
+    return sum(1 for item in result if item == {"__type__": "update"})
 
 
 def test_api_predict_mask_rho_edit_undo_download(app_url, app_world):
@@ -336,7 +350,7 @@ def test_api_predict_mask_rho_edit_undo_download(app_url, app_world):
     assert edit["generalization"] is not None and edit["group_images"] == GROUP_SIZE - 1
     trade = outputs(api.predict(label, 0.25, api_name="/tradeoff"), "points")
     assert [p["rho"] for p in trade["points"]] == [0.75, 0.5, 0.25, 0.1, 0.05]
-    files = api.predict(api_name="/download")
+    files = api.predict(api_name="/download")[0]
     assert sorted(Path(f).name for f in files) == ["edit_log.json", "manifest.json", "model.safetensors"]
     undone = outputs(api.predict(api_name="/undo"), "edits_in_session")
     assert undone["edits_in_session"] == 0
@@ -410,7 +424,6 @@ def test_two_concurrent_sessions_do_not_leak(app_url, app_world):
 
 def test_bad_uploads_get_a_clear_error_and_the_app_keeps_serving(app_url, app_world, tmp_path):
     from gradio_client import handle_file
-    from gradio_client.exceptions import AppError
 
     api = client(app_url)
     for name, (path, ok) in odd_images(tmp_path).items():
@@ -419,17 +432,30 @@ def test_bad_uploads_get_a_clear_error_and_the_app_keeps_serving(app_url, app_wo
         if ok:
             assert outputs(api.predict(handle_file(str(path)), api_name="/predict"), "top")["image"] == name
         else:
-            with pytest.raises(AppError) as caught:
-                api.predict(handle_file(str(path)), api_name="/predict")
-            message = str(caught.value).lower()
+            result = api.predict(handle_file(str(path)), api_name="/predict")
+            message = notice(result).lower()
+            assert message.startswith("**not a usable image:**"), (name, result)
             assert any(word in message for word in ("not an image", "corrupt", "too large", "truncated")), (name, message)
+            assert untouched(result) == len(result) - 2  # one message (and the raw JSON); the rest stays
     huge = tmp_path / "huge.png"
     huge.write_bytes(b"\0" * (logic.AppConfig().max_bytes + 1))
     with pytest.raises(Exception):
         api.predict(handle_file(str(huge)), api_name="/predict")
-    assert outputs(api.predict(handle_file(str(example_path(app_world))), api_name="/predict"), "top")["group"] == GROUPS[0]
-    with pytest.raises(AppError, match="unknown label"):
-        api.predict("no such fruit", 0.1, False, api_name="/edit")
+    good = api.predict(handle_file(str(example_path(app_world))), api_name="/predict")
+    assert outputs(good, "top")["group"] == GROUPS[0] and notice(good) == ""  # a good upload clears the message
+    assert "unknown label 'no such fruit'" in notice(api.predict("no such fruit", 0.1, False, api_name="/edit"))
+
+
+def test_apply_without_an_image_asks_for_one_and_a_correct_label_is_refused(app_url, app_world):
+    from gradio_client import handle_file
+
+    api = client(app_url)
+    assert "Upload an image or pick one from the gallery first" in notice(api.predict("apple", 0.1, False, api_name="/edit"))
+    predicted = outputs(api.predict(handle_file(str(example_path(app_world))), api_name="/predict"), "top")
+    already = predicted["top"][0]["label"]
+    refused = api.predict(already, 0.25, False, api_name="/edit")
+    assert f"the model already says {already}; nothing to fix" in notice(refused)
+    assert untouched(refused) == len(refused) - 2
 
 
 # ------------------------------------------------------------------------------------------ browser
@@ -489,17 +515,20 @@ def test_browser_upload_edit_and_read_locality(browser_app, tmp_path):
             page.locator("#mask-summary").get_by_text("ρ = 0.1 keeps").wait_for()
             page.screenshot(path=str(shots / "1-where-to-edit.png"), full_page=True)
             page.locator("#apply").click()
-            page.locator("#locality").get_by_text("Locality rate").wait_for()
+            page.locator("#locality").get_by_text("in-distribution:").wait_for()
             text = page.locator("#locality").inner_text()
-            match = re.search(r"Locality rate: ([\d.]+)%", text)
-            assert match and 0.0 <= float(match.group(1)) <= 100.0, text
+            rates = re.findall(r"(near-boundary|in-distribution): ([\d.]+)% unchanged", text)
+            assert [name for name, _ in rates] == ["near-boundary", "in-distribution"], text
+            assert all(0.0 <= float(rate) <= 100.0 for _, rate in rates) and "accuracy" in text, text
             assert "Edit succeeded" in page.locator("#edit-result").inner_text()
             page.locator("#tradeoff").click()
             page.locator("#tradeoff-summary").get_by_text(re.compile(r"ρ=0\.05: (success|FAILED)")).wait_for()
             page.screenshot(path=str(shots / "2-edit-and-locality.png"), full_page=True)
             page.get_by_label("Remove Image").click()
             upload.set_input_files(str(corrupt))
-            page.get_by_text("corrupt or truncated image").first.wait_for()
+            page.locator("#notice").get_by_text("corrupt or truncated image").wait_for()
+            assert page.locator(".error").count() == 0 and page.get_by_text("Error", exact=True).count() == 0
+            assert "Edit succeeded" in page.locator("#edit-result").inner_text()  # earlier results stay
             page.locator("#examples img").nth(2).click()  # the app keeps serving; the gallery loads a failure
             page.get_by_text(f"group {browser_app.w2e_hub.get().examples[2].caption.split(':')[0]}").wait_for()
             page.get_by_text("with your 1 edit(s) predicts").wait_for()
@@ -507,6 +536,7 @@ def test_browser_upload_edit_and_read_locality(browser_app, tmp_path):
             page.wait_for_function("() => !document.querySelector('.pending, .eta-bar, .progress-text')")
             typed = page.locator("#label input")
             for name in browser_app.w2e_hub.get().bundle.class_names:  # a whole name typed + Enter is that name
+                typed.click()
                 typed.fill("")
                 typed.type(name)
                 typed.press("Enter")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -137,6 +138,16 @@ def dropdown_order(names: Sequence[str]) -> list[str]:
         inside = [depth[j] for j in depth if folded[j] != folded[i] and folded[j] in folded[i]]
         depth[i] = 1 + max(inside, default=-1)
     return [names[i] for i in sorted(range(len(names)), key=lambda i: (depth[i], folded[i]))]
+
+
+def plain_text(text: str, limit: int = 300) -> str:
+    """``text`` shown literally in Markdown: at most ``limit`` characters, HTML and Markdown
+    characters escaped (user-given text never becomes markup)."""
+    text = " ".join(str(text).split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"([\\`*_\[\]|~])", r"\\\1", text)
 
 
 def short_name(name: str) -> str:
