@@ -345,6 +345,11 @@ def test_api_predict_mask_rho_edit_undo_download(app_url, app_world):
     assert rho["selected_neurons"] == round(0.5 * mask["site_neurons"])
     edit = outputs(api.predict(label, 0.25, False, api_name="/edit"), "success")
     assert edit["success"] and edit["pred_after"] == label and edit["edits_in_session"] == 1
+    assert edit["parameters_changed"] > 0
+    again = api.predict(label, 0.25, False, api_name="/edit")  # a no-op now: refused, not stacked
+    assert f"already says {label}; nothing to fix" in notice(again)
+    assert outputs(api.predict(api_name="/undo"), "edits_in_session")["edits_in_session"] == 0  # only one was stacked
+    assert outputs(api.predict(label, 0.25, False, api_name="/edit"), "success")["edits_in_session"] == 1
     assert 0 <= edit["locality_rate"] <= 1 and edit["locality_images"] == LOCALITY_SIZE
     assert edit["locality"]["in-distribution"]["images"] == IN_DISTRIBUTION_SIZE
     assert edit["generalization"] is not None and edit["group_images"] == GROUP_SIZE - 1
