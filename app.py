@@ -51,6 +51,9 @@ CSS = """
           border: 1px solid #f87171; box-shadow: 0 4px 16px rgba(0, 0, 0, 0.15); }
 """
 
+#: What the mask heatmap shows: the mask itself, or what sets it apart from the model's average mask.
+MASK_VIEWS = ("where to edit", "specific to this image")
+
 KNOWN_ERRORS = (ImageInputError, UnknownLabelError, CheckpointError, ValueError, OSError)
 
 
@@ -89,13 +92,18 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
 
     cleared = gr.Markdown("", visible=False)
 
-    def mask_view(bench, session, rho, sort):
+    def mask_view(bench, session, rho, sort, shown):
         if session.mask is None:
             hint = "Choose the right label to search where to edit." if session.sample else "Upload an image first."
             return {heatmap: plots.empty_figure(hint), mask_md: hint}
         summary = bench.summarize(session.mask, rho)
-        return {heatmap: plots.mask_heatmap(session.mask, summary.binary, bench.layer_labels(), sort),
-                mask_md: logic.describe_mask(bench, summary), details: summary.to_json(), state: session}
+        if shown == MASK_VIEWS[0]:
+            figure = plots.mask_heatmap(session.mask, summary.binary, bench.layer_labels(), sort)
+        elif (average := bench.average_mask()) is not None:
+            figure = plots.mask_difference_heatmap(session.mask, average, bench.layer_labels(), sort)
+        else:
+            figure = plots.empty_figure("The average mask needs a hypernetwork and a locality set; this model has not both.")
+        return {heatmap: figure, mask_md: logic.describe_mask(bench, summary), details: summary.to_json(), state: session}
 
     def stack_view(bench, session, message, evaluation=None):
         evaluation = evaluation or bench.evaluate(session.sample, session.edits)
@@ -136,19 +144,19 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
                 tradeoff_plot: None, tradeoff_md: "", details: logic.prediction_json(bench, sample, probs)}
 
     @friendly
-    def on_mask(label_value, rho_value, sort_value, session, progress=gr.Progress()):
+    def on_mask(label_value, rho_value, sort_value, shown, session, progress=gr.Progress()):
         bench = hub.get(session.model)
         if session.sample is not None:
             if bench.mask_needs_label and label_value:
                 progress(None, desc="searching where to edit (test-time mask search)")
             logic.ensure_mask(bench, session, bench.label_index(label_value))
-        return mask_view(bench, session, rho_value, sort_value)
+        return mask_view(bench, session, rho_value, sort_value, shown)
 
-    def on_rho(rho_value, sort_value, session):
-        return mask_view(hub.get(session.model), session, rho_value, sort_value)
+    def on_rho(rho_value, sort_value, shown, session):
+        return mask_view(hub.get(session.model), session, rho_value, sort_value, shown)
 
     @friendly
-    def on_edit(label_value, rho_value, sort_value, session, progress=gr.Progress()):
+    def on_edit(label_value, rho_value, sort_value, shown, session, progress=gr.Progress()):
         bench = hub.get(session.model)
         index = need_label(bench, session, label_value)
         progress(None, desc="finding where to edit")
@@ -157,7 +165,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
                                    lambda step, total, value: progress((step, total), desc=f"editing · loss {value:.3g}"))
         message = logic.describe_edit(bench, outcome, len(session.edits))
         return {**stack_view(bench, session, message, outcome.evaluation),
-                **mask_view(bench, session, rho_value, sort_value),
+                **mask_view(bench, session, rho_value, sort_value, shown),
                 loss: plots.loss_curve(outcome.edit.losses, bench.editor.edit_config.loss_stop),
                 after: plots.prediction_bars(bench.bundle.class_names, outcome.probs_before, outcome.probs_after, index),
                 details: outcome.to_json(bench, session)}
@@ -224,6 +232,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
             rho = gr.Slider(0.005, 1.0, value=logic.DEFAULT_RHO, step=0.005, label="ρ: kept fraction of the edit site",
                             elem_id="rho")
             sort = gr.Checkbox(False, label="sort neurons by mask value")
+            mask_as = gr.Radio(list(MASK_VIEWS), value=MASK_VIEWS[0], label="Show", elem_id="mask-view")
         heatmap = gr.Plot(plots.empty_figure("Upload an image"), label="Where to edit")
         mask_md = gr.Markdown(elem_id="mask-summary")
         gr.Markdown("## 3 · Edit")
@@ -267,12 +276,12 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
 
         model_dd.input(on_model, [model_dd, state], every, api_name="model", **compute)
         image.change(on_image, [image, state], image_out, api_name="predict").success(
-            on_mask, [label, rho, sort, state], mask_out, api_visibility="private", **compute)
+            on_mask, [label, rho, sort, mask_as, state], mask_out, api_visibility="private", **compute)
         gallery.select(on_example, [state], image, api_visibility="private")
-        label.input(on_mask, [label, rho, sort, state], mask_out, api_name="mask", **compute)
-        gr.on([rho.input, sort.input], on_rho, [rho, sort, state], mask_out, api_name="rho",
+        label.input(on_mask, [label, rho, sort, mask_as, state], mask_out, api_name="mask", **compute)
+        gr.on([rho.input, sort.input, mask_as.input], on_rho, [rho, sort, mask_as, state], mask_out, api_name="rho",
               trigger_mode="always_last", show_progress="hidden", concurrency_limit=None)
-        edit_btn.click(on_edit, [label, rho, sort, state], outs(*stack_out, *mask_out, loss, after), api_name="edit", **compute)
+        edit_btn.click(on_edit, [label, rho, sort, mask_as, state], outs(*stack_out, *mask_out, loss, after), api_name="edit", **compute)
         tradeoff_btn.click(on_tradeoff, [label, rho, state], [tradeoff_plot, tradeoff_md, details, notice], api_name="tradeoff",
                            **compute)
         undo_btn.click(on_undo, [state], stack_out, api_name="undo")

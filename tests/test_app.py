@@ -181,6 +181,24 @@ def test_session_edit_undo_reset_export_never_touch_the_base(bench, tmp_path):
     assert state_dict_sha256(bench.bundle.model) == base
 
 
+def test_heatmap_colours_span_the_mask_and_the_average_mask_shows_what_is_specific(bench):
+    from w2e import plots
+
+    session = logic.Session(bench.spec)
+    session.set_sample(bench.sample_from_file(bench.examples[0].path))
+    mask = logic.ensure_mask(bench, session, None)
+    low_mask = torch.rand(mask.shape, generator=torch.Generator().manual_seed(0)) * 0.37 + 0.02  # peaks near 0.39
+    heat = plots.mask_heatmap(low_mask, bench.summarize(low_mask, 0.1).binary, bench.layer_labels()).data[0]
+    assert (heat.zmin, heat.zmax) == pytest.approx((float(low_mask.min()), float(low_mask.max())), abs=1e-6)
+    average = bench.average_mask()
+    ordinary = bench.editor.benchmark_inputs(bench.benchmark.in_distribution_indices)
+    assert torch.allclose(average, bench.editor.continuous_mask(ordinary), atol=1e-5) and bench.average_mask() is average
+    difference = plots.mask_difference_heatmap(mask, average, bench.layer_labels()).data[0]
+    span = float((mask - average).abs().max())
+    assert difference.zmid == 0 and (difference.zmin, difference.zmax) == pytest.approx((-span, span), abs=1e-6)
+    np.testing.assert_allclose(np.asarray(difference.z), (mask - average).numpy(), atol=1e-4)
+
+
 def test_failed_edit_is_reported_and_not_stacked(bench):
     session = logic.Session(bench.spec)
     session.set_sample(bench.sample_from_file(bench.examples[0].path))
@@ -343,6 +361,8 @@ def test_api_predict_mask_rho_edit_undo_download(app_url, app_world):
     assert mask["rho"] == 0.25 and mask["selected_neurons"] == round(0.25 * mask["site_neurons"])
     rho = outputs(api.predict(0.5, True, api_name="/rho"), "selected_neurons")
     assert rho["selected_neurons"] == round(0.5 * mask["site_neurons"])
+    specific = api.predict(0.5, True, "specific to this image", api_name="/rho")
+    assert "Specific to this image" in json.dumps(specific[0])  # the heatmap's title
     edit = outputs(api.predict(label, 0.25, False, api_name="/edit"), "success")
     assert edit["success"] and edit["pred_after"] == label and edit["edits_in_session"] == 1
     assert edit["parameters_changed"] > 0

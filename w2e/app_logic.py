@@ -312,6 +312,7 @@ class Workbench:
         self.total_parameters = sum(p.numel() for p in self.bundle.model.parameters())
         self._groups: dict[int, PrefixCache] = {}
         self._groups_lock = threading.Lock()
+        self._average_mask: torch.Tensor | None = None
         self._lookup = self._benchmark_lookup()
 
     # ---- loading
@@ -410,6 +411,17 @@ class Workbench:
     def continuous_mask(self, sample: Sample, label: int | None) -> torch.Tensor:
         """Continuous mask of ``sample`` (the hypernetwork ignores ``label``)."""
         return self.editor.continuous_mask(sample.inputs, label)
+
+    def average_mask(self) -> torch.Tensor | None:
+        """The hypernetwork's mask averaged over ordinary images (the in-distribution set, else
+        the first locality set), computed once; ``None`` without a hypernetwork or images."""
+        ordinary = self.locality_sets.get(IN_DISTRIBUTION) or next(iter(self.locality_sets.values()), None)
+        if ordinary is None:
+            return None
+        with self._groups_lock:
+            if self._average_mask is None:
+                self._average_mask = self.editor.average_mask(ordinary.cache)
+            return self._average_mask
 
     def layer_labels(self) -> list[str]:
         """Row names of the mask heatmap (blocks 1-indexed, as in the paper)."""

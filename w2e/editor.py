@@ -146,6 +146,15 @@ class Editor:
         masks = [search_mask(self.bundle.model, self.bundle.site, x[i : i + 1], label, self.search_config) for i in range(len(x))]
         return ensemble(torch.stack(masks).cpu())
 
+    @torch.no_grad()
+    def average_mask(self, cache: PrefixCache, limit: int = 256) -> torch.Tensor | None:
+        """The hypernetwork's continuous mask averaged over the first ``limit`` images of
+        ``cache`` (what it selects for an ordinary image); ``None`` without a hypernetwork."""
+        if self.hypernetwork is None:
+            return None
+        features = forward_suffix(self.bundle.model, cache.tokens[:limit], self.bundle.site.start, pre_logits=True)
+        return self.hypernetwork.mask(features).mean(0).cpu()
+
     def edit(self, images, label: int | Sequence[int], rho: float = DEFAULT_RHO, mode: str = "topk",
              mask: torch.Tensor | None = None, prior_edits: Sequence[Edit] = (), progress: ProgressFn | None = None,
              config: EditConfig | None = None, allow_correct: bool = False) -> Edit:

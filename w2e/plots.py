@@ -80,26 +80,30 @@ def _short(name: str, limit: int = 40) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
+def _sorted_rows(values: np.ndarray, *others: np.ndarray, sort: bool) -> tuple[np.ndarray, ...]:
+    """``values`` (and ``others`` alike) with each row ordered by ``values`` (largest first)
+    when ``sort``, plus each entry's neuron index."""
+    neuron = np.broadcast_to(np.arange(values.shape[1]), values.shape)
+    if not sort:
+        return (values, *others, neuron)
+    order = np.argsort(-values, axis=1, kind="stable")
+    return tuple(np.take_along_axis(array, order, axis=1) for array in (values, *others, neuron))
+
+
 def mask_heatmap(mask, binary, layer_labels: Sequence[str], sort: bool = False, title: str | None = None) -> go.Figure:
     """The continuous mask (one row per FC layer, neurons along x), selected entries overlaid.
 
-    ``sort`` orders each row's neurons by mask value (largest first), which shows at a glance
-    how much of each layer is selected; otherwise neurons are in index order.
+    Colours span the mask's own range (its minimum to its maximum), so a mask that peaks
+    well below 1 still shows its structure. ``sort`` orders each row's neurons by mask value
+    (largest first), which shows at a glance how much of each layer is selected.
     """
-    values = _array(mask)
-    chosen = _array(binary) > 0.5
-    if sort:
-        order = np.argsort(-values, axis=1, kind="stable")
-        values = np.take_along_axis(values, order, axis=1)
-        chosen = np.take_along_axis(chosen, order, axis=1)
-        neuron = np.take_along_axis(np.broadcast_to(np.arange(values.shape[1]), values.shape), order, axis=1)
-    else:
-        neuron = np.broadcast_to(np.arange(values.shape[1]), values.shape)
+    values, chosen, neuron = _sorted_rows(_array(mask), _array(binary) > 0.5, sort=sort)
+    low, high = float(values.min()), float(values.max())
     counts = chosen.sum(axis=1)
     rows = [f"{label} ({int(n)})" for label, n in zip(layer_labels, counts)]
     fig = go.Figure()
-    fig.add_heatmap(z=np.round(values, 4), y=rows, colorscale="Blues", zmin=0, zmax=1, customdata=neuron,
-                    colorbar=dict(title=dict(text="mask", side="right"), thickness=10, len=1.0, y=0.5),
+    fig.add_heatmap(z=np.round(values, 4), y=rows, colorscale="Blues", zmin=low, zmax=high if high > low else low + 1e-6,
+                    customdata=neuron, colorbar=dict(title=dict(text="mask", side="right"), thickness=10, len=1.0, y=0.5),
                     hovertemplate="%{y}<br>neuron %{customdata}<br>mask %{z:.3f}<extra></extra>")
     overlay = np.where(chosen, 1.0, np.nan)
     fig.add_heatmap(z=overlay, y=rows, colorscale=[[0, SELECTED_COLOUR], [1, SELECTED_COLOUR]], showscale=False,
@@ -107,7 +111,29 @@ def mask_heatmap(mask, binary, layer_labels: Sequence[str], sort: bool = False, 
     fig.update_xaxes(title_text="neuron (sorted by mask value)" if sort else "neuron", showgrid=False)
     fig.update_yaxes(autorange="reversed", showgrid=False)
     height = max(200, 110 + 34 * len(rows))
-    return _layout(fig, title or "Where to edit (orange: selected at this ρ)", height)
+    default = f"Where to edit (orange: selected at this ρ; blue scaled to this mask's range {low:.2f}–{high:.2f})"
+    return _layout(fig, title or default, height)
+
+
+def mask_difference_heatmap(mask, average, layer_labels: Sequence[str], sort: bool = False,
+                            title: str | None = None) -> go.Figure:
+    """What is specific to one image: its mask minus the average mask (red: this image's mask
+    is higher than usual, blue: lower), colours symmetric around 0 and scaled to the largest
+    difference; ``sort`` orders each row by the difference."""
+    values, image_mask, usual, neuron = _sorted_rows(_array(mask) - _array(average), _array(mask), _array(average),
+                                                     sort=sort)
+    span = max(float(np.abs(values).max()), 1e-6)
+    fig = go.Figure()
+    fig.add_heatmap(z=np.round(values, 4), y=list(layer_labels), colorscale="RdBu", reversescale=True, zmid=0,
+                    zmin=-span, zmax=span, customdata=np.stack([neuron, image_mask, usual], axis=-1),
+                    colorbar=dict(title=dict(text="mask − average", side="right"), thickness=10, len=1.0, y=0.5),
+                    hovertemplate="%{y}<br>neuron %{customdata[0]}<br>this image %{customdata[1]:.3f}"
+                                  "<br>average %{customdata[2]:.3f}<extra></extra>")
+    fig.update_xaxes(title_text="neuron (sorted by difference)" if sort else "neuron", showgrid=False)
+    fig.update_yaxes(autorange="reversed", showgrid=False)
+    height = max(200, 110 + 34 * len(layer_labels))
+    default = f"Specific to this image: its mask minus the model's average mask (red: higher, ±{span:.2f})"
+    return _layout(fig, title or default, height)
 
 
 def loss_curve(losses: Sequence[float], loss_stop: float | None = None, title: str = "Edit loss") -> go.Figure:
