@@ -178,10 +178,10 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         mask = logic.ensure_mask(bench, session, index)
         points = bench.tradeoff(session.sample, index, mask, session.others(), logic.tradeoff_rhos(rho_value),
                                 lambda fraction, text: progress(fraction, desc=text))
-        by_group = session.sample.group is not None  # else: success on the image itself
-        figure = plots.tradeoff_curve([p.rho for p in points], [p.locality for p in points],
-                                      [p.generalization if by_group else float(p.success) for p in points],
-                                      "generalization" if by_group else "success", rho_value)
+        localities = {name: [p.localities[name] for p in points] for name in points[0].localities}
+        by_group = session.sample.group is not None
+        figure = plots.tradeoff_curve([p.rho for p in points], localities,
+                                      [p.generalization for p in points] if by_group else None, rho_value)
         return {tradeoff_plot: figure, tradeoff_md: logic.describe_tradeoff(points), notice: cleared,
                 details: {"points": [p.to_json() for p in points]}}
 
@@ -246,8 +246,8 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         flipped = gr.Gallery(label="Locality images whose prediction flipped (before → after)", columns=8, height=200,
                              format="png", allow_preview=True)
         gr.Markdown("## 5 · Trade-off explorer\nRuns this image's edit at every ρ of the paper's grid (on top of your "
-                    "edits of other images; nothing is kept) and plots its locality against generalization on the "
-                    "image's failure group (success when it has none).")
+                    "edits of other images; nothing is kept) and plots its locality on each set against "
+                    "generalization on the image's failure group, or against ρ for an image without a group.")
         tradeoff_btn = gr.Button("Sweep ρ over 0.75, 0.5, 0.25, 0.1, 0.05", elem_id="tradeoff")
         with gr.Row():
             tradeoff_plot = gr.Plot(label="Trade-off")

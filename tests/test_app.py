@@ -199,6 +199,24 @@ def test_heatmap_colours_span_the_mask_and_the_average_mask_shows_what_is_specif
     np.testing.assert_allclose(np.asarray(difference.z), (mask - average).numpy(), atol=1e-4)
 
 
+def test_tradeoff_plot_fits_its_axes_and_plots_against_rho_without_a_group():
+    from w2e import plots
+
+    rhos = [0.75, 0.5, 0.25, 0.1, 0.05]
+    sets = {"near-boundary": [0.55, 0.56, 0.58, 0.6, 0.63], "in-distribution": [0.95, 0.955, 0.96, 0.97, 0.975]}
+    grouped = plots.tradeoff_curve(rhos, sets, [0.74, 0.73, 0.72, 0.67, 0.6], current_rho=0.1)
+    low, high = grouped.layout.xaxis.range
+    assert 0.5 < low < 0.6 and 0.74 < high < 0.8  # fitted to GR 0.60-0.74, not 0-100%
+    low, high = grouped.layout.yaxis.range
+    assert 0.45 < low < 0.55 and 0.975 < high <= 1.01
+    assert [trace.name for trace in grouped.data if "current" not in trace.name] == list(sets)
+    assert list(grouped.data[0].textposition) == ["top center", "bottom center"] * 2 + ["top center"]
+    ungrouped = plots.tradeoff_curve(rhos, sets, None)
+    assert ungrouped.layout.xaxis.type == "log" and list(ungrouped.data[0].x) == rhos
+    assert "no failure group" in ungrouped.layout.title.text
+    assert "Nothing to plot" in plots.tradeoff_curve(rhos, {}, None).layout.annotations[0].text
+
+
 def test_failed_edit_is_reported_and_not_stacked(bench):
     session = logic.Session(bench.spec)
     session.set_sample(bench.sample_from_file(bench.examples[0].path))
@@ -481,6 +499,21 @@ def test_apply_without_an_image_asks_for_one_and_a_correct_label_is_refused(app_
     refused = api.predict(already, 0.25, False, api_name="/edit")
     assert f"the model already says {already}; nothing to fix" in notice(refused)
     assert untouched(refused) == len(refused) - 2
+
+
+def test_tradeoff_of_an_upload_without_a_group_plots_locality_against_rho(app_url, tmp_path):
+    from gradio_client import handle_file
+
+    api = client(app_url)
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "red.png")
+    predicted = outputs(api.predict(handle_file(str(tmp_path / "red.png")), api_name="/predict"), "top")
+    assert predicted["group"] is None
+    wrong = predicted["top"][1]["label"]
+    result = api.predict(wrong, 0.1, api_name="/tradeoff")
+    points = outputs(result, "points")["points"]
+    assert [p["rho"] for p in points] == [0.75, 0.5, 0.25, 0.1, 0.05]
+    assert all(set(p["locality"]) == {"near-boundary", "in-distribution"} and p["generalization"] is None for p in points)
+    assert "Locality against ρ" in json.dumps(result[0])
 
 
 # ------------------------------------------------------------------------------------------ browser

@@ -150,23 +150,49 @@ def loss_curve(losses: Sequence[float], loss_stop: float | None = None, title: s
     return _layout(fig, title, 260, showlegend=False)
 
 
-def tradeoff_curve(rhos: Sequence[float], locality: Sequence[float | None], other: Sequence[float | None],
-                   other_name: str = "generalization", current_rho: float | None = None,
+def _fitted_range(values: Sequence[float], floor: float = 0.0, ceiling: float = 1.0) -> list[float]:
+    """Axis range around ``values`` with a margin (at least 2 points of a percentage)."""
+    low, high = min(values), max(values)
+    pad = max(0.02, 0.12 * (high - low))
+    return [max(floor - 0.01, low - pad), min(ceiling + 0.01, high + pad)]
+
+
+LOCALITY_COLOURS = ("#dc2626", "#2563eb", "#7c3aed")
+
+
+def tradeoff_curve(rhos: Sequence[float], localities: dict[str, Sequence[float]],
+                   generalization: Sequence[float | None] | None = None, current_rho: float | None = None,
                    title: str | None = None) -> go.Figure:
-    """Locality (y) against generalization or success (x), one point per rho; current rho starred."""
-    points = [(r, l, o) for r, l, o in zip(rhos, locality, other) if l is not None and o is not None]
+    """One point per rho: locality on each set (y) against generalization (x) when the image
+    has a failure group, else against rho itself (log x). Axes fit the data; the current rho
+    is starred. Without any locality set it says there is nothing to plot."""
+    if not localities:
+        return empty_figure("Nothing to plot: this model has no locality set (start the app with --locality-dir).", 360)
+    by_group = generalization is not None and all(g is not None for g in generalization)
+    xs = list(generalization) if by_group else list(rhos)
     fig = go.Figure()
-    if points:
-        points.sort(key=lambda p: -p[0])
-        fig.add_scatter(x=[p[2] for p in points], y=[p[1] for p in points], mode="lines+markers+text",
-                        text=[f"ρ={p[0]:g}" for p in points], textposition="top center", name="rho grid",
-                        line=dict(color=AFTER_COLOUR), marker=dict(size=9),
-                        hovertemplate="ρ=%{text}<br>" + other_name + " %{x:.1%}<br>locality %{y:.1%}<extra></extra>")
-        current = [p for p in points if current_rho is not None and abs(p[0] - current_rho) < 1e-9]
+    ys_all: list[float] = []
+    for n, (name, values) in enumerate(localities.items()):
+        ys_all += list(values)
+        labelled = n == 0 and by_group  # the first set carries the rho labels, alternately above and below
+        fig.add_scatter(x=xs, y=list(values), mode="lines+markers+text" if labelled else "lines+markers", name=name,
+                        text=[f"ρ={r:g}" for r in rhos], customdata=list(rhos),
+                        textposition=["top center" if i % 2 == 0 else "bottom center" for i in range(len(rhos))],
+                        line=dict(color=LOCALITY_COLOURS[n % len(LOCALITY_COLOURS)]), marker=dict(size=9),
+                        hovertemplate=f"{name}<br>ρ=%{{customdata:g}}<br>" + ("generalization %{x:.1%}<br>" if by_group else "")
+                        + "locality %{y:.1%}<extra></extra>")
+        current = [i for i, r in enumerate(rhos) if current_rho is not None and abs(r - current_rho) < 1e-9]
         if current:
-            fig.add_scatter(x=[current[0][2]], y=[current[0][1]], mode="markers", name=f"current ρ={current_rho:g}",
-                            marker=dict(symbol="star", size=18, color=TARGET_COLOUR, line=dict(width=1, color="black")))
-    fig.update_xaxes(title_text=other_name, range=[-0.05, 1.05], tickformat=".0%")
-    fig.update_yaxes(title_text="locality", range=[-0.05, 1.05], tickformat=".0%")
-    return _layout(fig, title or f"Trade-off: locality vs {other_name} over rho", 360,
-                   legend=dict(orientation="h", y=-0.2, x=0))
+            fig.add_scatter(x=[xs[current[0]]], y=[values[current[0]]], mode="markers", showlegend=n == 0,
+                            name=f"current ρ={current_rho:g}", hoverinfo="skip",
+                            marker=dict(symbol="star", size=16, color=TARGET_COLOUR, line=dict(width=1, color="black")))
+    if by_group:
+        fig.update_xaxes(title_text="generalization (other images of the group fixed)", range=_fitted_range(xs),
+                         tickformat=".0%")
+    else:
+        fig.update_xaxes(title_text="ρ (kept fraction of the edit site)", type="log", tickvals=list(rhos),
+                         ticktext=[f"{r:g}" for r in rhos])
+    fig.update_yaxes(title_text="locality (predictions unchanged)", range=_fitted_range(ys_all), tickformat=".1%")
+    default = ("Trade-off over ρ: locality against generalization" if by_group else
+               "Locality against ρ (an uploaded image has no failure group to measure generalization on)")
+    return _layout(fig, title or default, 380, legend=dict(orientation="h", y=-0.25, x=0))
