@@ -513,7 +513,7 @@ def test_tradeoff_of_an_upload_without_a_group_plots_locality_against_rho(app_ur
     points = outputs(result, "points")["points"]
     assert [p["rho"] for p in points] == [0.75, 0.5, 0.25, 0.1, 0.05]
     assert all(set(p["locality"]) == {"near-boundary", "in-distribution"} and p["generalization"] is None for p in points)
-    assert "Locality against ρ" in json.dumps(result[0])
+    assert "Locality against ρ" in result[0]["plot"]
 
 
 # ------------------------------------------------------------------------------------------ browser
