@@ -46,6 +46,15 @@ def raw_upload(component: gr.Image) -> gr.Image:
 
 #: The notice bar floats at the bottom of the window, so a message is seen wherever the user is.
 CSS = """
+#examples, #examples .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important;
+                                 overflow: visible !important; }
+#examples .grid-container { grid-auto-rows: auto !important; height: auto !important; }
+#examples .thumbnail-item { display: flex; flex-direction: column; height: auto; aspect-ratio: auto; }
+#examples .thumbnail-item img { aspect-ratio: 1 / 1; width: 100%; height: auto; }
+#examples .caption-label { position: static; transform: none; max-width: 100%; white-space: normal; overflow: visible;
+                           text-overflow: clip; line-height: 1.2; margin: 0; padding: 2px 4px; background: none;
+                           font-size: var(--text-sm); text-align: center; }
+@media (max-width: 760px) { #examples .grid-container { --grid-cols: 3 !important; } }
 #notice { position: fixed; bottom: 16px; left: 50%; transform: translateX(-50%); z-index: 1000;
           width: min(92vw, 760px); padding: 10px 16px; border-radius: 8px; background: #fef2f2;
           border: 1px solid #f87171; box-shadow: 0 4px 16px rgba(0, 0, 0, 0.15); }
@@ -55,6 +64,13 @@ CSS = """
 MASK_VIEWS = ("where to edit", "specific to this image")
 
 KNOWN_ERRORS = (ImageInputError, UnknownLabelError, CheckpointError, ValueError, OSError)
+
+
+def gallery_caption(bench: logic.Workbench) -> str:
+    """The line above the example gallery (or why it is empty)."""
+    if bench.examples:
+        return "**…or pick one of the benchmark's failures** (failure group: true label)"
+    return "*This model has no benchmark failures to pick from: upload an image.*"
 
 
 def need_label(bench, session, value) -> int:
@@ -124,6 +140,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         session = logic.Session(spec)
         return {state: session, model_md: logic.describe_model(bench), notice: cleared,
                 label: gr.Dropdown(choices=bench.choices, value=None), gallery: [(e.path, e.caption) for e in bench.examples],
+                gallery_md: gallery_caption(bench),
                 image: None, view: None, top5: plots.empty_figure("Upload an image"), pred_md: "",
                 heatmap: plots.empty_figure("Upload an image"), mask_md: "", edit_md: "", loss: None, after: None,
                 tradeoff_plot: None, tradeoff_md: "", files: None, **stack_view(bench, session, "")}
@@ -215,16 +232,15 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
             model_md = gr.Markdown(logic.describe_model(first))
         gr.Markdown("## 1 · Image")
         with gr.Row():
-            with gr.Column(scale=2):
-                image = raw_upload(gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"],
-                                            label="Upload, paste or snap an image", height=260, elem_id="upload"))
-                gallery = gr.Gallery([(e.path, e.caption) for e in first.examples], label="…or pick a benchmark failure",
-                                     columns=5, height=220, allow_preview=False, format="png", elem_id="examples")
-            with gr.Column(scale=1):
+            image = raw_upload(gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"],
+                                        label="Upload, paste or snap an image", height=260, elem_id="upload", min_width=240))
+            with gr.Column(min_width=240):
                 view = gr.Image(label="What the model sees", type="pil", format="png", interactive=False, height=200)
-                pred_md = gr.Markdown()
-            with gr.Column(scale=2):
-                top5 = gr.Plot(plots.empty_figure("Upload an image"), label="Top-5")
+                pred_md = gr.Markdown(elem_id="prediction")
+            top5 = gr.Plot(plots.empty_figure("Upload an image"), label="Top-5", min_width=240)
+        gallery_md = gr.Markdown(gallery_caption(first))
+        gallery = gr.Gallery([(e.path, e.caption) for e in first.examples], show_label=False, columns=10, height="auto",
+                             object_fit="contain", allow_preview=False, format="png", elem_id="examples")
         gr.Markdown("## 2 · Right label and where to edit")
         with gr.Row():
             label = gr.Dropdown(first.choices, value=None, label="Right label (type to search)", filterable=True,
@@ -254,7 +270,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
             tradeoff_md = gr.Markdown(elem_id="tradeoff-summary")
         gr.Markdown("## 6 · Your session")
         table = gr.Dataframe(headers=logic.EDIT_TABLE_HEADERS, value=[], label="Edit stack (sparse deltas on the shared model)",
-                             interactive=False, wrap=True)
+                             interactive=False, wrap=False, elem_id="edits")
         with gr.Row():
             undo_btn = gr.Button("Undo last edit")
             reset_btn = gr.Button("Reset to base model", variant="stop")
@@ -267,7 +283,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         def outs(*components):  # outputs in order, each once
             return list(dict.fromkeys(components))
 
-        every = [state, model_dd, model_md, label, gallery, image, view, top5, pred_md, heatmap, mask_md, edit_md, loss, after,
+        every = [state, model_dd, model_md, label, gallery, gallery_md, image, view, top5, pred_md, heatmap, mask_md, edit_md, loss, after,
                  locality_md, flipped, table, tradeoff_plot, tradeoff_md, files, details, notice]
         image_out = [state, view, label, top5, pred_md, loss, after, edit_md, tradeoff_plot, tradeoff_md, details, notice]
         mask_out = [state, heatmap, mask_md, details, notice]

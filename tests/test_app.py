@@ -29,7 +29,8 @@ from w2e.images import ImageInputError
 from w2e.models import load_local_model, state_dict_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
-GROUPS = ["banana-apple", "stage light"]
+GROUPS = ["banana-apple", "lighting-stagelight"]
+EXAMPLES_PER_GROUP = 5  # 10 gallery images, as in the fashion world
 GROUP_SIZE = 6
 LOCALITY_SIZE = 48
 IN_DISTRIBUTION_SIZE = 40
@@ -50,7 +51,7 @@ def write_app_world(root: Path, hypernetwork: bool = True) -> Path:
     examples = model_dir / "examples"
     examples.mkdir()
     for group, name in enumerate(GROUPS):
-        for n in range(2):
+        for n in range(EXAMPLES_PER_GROUP):
             row = np.flatnonzero(groups == group)[n]
             big = Image.fromarray(images[row]).resize((16 * SCALE, 16 * SCALE), Image.Resampling.NEAREST)
             big.save(examples / f"{name}__{bundle.class_names[labels[row]]}__{n}.png")
@@ -127,7 +128,7 @@ def test_dropdown_puts_every_name_before_the_names_containing_it():
 
 
 def test_examples_map_to_benchmark_rows_and_uploads_are_recognised(bench, app_world):
-    assert len(bench.examples) == 4
+    assert len(bench.examples) == len(GROUPS) * EXAMPLES_PER_GROUP
     first = bench.examples[0]
     assert bench.benchmark.groups[first.row] == first.group
     sample = bench.sample_from_file(first.path)
@@ -542,62 +543,102 @@ def browser_app(request):
     demo.close()
 
 
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian chromium driven by playwright (one for all browser tests)."""
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium")
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright python package")
+    with playwright_api.sync_playwright() as driver:
+        chromium = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, app, width: int, height: int = 1000):
+    """A fresh page (its own session) of ``app`` at ``width`` x ``height`` CSS pixels."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(60_000)
+    page.goto(app.local_url)
+    return page
+
+
+GALLERY_FITS = """() => {
+  const box = document.querySelector('#examples').getBoundingClientRect();
+  const items = [...document.querySelectorAll('#examples .thumbnail-item')].map(e => e.getBoundingClientRect());
+  const captions = [...document.querySelectorAll('#examples .caption-label')];
+  return {count: items.length, labels: document.querySelectorAll('#examples [data-testid=block-label]').length,
+          inside: items.every(r => r.left >= box.left - 1 && r.right <= box.right + 1 && r.top >= box.top - 1
+                                   && r.bottom <= box.bottom + 1),
+          cut: captions.filter(c => c.scrollWidth > c.clientWidth + 1 || c.scrollHeight > c.clientHeight + 1).length,
+          pageWidth: document.documentElement.scrollWidth};
+}"""
+
+
 @pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
-def test_browser_upload_edit_and_read_locality(browser_app, tmp_path):
+@pytest.mark.parametrize("width", [1280, 390])
+def test_browser_gallery_fits_desktop_and_phone_widths(browser, browser_app, width):
+    page = open_page(browser, browser_app, width)
+    try:
+        count = len(browser_app.w2e_hub.get().examples)
+        page.wait_for_function(f"() => document.querySelectorAll('#examples img').length === {count}")
+        fits = page.evaluate(GALLERY_FITS)
+        assert fits == {"count": count, "labels": 0, "inside": True, "cut": 0, "pageWidth": width}, fits
+    finally:
+        page.close()
+
+
+@pytest.mark.browser
+def test_browser_upload_edit_and_read_locality(browser, browser_app, tmp_path):
     import re
 
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright python package")
     example = str(browser_app.w2e_hub.get().examples[0].path)
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     # README screenshots come from a real model; the tiny random world's go to a temporary folder
     shots = SCREENSHOTS if os.environ.get("W2E_APP_SCREENSHOT_MODEL") else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(browser_app.local_url)
-            upload = page.locator("#upload input[type=file]")
-            upload.set_input_files(example)
-            page.get_by_text("Benchmark failure of group").wait_for()
-            page.locator("#mask-summary").get_by_text("of all parameters").wait_for()
-            rho = page.locator("#rho input[type=number]")
-            rho.fill("0.5")
-            rho.press("Enter")
-            page.locator("#mask-summary").get_by_text("ρ = 0.5 keeps").wait_for()
-            rho.fill("0.1")
-            rho.press("Enter")
-            page.locator("#mask-summary").get_by_text("ρ = 0.1 keeps").wait_for()
-            page.screenshot(path=str(shots / "1-where-to-edit.png"), full_page=True)
-            page.locator("#apply").click()
-            page.locator("#locality").get_by_text("in-distribution:").wait_for()
-            text = page.locator("#locality").inner_text()
-            rates = re.findall(r"(near-boundary|in-distribution): ([\d.]+)% unchanged", text)
-            assert [name for name, _ in rates] == ["near-boundary", "in-distribution"], text
-            assert all(0.0 <= float(rate) <= 100.0 for _, rate in rates) and "accuracy" in text, text
-            assert "Edit succeeded" in page.locator("#edit-result").inner_text()
-            page.locator("#tradeoff").click()
-            page.locator("#tradeoff-summary").get_by_text(re.compile(r"ρ=0\.05: (success|FAILED)")).wait_for()
-            page.screenshot(path=str(shots / "2-edit-and-locality.png"), full_page=True)
-            page.get_by_label("Remove Image").click()
-            upload.set_input_files(str(corrupt))
-            page.locator("#notice").get_by_text("corrupt or truncated image").wait_for()
-            assert page.locator(".error").count() == 0 and page.get_by_text("Error", exact=True).count() == 0
-            assert "Edit succeeded" in page.locator("#edit-result").inner_text()  # earlier results stay
-            page.locator("#examples img").nth(2).click()  # the app keeps serving; the gallery loads a failure
-            page.get_by_text(f"group {browser_app.w2e_hub.get().examples[2].caption.split(':')[0]}").wait_for()
-            page.get_by_text("with your 1 edit(s) predicts").wait_for()
-            page.wait_for_timeout(300)  # let the chained mask event start, then wait until nothing is pending
-            page.wait_for_function("() => !document.querySelector('.pending, .eta-bar, .progress-text')")
-            typed = page.locator("#label input")
-            for name in browser_app.w2e_hub.get().bundle.class_names:  # a whole name typed + Enter is that name
-                typed.click()
-                typed.fill("")
-                typed.type(name)
-                typed.press("Enter")
-                page.wait_for_function("n => document.querySelector('#label input').value === n", arg=name)
-        finally:
-            browser.close()
+    page = open_page(browser, browser_app, 1280)
+    try:
+        upload = page.locator("#upload input[type=file]")
+        upload.set_input_files(example)
+        page.get_by_text("Benchmark failure of group").wait_for()
+        page.locator("#mask-summary").get_by_text("of all parameters").wait_for()
+        rho = page.locator("#rho input[type=number]")
+        rho.fill("0.5")
+        rho.press("Enter")
+        page.locator("#mask-summary").get_by_text("ρ = 0.5 keeps").wait_for()
+        rho.fill("0.1")
+        rho.press("Enter")
+        page.locator("#mask-summary").get_by_text("ρ = 0.1 keeps").wait_for()
+        page.screenshot(path=str(shots / "1-where-to-edit.png"), full_page=True)
+        page.locator("#apply").click()
+        page.locator("#locality").get_by_text("in-distribution:").wait_for()
+        text = page.locator("#locality").inner_text()
+        rates = re.findall(r"(near-boundary|in-distribution): ([\d.]+)% unchanged", text)
+        assert [name for name, _ in rates] == ["near-boundary", "in-distribution"], text
+        assert all(0.0 <= float(rate) <= 100.0 for _, rate in rates) and "accuracy" in text, text
+        assert "Edit succeeded" in page.locator("#edit-result").inner_text()
+        page.locator("#tradeoff").click()
+        page.locator("#tradeoff-summary").get_by_text(re.compile(r"ρ=0\.05: (success|FAILED)")).wait_for()
+        page.screenshot(path=str(shots / "2-edit-and-locality.png"), full_page=True)
+        page.get_by_label("Remove Image").click()
+        upload.set_input_files(str(corrupt))
+        page.locator("#notice").get_by_text("corrupt or truncated image").wait_for()
+        assert page.locator(".error").count() == 0 and page.get_by_text("Error", exact=True).count() == 0
+        assert "Edit succeeded" in page.locator("#edit-result").inner_text()  # earlier results stay
+        page.locator("#examples img").nth(2).click()  # the app keeps serving; the gallery loads a failure
+        prediction = page.locator("#prediction")
+        prediction.get_by_text(f"group {browser_app.w2e_hub.get().examples[2].caption.split(':')[0]}").wait_for()
+        prediction.get_by_text("with your 1 edit(s) predicts").wait_for()
+        page.wait_for_timeout(300)  # let the chained mask event start, then wait until nothing is pending
+        page.wait_for_function("() => !document.querySelector('.pending, .eta-bar, .progress-text')")
+        typed = page.locator("#label input")
+        for name in browser_app.w2e_hub.get().bundle.class_names:  # a whole name typed + Enter is that name
+            typed.click()
+            typed.fill("")
+            typed.type(name)
+            typed.press("Enter")
+            page.wait_for_function("n => document.querySelector('#label input').value === n", arg=name)
+    finally:
+        page.close()

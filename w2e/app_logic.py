@@ -757,7 +757,7 @@ def describe_prediction(bench: Workbench, session: Session, probs: torch.Tensor)
     names = bench.bundle.class_names
     top = int(probs.argmax())
     model = f"the model with your {len(session.edits)} edit(s)" if session.edits else "the base model"
-    text = f"**{session.sample.name}**: {model} predicts **{names[top]}** ({float(probs[top]):.1%})."
+    text = f"**{plain_text(session.sample.name, 60)}**: {model} predicts **{names[top]}** ({float(probs[top]):.1%})."
     if session.sample.group is not None:
         group = bench.benchmark.group_names[session.sample.group]
         truth = names[session.sample.true_label]
