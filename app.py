@@ -227,7 +227,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
                     "predictions stayed put. Your edits live only in your browser session.")
         notice = gr.Markdown(visible=False, elem_id="notice")
         with gr.Row():
-            model_dd = gr.Dropdown(list(config.models), value=config.default_model, label="Model", scale=1,
+            model_dd = gr.Dropdown(logic.model_choices(config.models), value=config.default_model, label="Model", scale=1,
                                    visible=len(config.models) > 1)
             model_md = gr.Markdown(logic.describe_model(first))
         gr.Markdown("## 1 · Image")

@@ -261,6 +261,17 @@ def test_test_time_search_needs_the_label_and_tradeoff_sweeps(search_world):
     assert all(p.locality is not None and p.generalization is not None for p in points)
 
 
+def test_hub_models_are_marked_when_the_hub_cannot_be_reached(monkeypatch, app_world):
+    probes = []
+    monkeypatch.setattr(logic, "hub_reachable", lambda: probes.append(1) or False)
+    monkeypatch.setattr(logic, "cached_hub_weights", lambda spec: None)
+    choices = logic.model_choices([str(app_world), logic.PAPER_MODEL, "vit_small_patch16_224.augreg_in21k_ft_in1k"])
+    assert choices[0] == (str(app_world), str(app_world)) and len(probes) == 1  # probed once, only for hub models
+    assert all(label == f"{spec} (needs internet: the Hub cannot be reached)" for label, spec in choices[1:])
+    monkeypatch.setattr(logic, "hub_reachable", lambda: True)
+    assert logic.model_choices([logic.PAPER_MODEL]) == [(logic.PAPER_MODEL, logic.PAPER_MODEL)]
+
+
 def test_locality_folder_for_models_without_benchmark(tmp_path):
     folder = tmp_path / "locality"
     folder.mkdir()
@@ -416,8 +427,8 @@ def test_switching_model_resets_the_session_and_search_waits_for_the_label(app_u
     assert mask["selected_neurons"] == round(0.1 * mask["site_neurons"])
     edit = outputs(api.predict(predicted["true_label"], 0.5, False, api_name="/edit"), "success")
     assert edit["mask_source"] == "test-time search" and edit["edits_in_session"] == 1
-    stay = api.predict(MISSING, api_name="/model")  # a warning, and the session stays on its model
-    assert str(search_world) in stay
+    stay = api.predict(MISSING, api_name="/model")  # a message that stays, and the session stays on its model
+    assert str(search_world) in stay and f"Could not load {MISSING}" in notice(stay)
     back = api.predict(str(app_world), api_name="/model")
     assert "hypernetwork" in texts(back) and outputs(back, "edits_in_session")["edits_in_session"] == 0
 

@@ -31,7 +31,7 @@ from .editor import DEFAULT_RHO, IN_DISTRIBUTION, NEAR_BOUNDARY, Editor, Localit
 from .images import MAX_FILE_BYTES, MAX_PIXELS, ImageInputError, read_image
 from .labels import resolve_label
 from .masks import binarize
-from .models import DEFAULT_MODEL, ModelBundle, best_device, load_model
+from .models import DEFAULT_MODEL, ModelBundle, best_device, cached_hub_weights, hub_reachable, is_hub_model, load_model
 from .preprocess import model_view, normalise_array
 
 #: The paper's ImageNet base model (needs internet the first time it is loaded).
@@ -113,6 +113,20 @@ def parse_app_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
                        device=args.device, edit_concurrency=args.edit_concurrency, queue_size=args.queue_size,
                        max_edits=args.max_edits)
     return config, args
+
+
+def model_choices(models: Sequence[str]) -> list[tuple[str, str]]:
+    """Model dropdown entries ``(label, spec)``; a Hub model whose weights are not cached is
+    marked as needing internet when the Hub cannot be reached (probed once, a few seconds)."""
+    offline: bool | None = None
+    choices = []
+    for spec in models:
+        label = spec
+        if is_hub_model(spec) and cached_hub_weights(spec) is None:
+            offline = (not hub_reachable()) if offline is None else offline
+            label = f"{spec} (needs internet: the Hub cannot be reached)" if offline else spec
+        choices.append((label, spec))
+    return choices
 
 
 # --------------------------------------------------------------------------------------------
