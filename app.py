@@ -60,6 +60,13 @@ CSS = """
           border: 1px solid #f87171; box-shadow: 0 4px 16px rgba(0, 0, 0, 0.15); }
 """
 
+INTRO = """# Where to edit a Vision Transformer
+Upload an image the model gets wrong, choose the right label, see **where** the edit goes, move ρ, **apply the edit**,
+and see at once whether other predictions stayed put. Your edits live only in your browser session.
+Method: *Learning Where to Edit Vision Transformers* (Yang et al., NeurIPS 2024):
+[paper](https://arxiv.org/abs/2411.01948) · [authors' code](https://github.com/hustyyq/Where-to-Edit).
+This app is w2e, an independent implementation (`app.py` and the `w2e` package of this repository)."""
+
 #: What the mask heatmap shows: the mask itself, or what sets it apart from the model's average mask.
 MASK_VIEWS = ("where to edit", "specific to this image")
 
@@ -207,9 +214,16 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         message = "Undid the last edit." if session.undo() else "Nothing to undo."
         return stack_view(bench, session, message)
 
+    def on_reset_asked(session):
+        if not session.edits:
+            return {notice: show_notice("Nothing to reset", "this session holds no edits"), confirm_row: gr.Row(visible=False)}
+        question = f"**Drop all {len(session.edits)} edit(s)** and go back to the base model? This cannot be undone."
+        return {confirm_row: gr.Row(visible=True), confirm_md: question, notice: cleared}
+
     def on_reset(session):
         session.reset()
-        return stack_view(hub.get(session.model), session, "All edits dropped: back to the base model.")
+        return {**stack_view(hub.get(session.model), session, "All edits dropped: back to the base model."),
+                confirm_row: gr.Row(visible=False)}
 
     @friendly
     def on_download(session, progress=gr.Progress()):
@@ -222,14 +236,12 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
     # ---------------------------------------------------------------- layout
     with gr.Blocks(title="w2e · where to edit a ViT", delete_cache=(3600, 3600)) as demo:
         state = gr.State(logic.Session(config.default_model), time_to_live=config.session_ttl_s)
-        gr.Markdown("# Where to edit a Vision Transformer\nUpload an image the model gets wrong, choose the right "
-                    "label, see **where** the edit goes, move ρ, **apply the edit**, and see at once whether other "
-                    "predictions stayed put. Your edits live only in your browser session.")
+        gr.Markdown(INTRO)
         notice = gr.Markdown(visible=False, elem_id="notice")
         with gr.Row():
             model_dd = gr.Dropdown(logic.model_choices(config.models), value=config.default_model, label="Model", scale=1,
-                                   visible=len(config.models) > 1)
-            model_md = gr.Markdown(logic.describe_model(first))
+                                   visible=len(config.models) > 1, info="Switching starts a new session (edits are dropped).")
+            model_md = gr.Markdown(logic.describe_model(first), elem_id="model")
         gr.Markdown("## 1 · Image")
         with gr.Row():
             image = raw_upload(gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"],
@@ -243,39 +255,47 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
                              object_fit="contain", allow_preview=False, format="png", elem_id="examples")
         gr.Markdown("## 2 · Right label and where to edit")
         with gr.Row():
-            label = gr.Dropdown(first.choices, value=None, label="Right label (type to search)", filterable=True,
-                                allow_custom_value=True, elem_id="label")
+            label = gr.Dropdown(first.choices, value=None, label="Right label", filterable=True, allow_custom_value=True,
+                                elem_id="label", info="The class the image really shows: type to search, Enter to pick.")
             rho = gr.Slider(0.005, 1.0, value=logic.DEFAULT_RHO, step=0.005, label="ρ: kept fraction of the edit site",
-                            elem_id="rho")
-            sort = gr.Checkbox(False, label="sort neurons by mask value")
-            mask_as = gr.Radio(list(MASK_VIEWS), value=MASK_VIEWS[0], label="Show", elem_id="mask-view")
+                            elem_id="rho", info="Share of the site's neurons the edit may change (top of the mask): "
+                                                "smaller is more local, larger generalizes more.")
+            with gr.Column(min_width=200):
+                mask_as = gr.Radio(list(MASK_VIEWS), value=MASK_VIEWS[0], label="Show", elem_id="mask-view",
+                                   info="The mask itself, or how it differs from the model's average mask.")
+                sort = gr.Checkbox(False, label="sort neurons by value", info="Order each layer's neurons, largest first.")
         heatmap = gr.Plot(plots.empty_figure("Upload an image"), label="Where to edit")
         mask_md = gr.Markdown(elem_id="mask-summary")
         gr.Markdown("## 3 · Edit")
         edit_btn = gr.Button("Apply edit", variant="primary", elem_id="apply")
         edit_md = gr.Markdown(elem_id="edit-result")
         with gr.Row():
-            loss = gr.Plot(label="Loss")
-            after = gr.Plot(label="Predictions after the edit")
+            loss = gr.Plot(label="Loss", min_width=300)
+            after = gr.Plot(label="Predictions after the edit", min_width=300)
         gr.Markdown("## 4 · Locality, at once")
-        locality_md = gr.Markdown(elem_id="locality")
-        flipped = gr.Gallery(label="Locality images whose prediction flipped (before → after)", columns=8, height=200,
-                             format="png", allow_preview=True)
+        locality_md = gr.Markdown(logic.describe_evaluation(first, first.evaluate(None, ()), 0), elem_id="locality")
+        flipped = gr.Gallery(label="Images whose prediction flipped (set: before → after)", columns=8, height="auto",
+                             format="png", allow_preview=True, elem_id="flipped")
         gr.Markdown("## 5 · Trade-off explorer\nRuns this image's edit at every ρ of the paper's grid (on top of your "
                     "edits of other images; nothing is kept) and plots its locality on each set against "
                     "generalization on the image's failure group, or against ρ for an image without a group.")
         tradeoff_btn = gr.Button("Sweep ρ over 0.75, 0.5, 0.25, 0.1, 0.05", elem_id="tradeoff")
         with gr.Row():
-            tradeoff_plot = gr.Plot(label="Trade-off")
+            tradeoff_plot = gr.Plot(label="Trade-off", min_width=300)
             tradeoff_md = gr.Markdown(elem_id="tradeoff-summary")
         gr.Markdown("## 6 · Your session")
         table = gr.Dataframe(headers=logic.EDIT_TABLE_HEADERS, value=[], label="Edit stack (sparse deltas on the shared model)",
                              interactive=False, wrap=False, elem_id="edits")
         with gr.Row():
-            undo_btn = gr.Button("Undo last edit")
-            reset_btn = gr.Button("Reset to base model", variant="stop")
-            download_btn = gr.Button("Download edited model")
-        files = gr.File(label="Edited model (model.safetensors + manifest.json) and edit log", file_count="multiple", height=120)
+            undo_btn = gr.Button("Undo last edit", elem_id="undo")
+            reset_btn = gr.Button("Reset to base model", variant="stop", elem_id="reset")
+            download_btn = gr.Button("Download edited model", elem_id="download")
+        with gr.Row(visible=False, elem_id="confirm-reset") as confirm_row:
+            confirm_md = gr.Markdown()
+            confirm_btn = gr.Button("Yes, drop them", variant="stop", elem_id="confirm-yes", min_width=120)
+            keep_btn = gr.Button("No, keep them", elem_id="confirm-no", min_width=120)
+        files = gr.File(label="Edited model (model.safetensors + manifest.json) and edit log", file_count="multiple",
+                        elem_id="files")
         with gr.Accordion("Raw numbers of the last action (JSON)", open=False):
             details = gr.JSON()
 
@@ -290,19 +310,26 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         stack_out = [state, edit_md, locality_md, flipped, table, top5, pred_md, details, notice]
         compute = dict(concurrency_limit=config.edit_concurrency, concurrency_id="compute")
 
-        model_dd.input(on_model, [model_dd, state], every, api_name="model", **compute)
-        image.change(on_image, [image, state], image_out, api_name="predict").success(
-            on_mask, [label, rho, sort, mask_as, state], mask_out, api_visibility="private", **compute)
-        gallery.select(on_example, [state], image, api_visibility="private")
-        label.input(on_mask, [label, rho, sort, mask_as, state], mask_out, api_name="mask", **compute)
+        model_dd.input(on_model, [model_dd, state], every, api_name="model", show_progress_on=[model_md], **compute)
+        image.change(on_image, [image, state], image_out, api_name="predict", show_progress_on=[view]).success(
+            on_mask, [label, rho, sort, mask_as, state], mask_out, api_visibility="private", show_progress_on=[heatmap],
+            **compute)
+        gallery.select(on_example, [state], image, api_visibility="private", show_progress="hidden")
+        label.input(on_mask, [label, rho, sort, mask_as, state], mask_out, api_name="mask", show_progress_on=[heatmap],
+                    **compute)
         gr.on([rho.input, sort.input, mask_as.input], on_rho, [rho, sort, mask_as, state], mask_out, api_name="rho",
               trigger_mode="always_last", show_progress="hidden", concurrency_limit=None)
-        edit_btn.click(on_edit, [label, rho, sort, mask_as, state], outs(*stack_out, *mask_out, loss, after), api_name="edit", **compute)
+        edit_btn.click(on_edit, [label, rho, sort, mask_as, state], outs(*stack_out, *mask_out, loss, after), api_name="edit",
+                       show_progress_on=[edit_md], **compute)
         tradeoff_btn.click(on_tradeoff, [label, rho, state], [tradeoff_plot, tradeoff_md, details, notice], api_name="tradeoff",
+                           show_progress_on=[tradeoff_plot], **compute)
+        undo_btn.click(on_undo, [state], stack_out, api_name="undo", show_progress_on=[edit_md])
+        reset_btn.click(on_reset_asked, [state], [confirm_row, confirm_md, notice], api_visibility="private",
+                        show_progress="hidden")
+        confirm_btn.click(on_reset, [state], [*stack_out, confirm_row], api_name="reset", show_progress_on=[edit_md])
+        keep_btn.click(lambda: gr.Row(visible=False), None, confirm_row, api_visibility="private", show_progress="hidden")
+        download_btn.click(on_download, [state], [files, details, notice], api_name="download", show_progress_on=[files],
                            **compute)
-        undo_btn.click(on_undo, [state], stack_out, api_name="undo")
-        reset_btn.click(on_reset, [state], stack_out, api_name="reset")
-        download_btn.click(on_download, [state], [files, details, notice], api_name="download", **compute)
     demo.queue(default_concurrency_limit=config.default_concurrency, max_size=config.queue_size)
     demo.w2e_hub = hub  # for tests and launch(): the loaded workbenches
     return demo

@@ -377,6 +377,26 @@ def untouched(result) -> int:
     return sum(1 for item in result if item == {"__type__": "update"})
 
 
+def test_one_progress_indicator_per_event_and_controls_explain_themselves(app_url):
+    config = app_url.get_config_file()
+    for dependency in config["dependencies"]:  # progress on one panel, or none
+        assert dependency["show_progress"] == "hidden" or len(dependency["show_progress_on"] or []) == 1, dependency
+    helped = {c["props"].get("elem_id") for c in config["components"] if c["props"].get("info")}
+    assert {"label", "rho", "mask-view"} <= helped
+    intro = " ".join(c["props"].get("value") or "" for c in config["components"] if c["type"] == "markdown")
+    assert "https://arxiv.org/abs/2411.01948" in intro and "https://github.com/hustyyq/Where-to-Edit" in intro
+
+
+def test_loss_axis_reads_in_plain_numbers():
+    from w2e import plots
+
+    figure = plots.loss_curve([4.1, 1.2, 0.3, 0.05, 0.009], loss_stop=0.01)
+    assert figure.layout.yaxis.type == "log"
+    assert list(figure.layout.yaxis.tickvals) == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2]
+    assert list(figure.layout.yaxis.ticktext) == ["0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1", "2"]
+    assert plots.log_ticks(0.3, 0.6) == [0.3, 0.5, 0.6]
+
+
 def test_api_predict_mask_rho_edit_undo_download(app_url, app_world):
     from gradio_client import handle_file
 
@@ -586,6 +606,13 @@ GALLERY_FITS = """() => {
 }"""
 
 
+FILES_SHOWN = """() => {
+  const box = document.querySelector('#files').getBoundingClientRect();
+  return [...document.querySelectorAll('#files td.filename')].filter(e => {
+    const r = e.getBoundingClientRect(); return r.height > 0 && r.top >= box.top && r.bottom <= box.bottom; }).length;
+}"""
+
+
 @pytest.mark.browser
 @pytest.mark.parametrize("width", [1280, 390])
 def test_browser_gallery_fits_desktop_and_phone_widths(browser, browser_app, width):
@@ -624,12 +651,12 @@ def test_browser_upload_edit_and_read_locality(browser, browser_app, tmp_path):
         page.locator("#mask-summary").get_by_text("ρ = 0.1 keeps").wait_for()
         page.screenshot(path=str(shots / "1-where-to-edit.png"), full_page=True)
         page.locator("#apply").click()
-        page.locator("#locality").get_by_text("in-distribution:").wait_for()
+        page.locator("#edit-result").get_by_text("Edit succeeded").wait_for()
+        page.locator("#locality").get_by_text("With your 1 edit(s)").wait_for()
         text = page.locator("#locality").inner_text()
         rates = re.findall(r"(near-boundary|in-distribution): ([\d.]+)% unchanged", text)
         assert [name for name, _ in rates] == ["near-boundary", "in-distribution"], text
         assert all(0.0 <= float(rate) <= 100.0 for _, rate in rates) and "accuracy" in text, text
-        assert "Edit succeeded" in page.locator("#edit-result").inner_text()
         page.locator("#tradeoff").click()
         page.locator("#tradeoff-summary").get_by_text(re.compile(r"ρ=0\.05: (success|FAILED)")).wait_for()
         page.screenshot(path=str(shots / "2-edit-and-locality.png"), full_page=True)
@@ -651,5 +678,18 @@ def test_browser_upload_edit_and_read_locality(browser, browser_app, tmp_path):
             typed.type(name)
             typed.press("Enter")
             page.wait_for_function("n => document.querySelector('#label input').value === n", arg=name)
+        page.locator("#download").click()
+        for name in ("model.safetensors", "manifest.json", "edit_log.json"):  # all three listed, none hidden
+            page.locator(f'#files td.filename[aria-label="{name}"]').wait_for()
+        assert page.evaluate(FILES_SHOWN) == 3
+        page.locator("#reset").click()
+        page.locator("#confirm-reset").get_by_text("Drop all 1 edit(s)").wait_for()
+        page.locator("#confirm-no").click()
+        page.locator("#confirm-reset").wait_for(state="hidden")
+        assert "1 edit(s)" in page.locator("#prediction").inner_text()  # nothing dropped
+        page.locator("#reset").click()
+        page.locator("#confirm-yes").click()
+        page.locator("#edit-result").get_by_text("All edits dropped").wait_for()
+        page.locator("#prediction").get_by_text("the base model predicts").wait_for()
     finally:
         page.close()

@@ -136,17 +136,32 @@ def mask_difference_heatmap(mask, average, layer_labels: Sequence[str], sort: bo
     return _layout(fig, title or default, height)
 
 
+def log_ticks(low: float, high: float) -> list[float]:
+    """1-2-5 tick values within ``[low, high]`` (both > 0), for a readable log axis; a range
+    holding fewer than two of them gets its ends too."""
+    ticks = []
+    for exponent in range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1):
+        ticks += [m * 10.0**exponent for m in (1, 2, 5) if low <= m * 10.0**exponent <= high]
+    if len(ticks) < 2:  # a narrow range: its ends (two significant digits) as well
+        ticks = sorted({float(f"{low:.2g}"), *ticks, float(f"{high:.2g}")})
+    return ticks
+
+
 def loss_curve(losses: Sequence[float], loss_stop: float | None = None, title: str = "Edit loss") -> go.Figure:
-    """Cross-entropy per fine-tuning step (log scale), with the early-stop level dashed."""
+    """Cross-entropy per fine-tuning step on a log axis labelled 1-2-5 in plain numbers,
+    with the early-stop level dashed."""
     losses = [max(float(v), 1e-8) for v in losses]
     fig = go.Figure()
     fig.add_scatter(x=list(range(len(losses))), y=losses, mode="lines+markers", name="loss",
-                    line=dict(color=AFTER_COLOUR), marker=dict(size=4))
+                    line=dict(color=AFTER_COLOUR), marker=dict(size=4),
+                    hovertemplate="step %{x}<br>cross-entropy %{y:.3g}<extra></extra>")
+    shown = losses + ([loss_stop] if loss_stop else [])
     if loss_stop is not None:
         fig.add_hline(y=loss_stop, line_dash="dash", line_color="#6b7280",
                       annotation_text=f"stop at {loss_stop:g}", annotation_position="top right")
-    fig.update_xaxes(title_text="step")
-    fig.update_yaxes(title_text="cross-entropy", type="log")
+    ticks = log_ticks(min(shown), max(shown))
+    fig.update_xaxes(title_text="fine-tuning step")
+    fig.update_yaxes(title_text="cross-entropy (log scale)", type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
     return _layout(fig, title, 260, showlegend=False)
 
 
