@@ -46,15 +46,15 @@ def raw_upload(component: gr.Image) -> gr.Image:
 
 #: The notice bar floats at the bottom of the window, so a message is seen wherever the user is.
 CSS = """
-#examples, #examples .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important;
-                                 overflow: visible !important; }
-#examples .grid-container { grid-auto-rows: auto !important; height: auto !important; }
-#examples .thumbnail-item { display: flex; flex-direction: column; height: auto; aspect-ratio: auto; }
-#examples .thumbnail-item img { aspect-ratio: 1 / 1; width: 100%; height: auto; }
-#examples .caption-label { position: static; transform: none; max-width: 100%; white-space: normal; overflow: visible;
-                           text-overflow: clip; line-height: 1.2; margin: 0; padding: 2px 4px; background: none;
-                           font-size: var(--text-sm); text-align: center; }
-@media (max-width: 760px) { #examples .grid-container { --grid-cols: 3 !important; } }
+.captioned, .captioned .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important;
+                                    overflow: visible !important; }
+.captioned .grid-container { grid-auto-rows: auto !important; height: auto !important; }
+.captioned .thumbnail-item { display: flex; flex-direction: column; height: auto; aspect-ratio: auto; }
+.captioned .thumbnail-item img { aspect-ratio: 1 / 1; width: 100%; height: auto; }
+.captioned .caption-label { position: static; transform: none; max-width: 100%; white-space: normal; overflow: visible;
+                            text-overflow: clip; line-height: 1.2; margin: 0; padding: 2px 4px; background: none;
+                            font-size: var(--text-sm); text-align: center; }
+@media (max-width: 760px) { .captioned .grid-container { --grid-cols: 3 !important; } }
 #notice { position: fixed; bottom: 16px; left: 50%; transform: translateX(-50%); z-index: 1000;
           width: min(92vw, 760px); padding: 10px 16px; border-radius: 8px; background: #fef2f2;
           border: 1px solid #f87171; box-shadow: 0 4px 16px rgba(0, 0, 0, 0.15); }
@@ -252,7 +252,8 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
             top5 = gr.Plot(plots.empty_figure("Upload an image"), label="Top-5", min_width=240)
         gallery_md = gr.Markdown(gallery_caption(first))
         gallery = gr.Gallery([(e.path, e.caption) for e in first.examples], show_label=False, columns=10, height="auto",
-                             object_fit="contain", allow_preview=False, format="png", elem_id="examples")
+                             object_fit="contain", allow_preview=False, format="png", elem_id="examples",
+                             elem_classes=["captioned"])
         gr.Markdown("## 2 · Right label and where to edit")
         with gr.Row():
             label = gr.Dropdown(first.choices, value=None, label="Right label", filterable=True, allow_custom_value=True,
@@ -275,7 +276,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         gr.Markdown("## 4 · Locality, at once")
         locality_md = gr.Markdown(logic.describe_evaluation(first, first.evaluate(None, ()), 0), elem_id="locality")
         flipped = gr.Gallery(label="Images whose prediction flipped (set: before → after)", columns=8, height="auto",
-                             format="png", allow_preview=True, elem_id="flipped")
+                             format="png", allow_preview=True, elem_id="flipped", elem_classes=["captioned"])
         gr.Markdown("## 5 · Trade-off explorer\nRuns this image's edit at every ρ of the paper's grid (on top of your "
                     "edits of other images; nothing is kept) and plots its locality on each set against "
                     "generalization on the image's failure group, or against ρ for an image without a group.")

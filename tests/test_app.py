@@ -392,9 +392,10 @@ def test_loss_axis_reads_in_plain_numbers():
 
     figure = plots.loss_curve([4.1, 1.2, 0.3, 0.05, 0.009], loss_stop=0.01)
     assert figure.layout.yaxis.type == "log"
-    assert list(figure.layout.yaxis.tickvals) == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2]
-    assert list(figure.layout.yaxis.ticktext) == ["0.01", "0.02", "0.05", "0.1", "0.2", "0.5", "1", "2"]
-    assert plots.log_ticks(0.3, 0.6) == [0.3, 0.5, 0.6]
+    assert list(figure.layout.yaxis.tickvals) == [0.01, 0.03, 0.1, 0.3, 1, 3]
+    assert list(figure.layout.yaxis.ticktext) == ["0.01", "0.03", "0.1", "0.3", "1", "3"]
+    assert plots.log_ticks(0.3, 0.6) == [0.3, 0.5, 0.6] and plots.log_ticks(0.05, 0.9) == [0.05, 0.1, 0.2, 0.5]
+    assert plots.log_ticks(1e-4, 5) == [1e-4, 1e-3, 0.01, 0.1, 1]
 
 
 def test_api_predict_mask_rho_edit_undo_download(app_url, app_world):

@@ -137,18 +137,21 @@ def mask_difference_heatmap(mask, average, layer_labels: Sequence[str], sort: bo
 
 
 def log_ticks(low: float, high: float) -> list[float]:
-    """1-2-5 tick values within ``[low, high]`` (both > 0), for a readable log axis; a range
+    """Round tick values within ``[low, high]`` (both > 0) for a readable log axis: 1-2-5 per
+    decade over a short range, 1-3 over up to three decades, powers of ten beyond; a range
     holding fewer than two of them gets its ends too."""
+    decades = np.log10(high / low)
+    steps = (1, 2, 5) if decades < 1.5 else (1, 3) if decades < 3 else (1,)
     ticks = []
     for exponent in range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1):
-        ticks += [m * 10.0**exponent for m in (1, 2, 5) if low <= m * 10.0**exponent <= high]
+        ticks += [round(m * 10.0**exponent, 12) for m in steps if low <= m * 10.0**exponent <= high]
     if len(ticks) < 2:  # a narrow range: its ends (two significant digits) as well
         ticks = sorted({float(f"{low:.2g}"), *ticks, float(f"{high:.2g}")})
     return ticks
 
 
 def loss_curve(losses: Sequence[float], loss_stop: float | None = None, title: str = "Edit loss") -> go.Figure:
-    """Cross-entropy per fine-tuning step on a log axis labelled 1-2-5 in plain numbers,
+    """Cross-entropy per fine-tuning step on a log axis labelled with round plain numbers,
     with the early-stop level dashed."""
     losses = [max(float(v), 1e-8) for v in losses]
     fig = go.Figure()
@@ -162,7 +165,7 @@ def loss_curve(losses: Sequence[float], loss_stop: float | None = None, title: s
     ticks = log_ticks(min(shown), max(shown))
     fig.update_xaxes(title_text="fine-tuning step")
     fig.update_yaxes(title_text="cross-entropy (log scale)", type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
-    return _layout(fig, title, 260, showlegend=False)
+    return _layout(fig, title, 300, showlegend=False)
 
 
 def _fitted_range(values: Sequence[float], floor: float = 0.0, ceiling: float = 1.0) -> list[float]:
