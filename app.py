@@ -12,7 +12,6 @@ All logic lives in ``w2e.app_logic`` and the figures in ``w2e.plots``; this file
 """
 from __future__ import annotations
 
-import base64
 import functools
 import sys
 from pathlib import Path
@@ -21,27 +20,10 @@ import gradio as gr
 
 from w2e import app_logic as logic
 from w2e import plots
+from w2e.app_files import discard_upload, image_file
 from w2e.images import ImageInputError
 from w2e.labels import UnknownLabelError
 from w2e.models import CheckpointError
-
-
-def raw_upload(component: gr.Image) -> gr.Image:
-    """Make ``component`` (same widget) pass the raw upload on undecoded, so every image, good
-    or bad, goes through ``w2e.images.read_image`` and its limits and messages. (Patched on the
-    instance: a ``gr.Image`` subclass would make Gradio write an ``app.pyi`` stub.)"""
-
-    def preprocess(payload):
-        if payload is None:
-            return None
-        if payload.path:
-            return str(payload.path)
-        if payload.url and payload.url.startswith("data:"):
-            return base64.b64decode(payload.url.partition(",")[2])
-        raise gr.Error("no image received")
-
-    component.preprocess = preprocess
-    return component
 
 
 #: The notice bar floats at the bottom of the window, so a message is seen wherever the user is.
@@ -152,20 +134,37 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
                 heatmap: plots.empty_figure("Upload an image"), mask_md: "", edit_md: "", loss: None, after: None,
                 tradeoff_plot: None, tradeoff_md: "", files: None, **stack_view(bench, session, "")}
 
-    @friendly
-    def on_image(path, session):
-        bench = hub.get(session.model)
-        if path is None:
-            session.sample, session.mask = None, None
-            return {state: session, view: None, pred_md: "", top5: plots.empty_figure("Upload an image")}
-        sample = bench.sample_from_file(path, None, config)
+    def predicted(bench, session, source, name=None):
+        """Decode ``source``, make it the session's image and show what the model makes of it;
+        the upload panel shows the decoded image, never the uploaded bytes."""
+        sample = bench.sample_from_file(source, name, config)
         session.set_sample(sample)
         probs = bench.probabilities(sample, session.edits)
-        return {state: session, view: logic.upscale_for_display(sample.view), notice: cleared,
+        return {state: session, image: image_file(sample.preview), view: image_file(logic.upscale_for_display(sample.view)),
+                notice: cleared,
                 label: bench.label_name(sample.true_label) if sample.true_label is not None else None,
                 top5: plots.prediction_bars(bench.bundle.class_names, probs, target=sample.true_label),
                 pred_md: logic.describe_prediction(bench, session, probs), loss: None, after: None, edit_md: "",
                 tradeoff_plot: None, tradeoff_md: "", details: logic.prediction_json(bench, sample, probs)}
+
+    @friendly
+    def on_image(payload, session):
+        bench = hub.get(session.model)
+        source, name = logic.upload_source(payload)
+        if source is None:
+            session.sample, session.mask = None, None
+            return {state: session, view: None, pred_md: "", top5: plots.empty_figure("Upload an image")}
+        try:
+            return predicted(bench, session, source, name)
+        except ImageInputError:
+            if isinstance(source, str):
+                discard_upload(source, Path(gr.utils.get_upload_folder()))  # not an image: nothing of it stays served
+            raise
+
+    @friendly
+    def on_example(event: gr.SelectData, session):
+        bench = hub.get(session.model)
+        return predicted(bench, session, bench.examples[event.index].path)
 
     @friendly
     def on_mask(label_value, rho_value, sort_value, shown, session, progress=gr.Progress()):
@@ -230,9 +229,6 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         progress(None, desc="writing the edited model")
         return {files: [str(p) for p in logic.export_session(hub.get(session.model), session)], notice: cleared}
 
-    def on_example(event: gr.SelectData, session):
-        return str(hub.get(session.model).examples[event.index].path)
-
     # ---------------------------------------------------------------- layout
     with gr.Blocks(title="w2e · where to edit a ViT", delete_cache=(3600, 3600)) as demo:
         state = gr.State(logic.Session(config.default_model), time_to_live=config.session_ttl_s)
@@ -244,10 +240,10 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
             model_md = gr.Markdown(logic.describe_model(first), elem_id="model")
         gr.Markdown("## 1 · Image")
         with gr.Row():
-            image = raw_upload(gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"],
-                                        label="Upload, paste or snap an image", height=260, elem_id="upload", min_width=240))
+            image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard", "webcam"],
+                             label="Upload, paste or snap an image", height=260, elem_id="upload", min_width=240)
             with gr.Column(min_width=240):
-                view = gr.Image(label="What the model sees", type="pil", format="png", interactive=False, height=200)
+                view = gr.Image(label="What the model sees", type="filepath", interactive=False, height=200)
                 pred_md = gr.Markdown(elem_id="prediction")
             top5 = gr.Plot(plots.empty_figure("Upload an image"), label="Top-5", min_width=240)
         gallery_md = gr.Markdown(gallery_caption(first))
@@ -306,16 +302,18 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
 
         every = [state, model_dd, model_md, label, gallery, gallery_md, image, view, top5, pred_md, heatmap, mask_md, edit_md, loss, after,
                  locality_md, flipped, table, tradeoff_plot, tradeoff_md, files, details, notice]
-        image_out = [state, view, label, top5, pred_md, loss, after, edit_md, tradeoff_plot, tradeoff_md, details, notice]
+        image_out = [state, image, view, label, top5, pred_md, loss, after, edit_md, tradeoff_plot, tradeoff_md, details, notice]
         mask_out = [state, heatmap, mask_md, details, notice]
         stack_out = [state, edit_md, locality_md, flipped, table, top5, pred_md, details, notice]
         compute = dict(concurrency_limit=config.edit_concurrency, concurrency_id="compute")
 
         model_dd.input(on_model, [model_dd, state], every, api_name="model", show_progress_on=[model_md], **compute)
-        image.change(on_image, [image, state], image_out, api_name="predict", show_progress_on=[view]).success(
-            on_mask, [label, rho, sort, mask_as, state], mask_out, api_visibility="private", show_progress_on=[heatmap],
-            **compute)
-        gallery.select(on_example, [state], image, api_visibility="private", show_progress="hidden")
+        uploaded = image.input(on_image, [image, state], image_out, api_name="predict", show_progress_on=[view],
+                               preprocess=False)  # the raw upload: every image goes through w2e.images.read_image
+        for predicted_by in (uploaded,
+                             gallery.select(on_example, [state], image_out, api_visibility="private", show_progress_on=[view])):
+            predicted_by.success(on_mask, [label, rho, sort, mask_as, state], mask_out, api_visibility="private",
+                                 show_progress_on=[heatmap], **compute)
         label.input(on_mask, [label, rho, sort, mask_as, state], mask_out, api_name="mask", show_progress_on=[heatmap],
                     **compute)
         gr.on([rho.input, sort.input, mask_as.input], on_rho, [rho, sort, mask_as, state], mask_out, api_name="rho",

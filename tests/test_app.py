@@ -498,6 +498,69 @@ def test_two_concurrent_sessions_do_not_leak(app_url, app_world):
     assert state_dict_sha256(bench.bundle.model) == app_url.w2e_sha
 
 
+def test_files_are_written_whole_while_others_read_them(tmp_path):
+    from w2e.app_files import image_file, write_atomically
+
+    path, contents = tmp_path / "shared.bin", [b"a" * 300_000, b"b" * 200_000]
+    write_atomically(path, contents[0])
+    seen, stop = [], threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.append(path.read_bytes())
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for reader in readers:
+        reader.start()
+    for n in range(200):
+        write_atomically(path, contents[n % 2])
+    stop.set()
+    for reader in readers:
+        reader.join()
+    assert seen and all(data in contents for data in seen)  # never a partial or empty file
+    image = Image.new("L", (20, 10), 128)
+    first = image_file(image, tmp_path / "images")
+    assert image_file(image.copy(), tmp_path / "images") == first and Image.open(first).size == (20, 10)
+
+
+def test_concurrent_predictions_each_get_a_whole_image(app_url, app_world):
+    from gradio_client import handle_file
+
+    results, errors = [], []
+    expected = logic.upscale_for_display(app_url.w2e_hub.get().sample_from_file(example_path(app_world)).view)
+
+    def run() -> None:
+        try:
+            api = client(app_url)
+            for _ in range(5):
+                result = api.predict(handle_file(str(example_path(app_world))), api_name="/predict")
+                results.append(np.asarray(Image.open(result[1])))  # "what the model sees", fetched whole
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    assert len(results) == 30 and all(np.array_equal(view, np.asarray(expected)) for view in results)
+
+
+def test_uploads_are_served_back_only_as_decoded_images(app_url, tmp_path):
+    import gradio
+    from gradio_client import handle_file
+
+    api = client(app_url)
+    (tmp_path / "evil.png").write_text("<html><script>alert(1)</script></html>")
+    assert "not an image" in notice(api.predict(handle_file(str(tmp_path / "evil.png")), api_name="/predict"))
+    assert not list(Path(gradio.utils.get_upload_folder()).rglob("evil.png"))  # the upload is gone, not served
+    Image.new("RGB", (300, 200), (0, 90, 200)).save(tmp_path / "photo.jpg", "JPEG")
+    shown = api.predict(handle_file(str(tmp_path / "photo.jpg")), api_name="/predict")[0]
+    decoded = Image.open(shown)
+    assert decoded.format == "PNG" and decoded.size == (300, 200)  # re-encoded from the decoded pixels
+
+
 def test_bad_uploads_get_a_clear_error_and_the_app_keeps_serving(app_url, app_world, tmp_path):
     from gradio_client import handle_file
 

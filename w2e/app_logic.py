@@ -11,6 +11,8 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import json
 import os
 import re
@@ -18,7 +20,7 @@ import shutil
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .app_files import image_file
 from .edit import Edit, edited_state_dict
 from .editor import DEFAULT_RHO, IN_DISTRIBUTION, NEAR_BOUNDARY, Editor, LocalityResult, PrefixCache
 from .images import MAX_FILE_BYTES, MAX_PIXELS, ImageInputError, read_image
@@ -47,6 +50,8 @@ MAX_FLIPPED_SHOWN = 24
 MAX_LOCALITY_IMAGES = 5000
 #: Smallest side of images shown in the page (tiny model inputs are upscaled, pixelated).
 DISPLAY_SIDE = 168
+#: Largest side of the decoded upload shown back in the upload panel.
+PREVIEW_SIDE = 512
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 Report = Callable[[float, str], None]
@@ -175,8 +180,9 @@ def short_name(name: str) -> str:
 
 @dataclass
 class Sample:
-    """An image to edit for: what the model sees, its input tensor and, for a benchmark
-    failure, its row, group and true label."""
+    """An image to edit for: what the model sees, its input tensor, a small copy of the decoded
+    image to show in place of the upload and, for a benchmark failure, its row, group and true
+    label."""
 
     name: str
     view: Image.Image
@@ -184,6 +190,7 @@ class Sample:
     row: int | None = None
     group: int | None = None
     true_label: int | None = None
+    preview: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +201,26 @@ class Example:
     row: int
     group: int
     caption: str
+
+
+def upload_source(payload: object) -> tuple[str | bytes | None, str | None]:
+    """What an image upload (Gradio's file data, as a dict) holds: a file path or the bytes of
+    a ``data:`` URL, with the uploader's file name; ``(None, None)`` when it is empty. Raises
+    :class:`ImageInputError` for anything else, so no malformed upload gets further."""
+    if payload is None:
+        return None, None
+    if not isinstance(payload, Mapping):
+        raise ImageInputError("the image must be a file object (with a path or a data: URL)")
+    name = payload.get("orig_name") if isinstance(payload.get("orig_name"), str) else None
+    if isinstance(payload.get("path"), str) and payload["path"]:
+        return payload["path"], name or Path(payload["path"]).name
+    url = payload.get("url")
+    if isinstance(url, str) and url.startswith("data:"):
+        try:
+            return base64.b64decode(url.partition(",")[2], validate=True), name or "upload"
+        except binascii.Error:
+            raise ImageInputError("the data: URL is not valid base64") from None
+    raise ImageInputError("no image received")
 
 
 def upscale_for_display(image: Image.Image, side: int = DISPLAY_SIDE) -> Image.Image:
@@ -406,11 +433,13 @@ class Workbench:
         config = config or AppConfig()
         name = name or (Path(source).name if isinstance(source, (str, Path)) else "upload")
         image = read_image(source, max_pixels=config.max_pixels, max_bytes=config.max_bytes)
+        preview = image.copy()
+        preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
         row = self.match_benchmark(image)
         if row is not None:
-            return self.sample_from_row(row, name)
+            return replace(self.sample_from_row(row, name), preview=preview)
         view = model_view(image, self.bundle.preprocessing)
-        return Sample(name, view, normalise_array(np.asarray(view)[None], self.bundle.preprocessing))
+        return Sample(name, view, normalise_array(np.asarray(view)[None], self.bundle.preprocessing), preview=preview)
 
     # ---- predictions and masks
     def probabilities(self, sample: Sample, edits: Sequence[Edit] = ()) -> torch.Tensor:
@@ -489,16 +518,16 @@ class Workbench:
         return Evaluation(locality, self.generalization(sample, edits), before,
                           self.benchmark.group_names[sample.group], size)
 
-    def flipped(self, localities: Mapping[str, LocalityResult], limit: int = MAX_FLIPPED_SHOWN) -> list[tuple[Image.Image, str]]:
-        """Locality images whose prediction changed, an equal share of ``limit`` from each set,
-        with captions ``set: before → after``."""
+    def flipped(self, localities: Mapping[str, LocalityResult], limit: int = MAX_FLIPPED_SHOWN) -> list[tuple[str, str]]:
+        """Locality images whose prediction changed (PNG files safe to serve), an equal share of
+        ``limit`` from each set, with captions ``set: before → after``."""
         names = self.bundle.class_names
         share = limit // max(1, len(localities))
         shown = []
         for name, result in localities.items():
             for i in result.flipped[:share]:
                 caption = f"{name}: {short_name(names[result.before[i]])} → {short_name(names[result.after[i]])}"
-                shown.append((upscale_for_display(self.locality_sets[name].image(int(i)), 96), caption))
+                shown.append((image_file(upscale_for_display(self.locality_sets[name].image(int(i)), 96)), caption))
         return shown
 
     def tradeoff(self, sample: Sample, label: int, mask: torch.Tensor, prior: Sequence[Edit] = (),
