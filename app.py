@@ -22,7 +22,7 @@ from w2e import app_logic as logic
 from w2e import plots
 from w2e.app_files import discard_upload, image_file
 from w2e.images import ImageInputError
-from w2e.labels import UnknownLabelError
+from w2e.labels import UnknownLabelError, echo
 from w2e.models import CheckpointError
 
 
@@ -88,12 +88,14 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
                 return handler(*args, **kwargs)
             except KNOWN_ERRORS as error:
                 title = "Not a usable image" if isinstance(error, ImageInputError) else "Cannot do that"
-                return {notice: show_notice(title, str(error)), details: {"error": str(error)}}
+                return {notice: show_notice(title, str(error)), details: {"error": logic.shorten(str(error), 300)}}
 
         return run
 
     def show_notice(title: str, message: str) -> gr.Markdown:
-        return gr.Markdown(f"**{title}:** {logic.plain_text(message)}", visible=True)
+        """The notice bar showing ``title: message``, both as plain text (user-given parts are
+        already cut short by the messages; the whole is capped again)."""
+        return gr.Markdown(f"**{logic.plain_text(title, 80)}:** {logic.plain_text(message)}", visible=True)
 
     cleared = gr.Markdown("", visible=False)
 
@@ -125,7 +127,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         try:
             bench = hub.get(spec, lambda f, text: progress(f, desc=text))
         except KNOWN_ERRORS as error:  # e.g. no internet for a timm model: stay on the current one
-            return {model_dd: session.model, notice: show_notice(f"Could not load {spec}", str(error))}
+            return {model_dd: session.model, notice: show_notice(f"Could not load {echo(spec)}", str(error))}
         session = logic.Session(spec)
         return {state: session, model_md: logic.describe_model(bench), notice: cleared,
                 label: gr.Dropdown(choices=bench.choices, value=None), gallery: [(e.path, e.caption) for e in bench.examples],
@@ -307,7 +309,8 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         stack_out = [state, edit_md, locality_md, flipped, table, top5, pred_md, details, notice]
         compute = dict(concurrency_limit=config.edit_concurrency, concurrency_id="compute")
 
-        model_dd.input(on_model, [model_dd, state], every, api_name="model", show_progress_on=[model_md], **compute)
+        model_dd.input(on_model, [model_dd, state], every, api_name="model", show_progress_on=[model_md],
+                       preprocess=False, **compute)  # any value reaches Hub.get, which names the offered models
         uploaded = image.input(on_image, [image, state], image_out, api_name="predict", show_progress_on=[view],
                                preprocess=False)  # the raw upload: every image goes through w2e.images.read_image
         for predicted_by in (uploaded,

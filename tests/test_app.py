@@ -449,7 +449,7 @@ def test_switching_model_resets_the_session_and_search_waits_for_the_label(app_u
     edit = outputs(api.predict(predicted["true_label"], 0.5, False, api_name="/edit"), "success")
     assert edit["mask_source"] == "test-time search" and edit["edits_in_session"] == 1
     stay = api.predict(MISSING, api_name="/model")  # a message that stays, and the session stays on its model
-    assert str(search_world) in stay and f"Could not load {MISSING}" in notice(stay)
+    assert str(search_world) in stay and f"Could not load '{MISSING}'" in notice(stay)
     back = api.predict(str(app_world), api_name="/model")
     assert "hypernetwork" in texts(back) and outputs(back, "edits_in_session")["edits_in_session"] == 0
 
@@ -559,6 +559,29 @@ def test_uploads_are_served_back_only_as_decoded_images(app_url, tmp_path):
     shown = api.predict(handle_file(str(tmp_path / "photo.jpg")), api_name="/predict")[0]
     decoded = Image.open(shown)
     assert decoded.format == "PNG" and decoded.size == (300, 200)  # re-encoded from the decoded pixels
+
+
+def test_user_text_comes_back_cut_short_and_escaped(app_url, app_world, tmp_path):
+    from gradio_client import handle_file
+
+    api = client(app_url)
+    api.predict(handle_file(str(example_path(app_world))), api_name="/predict")
+    huge = api.predict("y" * 1_000_000, 0.1, False, api_name="/edit")
+    assert len(notice(huge)) < 400 and "(1,000,000 characters)" in notice(huge)
+    assert len(json.dumps(outputs(huge, "error"))) < 400
+    markup = notice(api.predict("<b id=x>", 0.1, False, api_name="/edit"))
+    assert "&lt;b id=x&gt;" in markup and "<b" not in markup
+    named = tmp_path / "a_b_ [link](y).png"  # Gradio itself drops <, >, * and : from uploaded file names
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(named)
+    assert r"a\_b\_ \[link\](y).png" in texts(api.predict(handle_file(str(named)), api_name="/predict"))
+    bench = app_url.w2e_hub.get()
+    session = logic.Session(bench.spec)
+    session.set_sample(bench.sample_from_file(named.read_bytes(),
+                                              "**b** <i>x</i> " + "n" * 500))
+    described = logic.describe_prediction(bench, session, bench.probabilities(session.sample))
+    assert r"\*\*b\*\* &lt;i&gt;x&lt;/i&gt; nnn" in described and "<i>" not in described and "n" * 61 not in described
+    spec = notice(api.predict("<img src=x onerror=alert(1)>", api_name="/model"))
+    assert "&lt;img src=x onerror=alert(1)&gt;" in spec and "<img" not in spec
 
 
 def test_bad_uploads_get_a_clear_error_and_the_app_keeps_serving(app_url, app_world, tmp_path):

@@ -24,3 +24,13 @@ def test_exact_names_win_over_synonyms_of_earlier_classes():
     assert resolve_label("derrick", names) == 0
     assert resolve_label("heron", names) == 1
     assert resolve_label("Crane", names) == 2  # case-insensitive whole name before any synonym
+
+
+def test_a_huge_label_is_echoed_cut_short_and_quickly():
+    import time
+
+    started = time.monotonic()
+    with pytest.raises(UnknownLabelError) as caught:
+        resolve_label("x" * 1_000_000, FASHION)
+    message = str(caught.value)
+    assert len(message) < 100 and "(1,000,000 characters)" in message and time.monotonic() - started < 1

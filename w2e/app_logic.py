@@ -32,7 +32,7 @@ from .app_files import image_file
 from .edit import Edit, edited_state_dict
 from .editor import DEFAULT_RHO, IN_DISTRIBUTION, NEAR_BOUNDARY, Editor, LocalityResult, PrefixCache
 from .images import MAX_FILE_BYTES, MAX_PIXELS, ImageInputError, read_image
-from .labels import resolve_label
+from .labels import echo, resolve_label
 from .masks import binarize
 from .models import DEFAULT_MODEL, ModelBundle, best_device, cached_hub_weights, hub_reachable, is_hub_model, load_model
 from .preprocess import model_view, normalise_array
@@ -50,6 +50,8 @@ MAX_FLIPPED_SHOWN = 24
 MAX_LOCALITY_IMAGES = 5000
 #: Smallest side of images shown in the page (tiny model inputs are upscaled, pixelated).
 DISPLAY_SIDE = 168
+#: Characters of an upload's file name kept at most.
+MAX_NAME_CHARS = 120
 #: Largest side of the decoded upload shown back in the upload panel.
 PREVIEW_SIDE = 512
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -159,13 +161,16 @@ def dropdown_order(names: Sequence[str]) -> list[str]:
     return [names[i] for i in sorted(range(len(names)), key=lambda i: (depth[i], folded[i]))]
 
 
+def shorten(text: str, limit: int) -> str:
+    """``text`` on one line, cut to at most ``limit`` characters (an ellipsis marks a cut)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def plain_text(text: str, limit: int = 300) -> str:
     """``text`` shown literally in Markdown: at most ``limit`` characters, HTML and Markdown
     characters escaped (user-given text never becomes markup)."""
-    text = " ".join(str(text).split())
-    if len(text) > limit:
-        text = text[: limit - 1] + "…"
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = shorten(text, limit).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return re.sub(r"([\\`*_\[\]|~])", r"\\\1", text)
 
 
@@ -431,7 +436,7 @@ class Workbench:
         """Decode an upload safely (raises :class:`ImageInputError`); a benchmark failure is
         recognised and then used exactly as stored."""
         config = config or AppConfig()
-        name = name or (Path(source).name if isinstance(source, (str, Path)) else "upload")
+        name = shorten(name or (Path(source).name if isinstance(source, (str, Path)) else "upload"), MAX_NAME_CHARS)
         image = read_image(source, max_pixels=config.max_pixels, max_bytes=config.max_bytes)
         preview = image.copy()
         preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
@@ -642,7 +647,7 @@ class Hub:
         """The workbench of ``spec`` (default model when ``None``); only offered models load."""
         spec = spec or self.config.default_model
         if spec not in self._locks:
-            raise ValueError(f"model {spec!r} is not offered by this app; choose one of {', '.join(self.config.models)}")
+            raise ValueError(f"model {echo(spec)} is not offered by this app; choose one of {', '.join(self.config.models)}")
         with self._locks[spec]:
             if spec not in self._benches:
                 self._benches[spec] = Workbench.load(spec, self.config, report)

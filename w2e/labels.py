@@ -6,12 +6,25 @@ import re
 from typing import Sequence
 
 
+#: Characters of a user's text echoed back in a message at most.
+ECHO_CHARS = 40
+
+
+def echo(text: object, limit: int = ECHO_CHARS) -> str:
+    """``text`` quoted for a message, cut to ``limit`` characters (with its full length when
+    cut), so a huge input never comes back whole."""
+    text = str(text)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}… ({len(text):,} characters)"
+
+
 class UnknownLabelError(ValueError):
     """A label that names no class; ``suggestions`` holds close class names."""
 
     def __init__(self, label: str, suggestions: list[str]) -> None:
         hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
-        super().__init__(f"unknown label {label!r}{hint}")
+        super().__init__(f"unknown label {echo(label)}{hint}")
         self.label = label
         self.suggestions = suggestions
 
@@ -36,6 +49,8 @@ def resolve_label(label: str | int, class_names: Sequence[str]) -> int:
         raise UnknownLabelError(str(label), [f"an index in 0..{len(class_names) - 1}"])
     if label in class_names:
         return list(class_names).index(label)
+    if len(label) > 4 * max(map(len, class_names), default=0):  # far longer than any name: no search
+        raise UnknownLabelError(label, [])
     wanted = _normalise(label)
     names: dict[str, int] = {}
     for index, name in enumerate(class_names):
