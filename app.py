@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 
 import gradio as gr
+from gradio.exceptions import InvalidPathError
+from pydantic import ValidationError
 
 from w2e import app_logic as logic
 from w2e import plots
@@ -55,6 +57,24 @@ MASK_VIEWS = ("where to edit", "specific to this image")
 KNOWN_ERRORS = (ImageInputError, UnknownLabelError, CheckpointError, ValueError, OSError)
 
 
+def clear_input_errors(demo: gr.Blocks) -> None:
+    """Input Gradio itself rejects before any handler runs (an image value that is not a file
+    object, a file this app never received) gets a one-line message, not a generic error and
+    a server traceback. (Wraps the instance's input step; handlers check everything else.)"""
+    check_inputs = demo.preprocess_data
+
+    async def preprocess_data(block_fn, inputs, state, explicit_call=False):
+        try:
+            return await check_inputs(block_fn, inputs, state, explicit_call)
+        except InvalidPathError:
+            message = "the image file was not uploaded to this app: upload it first (e.g. gradio_client.handle_file)"
+        except ValidationError:
+            message = "the image must be a file object: {\"path\": <an uploaded file>} or {\"url\": \"data:...\"}"
+        raise gr.Error(f"Malformed request to /{block_fn.api_name or block_fn.name}: {message}", print_exception=False)
+
+    demo.preprocess_data = preprocess_data
+
+
 def gallery_caption(bench: logic.Workbench) -> str:
     """The line above the example gallery (or why it is empty)."""
     if bench.examples:
@@ -64,9 +84,9 @@ def gallery_caption(bench: logic.Workbench) -> str:
 
 def need_label(bench, session, value) -> int:
     """Class index of the label dropdown's value, once there is an image to edit."""
+    index = bench.label_index(value)
     if session.sample is None:
         raise ValueError("Upload an image or pick one from the gallery first.")
-    index = bench.label_index(value)
     if index is None:
         raise ValueError("Choose the right label first.")
     return index
@@ -98,6 +118,11 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         return gr.Markdown(f"**{logic.plain_text(title, 80)}:** {logic.plain_text(message)}", visible=True)
 
     cleared = gr.Markdown("", visible=False)
+
+    def mask_options(rho, sort, shown):
+        """The mask controls' values from a request, checked (the events take them unprocessed)."""
+        return (logic.parse_rho(rho), logic.parse_flag(sort, "sort"),
+                logic.parse_choice(shown, MASK_VIEWS, "the mask view"))
 
     def mask_view(bench, session, rho, sort, shown):
         if session.mask is None:
@@ -171,26 +196,29 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
     @friendly
     def on_mask(label_value, rho_value, sort_value, shown, session, progress=gr.Progress()):
         bench = hub.get(session.model)
+        options = mask_options(rho_value, sort_value, shown)
         if session.sample is not None:
             if bench.mask_needs_label and label_value:
                 progress(None, desc="searching where to edit (test-time mask search)")
             logic.ensure_mask(bench, session, bench.label_index(label_value))
-        return mask_view(bench, session, rho_value, sort_value, shown)
+        return mask_view(bench, session, *options)
 
+    @friendly
     def on_rho(rho_value, sort_value, shown, session):
-        return mask_view(hub.get(session.model), session, rho_value, sort_value, shown)
+        return mask_view(hub.get(session.model), session, *mask_options(rho_value, sort_value, shown))
 
     @friendly
     def on_edit(label_value, rho_value, sort_value, shown, session, progress=gr.Progress()):
         bench = hub.get(session.model)
+        options = mask_options(rho_value, sort_value, shown)
         index = need_label(bench, session, label_value)
         progress(None, desc="finding where to edit")
         logic.ensure_mask(bench, session, index)
-        outcome = logic.apply_edit(bench, session, index, rho_value, config.max_edits,
+        outcome = logic.apply_edit(bench, session, index, options[0], config.max_edits,
                                    lambda step, total, value: progress((step, total), desc=f"editing · loss {value:.3g}"))
         message = logic.describe_edit(bench, outcome, len(session.edits))
         return {**stack_view(bench, session, message, outcome.evaluation),
-                **mask_view(bench, session, rho_value, sort_value, shown),
+                **mask_view(bench, session, *options),
                 loss: plots.loss_curve(outcome.edit.losses, bench.editor.edit_config.loss_stop),
                 after: plots.prediction_bars(bench.bundle.class_names, outcome.probs_before, outcome.probs_after, index),
                 details: outcome.to_json(bench, session)}
@@ -198,6 +226,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
     @friendly
     def on_tradeoff(label_value, rho_value, session, progress=gr.Progress()):
         bench = hub.get(session.model)
+        rho_value = logic.parse_rho(rho_value)
         index = need_label(bench, session, label_value)
         progress(None, desc="finding where to edit")
         mask = logic.ensure_mask(bench, session, index)
@@ -308,23 +337,26 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         mask_out = [state, heatmap, mask_md, details, notice]
         stack_out = [state, edit_md, locality_md, flipped, table, top5, pred_md, details, notice]
         compute = dict(concurrency_limit=config.edit_concurrency, concurrency_id="compute")
+        # Inputs reach the handlers as sent, and the handlers check them (logic.parse_*, upload_source,
+        # Hub.get): every image goes through w2e.images.read_image, every bad value gets a clear message.
+        unchecked = dict(preprocess=False)
 
-        model_dd.input(on_model, [model_dd, state], every, api_name="model", show_progress_on=[model_md],
-                       preprocess=False, **compute)  # any value reaches Hub.get, which names the offered models
+        model_dd.input(on_model, [model_dd, state], every, api_name="model", show_progress_on=[model_md], **unchecked,
+                       **compute)
         uploaded = image.input(on_image, [image, state], image_out, api_name="predict", show_progress_on=[view],
-                               preprocess=False)  # the raw upload: every image goes through w2e.images.read_image
+                               **unchecked)
         for predicted_by in (uploaded,
                              gallery.select(on_example, [state], image_out, api_visibility="private", show_progress_on=[view])):
             predicted_by.success(on_mask, [label, rho, sort, mask_as, state], mask_out, api_visibility="private",
-                                 show_progress_on=[heatmap], **compute)
+                                 show_progress_on=[heatmap], **unchecked, **compute)
         label.input(on_mask, [label, rho, sort, mask_as, state], mask_out, api_name="mask", show_progress_on=[heatmap],
-                    **compute)
+                    **unchecked, **compute)
         gr.on([rho.input, sort.input, mask_as.input], on_rho, [rho, sort, mask_as, state], mask_out, api_name="rho",
-              trigger_mode="always_last", show_progress="hidden", concurrency_limit=None)
+              trigger_mode="always_last", show_progress="hidden", concurrency_limit=None, **unchecked)
         edit_btn.click(on_edit, [label, rho, sort, mask_as, state], outs(*stack_out, *mask_out, loss, after), api_name="edit",
-                       show_progress_on=[edit_md], **compute)
+                       show_progress_on=[edit_md], **unchecked, **compute)
         tradeoff_btn.click(on_tradeoff, [label, rho, state], [tradeoff_plot, tradeoff_md, details, notice], api_name="tradeoff",
-                           show_progress_on=[tradeoff_plot], **compute)
+                           show_progress_on=[tradeoff_plot], **unchecked, **compute)
         undo_btn.click(on_undo, [state], stack_out, api_name="undo", show_progress_on=[edit_md])
         reset_btn.click(on_reset_asked, [state], [confirm_row, confirm_md, notice], api_visibility="private",
                         show_progress="hidden")
@@ -332,6 +364,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         keep_btn.click(lambda: gr.Row(visible=False), None, confirm_row, api_visibility="private", show_progress="hidden")
         download_btn.click(on_download, [state], [files, details, notice], api_name="download", show_progress_on=[files],
                            **compute)
+    clear_input_errors(demo)
     demo.queue(default_concurrency_limit=config.default_concurrency, max_size=config.queue_size)
     demo.w2e_hub = hub  # for tests and launch(): the loaded workbenches
     return demo

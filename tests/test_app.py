@@ -584,6 +584,37 @@ def test_user_text_comes_back_cut_short_and_escaped(app_url, app_world, tmp_path
     assert "&lt;img src=x onerror=alert(1)&gt;" in spec and "<img" not in spec
 
 
+def raw_call(app_url, endpoint: str, data: list) -> str:
+    """One API call by hand (the queue's POST then its event stream), as a hostile client would
+    make it: the stream's text."""
+    import httpx
+
+    base = f"{app_url.local_url}gradio_api/call/{endpoint}"
+    event = httpx.post(base, json={"data": data}, timeout=30).json()["event_id"]
+    return httpx.get(f"{base}/{event}", timeout=60).text
+
+
+@pytest.mark.parametrize("endpoint, data, message", [
+    ("predict", [{"url": "data:image/png;base64,!!!!", "meta": {"_type": "gradio.FileData"}}], "not valid base64"),
+    ("predict", ["just a string"], "the image must be a file object"),
+    ("predict", [42], "the image must be a file object"),
+    ("predict", [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}], "was not uploaded to this app"),
+    ("rho", ["abc", False, "where to edit"], "must be a number in (0, 1], not 'abc'"),
+    ("rho", [None, False, "where to edit"], "must be a number in (0, 1], not 'None'"),
+    ("rho", [0.1, "yes", "where to edit"], "sort must be true or false"),
+    ("rho", [0.1, False, "sideways"], "the mask view must be one of"),
+    ("edit", ["apple", "abc", False, "where to edit"], "must be a number in (0, 1]"),
+    ("edit", [["apple"], 0.1, False, "where to edit"], "the label must be a class name or index"),
+    ("tradeoff", ["apple", 7], "must be a number in (0, 1], not 7"),
+    ("model", [{"a": 1}], "is not offered by this app"),
+])
+def test_malformed_api_input_gets_a_clear_message_and_no_traceback(app_url, capfd, endpoint, data, message):
+    answer = raw_call(app_url, endpoint, data)
+    assert message in answer, answer
+    assert "upstream Gradio app has raised an exception" not in answer and '"error": null' not in answer
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_bad_uploads_get_a_clear_error_and_the_app_keeps_serving(app_url, app_world, tmp_path):
     from gradio_client import handle_file
 

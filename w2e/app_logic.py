@@ -228,6 +228,33 @@ def upload_source(payload: object) -> tuple[str | bytes | None, str | None]:
     raise ImageInputError("no image received")
 
 
+def parse_rho(value: object) -> float:
+    """ρ from a request: a number in (0, 1] (``ValueError`` with a clear message otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"ρ must be a number in (0, 1], not {echo(value)}")
+    try:
+        rho = float(value)
+    except ValueError:
+        raise ValueError(f"ρ must be a number in (0, 1], not {echo(value)}") from None
+    if not 0.0 < rho <= 1.0:
+        raise ValueError(f"ρ must be a number in (0, 1], not {rho:g}")
+    return rho
+
+
+def parse_flag(value: object, name: str) -> bool:
+    """A yes/no option from a request (``ValueError`` unless it is a boolean)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, not {echo(value)}")
+    return value
+
+
+def parse_choice(value: object, choices: Sequence[str], name: str) -> str:
+    """One of ``choices`` from a request (``ValueError`` naming the choices otherwise)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, not {echo(value)}")
+    return str(value)
+
+
 def upscale_for_display(image: Image.Image, side: int = DISPLAY_SIDE) -> Image.Image:
     """Enlarge tiny images with nearest neighbour so their pixels stay visible."""
     factor = max(1, side // max(1, min(image.size)))
@@ -385,6 +412,8 @@ class Workbench:
         """Class index of a dropdown value, a class name or an index; ``None`` for no label."""
         if label is None or (isinstance(label, str) and not label.strip()):
             return None
+        if isinstance(label, bool) or not isinstance(label, (str, int)):
+            raise ValueError(f"the label must be a class name or index, not {echo(label)}")
         if isinstance(label, str) and label in self._label_index:
             return self._label_index[label]
         return resolve_label(label, self.bundle.class_names)
@@ -646,7 +675,7 @@ class Hub:
     def get(self, spec: str | None = None, report: Report = _silent) -> Workbench:
         """The workbench of ``spec`` (default model when ``None``); only offered models load."""
         spec = spec or self.config.default_model
-        if spec not in self._locks:
+        if not isinstance(spec, str) or spec not in self._locks:
             raise ValueError(f"model {echo(spec)} is not offered by this app; choose one of {', '.join(self.config.models)}")
         with self._locks[spec]:
             if spec not in self._benches:
