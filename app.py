@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from w2e import app_logic as logic
 from w2e import plots
 from w2e.app_files import discard_upload, image_file
+from w2e.app_gate import ComputeGate
 from w2e.images import ImageInputError
 from w2e.labels import UnknownLabelError, echo
 from w2e.models import CheckpointError
@@ -96,6 +97,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
     """The Blocks app for ``config`` (loads the default model now, others on first use)."""
     hub = logic.Hub(config)
     first = hub.get()
+    gate = ComputeGate(config.edit_concurrency, config.queue_size)
 
     # ---------------------------------------------------------------- handlers
     def friendly(handler):
@@ -118,6 +120,12 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         return gr.Markdown(f"**{logic.plain_text(title, 80)}:** {logic.plain_text(message)}", visible=True)
 
     cleared = gr.Markdown("", visible=False)
+
+    def heavy(request: gr.Request, progress: gr.Progress):
+        """This session's turn at a compute slot (edits, sweeps, searches, exports, model loads):
+        it waits in line, showing how many wait ahead, or is refused at once when busy."""
+        return gate.slot(request.session_hash,
+                         lambda ahead: progress(None, desc=f"waiting for a free compute slot: {ahead} request(s) ahead"))
 
     def mask_options(rho, sort, shown):
         """The mask controls' values from a request, checked (the events take them unprocessed)."""
@@ -148,9 +156,13 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
             out[pred_md] = logic.describe_prediction(bench, session, probs)
         return out
 
-    def on_model(spec, session, progress=gr.Progress()):
+    def on_model(spec, session, request: gr.Request, progress=gr.Progress()):
         try:
-            bench = hub.get(spec, lambda f, text: progress(f, desc=text))
+            if hub.loaded(spec):
+                bench = hub.get(spec)
+            else:
+                with heavy(request, progress):
+                    bench = hub.get(spec, lambda f, text: progress(f, desc=text))
         except KNOWN_ERRORS as error:  # e.g. no internet for a timm model: stay on the current one
             return {model_dd: session.model, notice: show_notice(f"Could not load {echo(spec)}", str(error))}
         session = logic.Session(spec)
@@ -194,13 +206,16 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         return predicted(bench, session, bench.examples[event.index].path)
 
     @friendly
-    def on_mask(label_value, rho_value, sort_value, shown, session, progress=gr.Progress()):
+    def on_mask(label_value, rho_value, sort_value, shown, session, request: gr.Request, progress=gr.Progress()):
         bench = hub.get(session.model)
         options = mask_options(rho_value, sort_value, shown)
-        if session.sample is not None:
-            if bench.mask_needs_label and label_value:
+        index = bench.label_index(label_value)
+        if session.sample is not None and bench.mask_needs_label and index is not None:
+            with heavy(request, progress):
                 progress(None, desc="searching where to edit (test-time mask search)")
-            logic.ensure_mask(bench, session, bench.label_index(label_value))
+                logic.ensure_mask(bench, session, index)
+        elif session.sample is not None:
+            logic.ensure_mask(bench, session, index)  # the hypernetwork: one forward pass
         return mask_view(bench, session, *options)
 
     @friendly
@@ -208,14 +223,15 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         return mask_view(hub.get(session.model), session, *mask_options(rho_value, sort_value, shown))
 
     @friendly
-    def on_edit(label_value, rho_value, sort_value, shown, session, progress=gr.Progress()):
+    def on_edit(label_value, rho_value, sort_value, shown, session, request: gr.Request, progress=gr.Progress()):
         bench = hub.get(session.model)
         options = mask_options(rho_value, sort_value, shown)
         index = need_label(bench, session, label_value)
-        progress(None, desc="finding where to edit")
-        logic.ensure_mask(bench, session, index)
-        outcome = logic.apply_edit(bench, session, index, options[0], config.max_edits,
-                                   lambda step, total, value: progress((step, total), desc=f"editing · loss {value:.3g}"))
+        with heavy(request, progress):
+            progress(None, desc="finding where to edit")
+            logic.ensure_mask(bench, session, index)
+            outcome = logic.apply_edit(bench, session, index, options[0], config.max_edits,
+                                       lambda step, total, value: progress((step, total), desc=f"editing · loss {value:.3g}"))
         message = logic.describe_edit(bench, outcome, len(session.edits))
         return {**stack_view(bench, session, message, outcome.evaluation),
                 **mask_view(bench, session, *options),
@@ -224,14 +240,15 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
                 details: outcome.to_json(bench, session)}
 
     @friendly
-    def on_tradeoff(label_value, rho_value, session, progress=gr.Progress()):
+    def on_tradeoff(label_value, rho_value, session, request: gr.Request, progress=gr.Progress()):
         bench = hub.get(session.model)
         rho_value = logic.parse_rho(rho_value)
         index = need_label(bench, session, label_value)
-        progress(None, desc="finding where to edit")
-        mask = logic.ensure_mask(bench, session, index)
-        points = bench.tradeoff(session.sample, index, mask, session.others(), logic.tradeoff_rhos(rho_value),
-                                lambda fraction, text: progress(fraction, desc=text))
+        with heavy(request, progress):
+            progress(None, desc="finding where to edit")
+            mask = logic.ensure_mask(bench, session, index)
+            points = bench.tradeoff(session.sample, index, mask, session.others(), logic.tradeoff_rhos(rho_value),
+                                    lambda fraction, text: progress(fraction, desc=text))
         localities = {name: [p.localities[name] for p in points] for name in points[0].localities}
         by_group = session.sample.group is not None
         figure = plots.tradeoff_curve([p.rho for p in points], localities,
@@ -256,9 +273,11 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
                 confirm_row: gr.Row(visible=False)}
 
     @friendly
-    def on_download(session, progress=gr.Progress()):
-        progress(None, desc="writing the edited model")
-        return {files: [str(p) for p in logic.export_session(hub.get(session.model), session)], notice: cleared}
+    def on_download(session, request: gr.Request, progress=gr.Progress()):
+        with heavy(request, progress):
+            progress(None, desc="writing the edited model")
+            written = logic.export_session(hub.get(session.model), session)
+        return {files: [str(p) for p in written], notice: cleared}
 
     # ---------------------------------------------------------------- layout
     with gr.Blocks(title="w2e · where to edit a ViT", delete_cache=(3600, 3600)) as demo:
@@ -336,7 +355,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         image_out = [state, image, view, label, top5, pred_md, loss, after, edit_md, tradeoff_plot, tradeoff_md, details, notice]
         mask_out = [state, heatmap, mask_md, details, notice]
         stack_out = [state, edit_md, locality_md, flipped, table, top5, pred_md, details, notice]
-        compute = dict(concurrency_limit=config.edit_concurrency, concurrency_id="compute")
+        compute = dict(concurrency_limit=None)  # heavy requests queue in the gate, not in Gradio's queue
         # Inputs reach the handlers as sent, and the handlers check them (logic.parse_*, upload_source,
         # Hub.get): every image goes through w2e.images.read_image, every bad value gets a clear message.
         unchecked = dict(preprocess=False)
@@ -344,7 +363,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         model_dd.input(on_model, [model_dd, state], every, api_name="model", show_progress_on=[model_md], **unchecked,
                        **compute)
         uploaded = image.input(on_image, [image, state], image_out, api_name="predict", show_progress_on=[view],
-                               **unchecked)
+                               trigger_mode="always_last", **unchecked)  # a new upload is never dropped
         for predicted_by in (uploaded,
                              gallery.select(on_example, [state], image_out, api_visibility="private", show_progress_on=[view])):
             predicted_by.success(on_mask, [label, rho, sort, mask_as, state], mask_out, api_visibility="private",
@@ -365,8 +384,9 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         download_btn.click(on_download, [state], [files, details, notice], api_name="download", show_progress_on=[files],
                            **compute)
     clear_input_errors(demo)
-    demo.queue(default_concurrency_limit=config.default_concurrency, max_size=config.queue_size)
+    demo.queue(default_concurrency_limit=config.default_concurrency, max_size=config.light_queue_size)
     demo.w2e_hub = hub  # for tests and launch(): the loaded workbenches
+    demo.w2e_gate = gate  # for tests: the compute slots
     return demo
 
 
@@ -375,7 +395,8 @@ def launch(demo: gr.Blocks, config: logic.AppConfig, **options):
     folders = [spec for spec in config.models if Path(spec).is_dir()]  # model folders may hold example PNGs
     folders += [str(e.path.parent) for e in demo.w2e_hub.get().examples[:1]]
     return demo.launch(max_file_size=config.max_bytes, state_session_capacity=config.max_sessions,
-                       allowed_paths=folders, footer_links=["api", "gradio"], css=CSS, **options)
+                       max_threads=config.worker_threads, allowed_paths=folders, footer_links=["api", "gradio"], css=CSS,
+                       **options)
 
 
 def main(argv=None) -> int:

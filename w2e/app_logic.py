@@ -71,19 +71,26 @@ def _silent(fraction: float, text: str) -> None:
 class AppConfig:
     """What the app serves and its limits. Env vars: ``W2E_APP_MODELS`` (comma-separated),
     ``W2E_APP_LOCALITY_DIR``, ``W2E_APP_DEVICE``, ``W2E_APP_EDIT_CONCURRENCY``,
-    ``W2E_APP_QUEUE_SIZE``, ``W2E_APP_MAX_EDITS``."""
+    ``W2E_APP_QUEUE_SIZE``, ``W2E_APP_LIGHT_QUEUE_SIZE``, ``W2E_APP_MAX_EDITS``."""
 
     models: tuple[str, ...] = DEFAULT_APP_MODELS
     locality_dir: Path | None = None
     device: str | None = None  # None: best available (CUDA, else CPU)
-    edit_concurrency: int = 1  # edits / mask searches / trade-offs running at once (one device)
-    default_concurrency: int = 4  # other events (predict, rho) running at once
-    queue_size: int = 32  # requests waiting in the queue at most; more are refused
+    edit_concurrency: int = 1  # heavy requests (edits, sweeps, searches, exports, loads) running at once
+    default_concurrency: int = 4  # light requests (predict, mask view, rho, undo) running at once
+    queue_size: int = 32  # heavy requests waiting at most (one per session); more are refused at once
+    light_queue_size: int = 256  # light requests waiting at most; heavy ones never take these places
     max_edits: int = 50  # edits in one session's stack at most
     max_pixels: int = MAX_PIXELS
     max_bytes: int = MAX_FILE_BYTES
     session_ttl_s: int = 3 * 3600  # a session's edits are dropped after this long unused
     max_sessions: int = 500  # sessions kept in memory at most
+
+    @property
+    def worker_threads(self) -> int:
+        """Threads serving requests: every waiting or running heavy request holds one, and the
+        light ones always have theirs."""
+        return self.queue_size + self.edit_concurrency + self.default_concurrency + 4
 
     @property
     def default_model(self) -> str:
@@ -105,7 +112,10 @@ def parse_app_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
                         help="folder of images used as locality set for models without a bundled benchmark")
     parser.add_argument("--device", default=env.get("W2E_APP_DEVICE"), help="cpu or cuda (default: best available)")
     parser.add_argument("--edit-concurrency", type=int, default=int(env.get("W2E_APP_EDIT_CONCURRENCY", 1)))
-    parser.add_argument("--queue-size", type=int, default=int(env.get("W2E_APP_QUEUE_SIZE", 32)))
+    parser.add_argument("--queue-size", type=int, default=int(env.get("W2E_APP_QUEUE_SIZE", 32)),
+                        help="heavy requests (edits, sweeps, searches, exports) waiting at most; one per session")
+    parser.add_argument("--light-queue-size", type=int, default=int(env.get("W2E_APP_LIGHT_QUEUE_SIZE", 256)),
+                        help="light requests (predictions, mask view) waiting at most")
     parser.add_argument("--max-edits", type=int, default=int(env.get("W2E_APP_MAX_EDITS", 50)))
     parser.add_argument("--host", default=env.get("GRADIO_SERVER_NAME"), help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=int(env["GRADIO_SERVER_PORT"]) if env.get("GRADIO_SERVER_PORT") else None)
@@ -114,11 +124,11 @@ def parse_app_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     models = tuple(dict.fromkeys(m.strip() for m in args.models.split(",") if m.strip()))
     if not models:
         parser.error("--models: give at least one model")
-    if args.edit_concurrency < 1 or args.queue_size < 1 or args.max_edits < 1:
-        parser.error("--edit-concurrency, --queue-size and --max-edits must be positive")
+    if min(args.edit_concurrency, args.queue_size, args.light_queue_size, args.max_edits) < 1:
+        parser.error("--edit-concurrency, --queue-size, --light-queue-size and --max-edits must be positive")
     config = AppConfig(models=models, locality_dir=Path(args.locality_dir) if args.locality_dir else None,
                        device=args.device, edit_concurrency=args.edit_concurrency, queue_size=args.queue_size,
-                       max_edits=args.max_edits)
+                       light_queue_size=args.light_queue_size, max_edits=args.max_edits)
     return config, args
 
 
@@ -671,6 +681,10 @@ class Hub:
         self.config = config
         self._benches: dict[str, Workbench] = {}
         self._locks = {spec: threading.Lock() for spec in config.models}
+
+    def loaded(self, spec: object) -> bool:
+        """Whether ``spec`` is an offered model that is loaded already."""
+        return isinstance(spec, str) and spec in self._benches
 
     def get(self, spec: str | None = None, report: Report = _silent) -> Workbench:
         """The workbench of ``spec`` (default model when ``None``); only offered models load."""
