@@ -13,6 +13,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -582,6 +583,44 @@ def test_user_text_comes_back_cut_short_and_escaped(app_url, app_world, tmp_path
     assert r"\*\*b\*\* &lt;i&gt;x&lt;/i&gt; nnn" in described and "<i>" not in described and "n" * 61 not in described
     spec = notice(api.predict("<img src=x onerror=alert(1)>", api_name="/model"))
     assert "&lt;img src=x onerror=alert(1)&gt;" in spec and "<img" not in spec
+
+
+def test_light_requests_pass_while_edits_fill_the_server_and_one_edit_per_session_waits(app_url, app_world, monkeypatch):
+    from gradio_client import handle_file
+
+    gate, release, holders = app_url.w2e_gate, threading.Event(), []
+
+    def occupy(owner: str) -> None:
+        with gate.slot(owner):
+            release.wait(60)
+
+    monkeypatch.setattr(gate, "max_waiting", 1)
+    try:
+        for n in range(gate.slots + 1):  # every slot taken, and the one waiting place
+            holders.append(threading.Thread(target=occupy, args=(f"hog-{n}",)))
+            holders[-1].start()
+        deadline = time.monotonic() + 10
+        while gate.waiting < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        api = client(app_url)
+        started = time.monotonic()
+        predicted = outputs(api.predict(handle_file(str(example_path(app_world))), api_name="/predict"), "top")
+        assert outputs(api.predict(predicted["true_label"], 0.2, False, api_name="/mask"), "selected_neurons")["rho"] == 0.2
+        assert outputs(api.predict(0.3, False, api_name="/rho"), "selected_neurons")["rho"] == 0.3
+        assert time.monotonic() - started < 10  # predictions and the mask view never wait for edits
+        refused = api.predict(predicted["true_label"], 0.25, False, api_name="/edit")
+        assert "the server is busy" in notice(refused) and time.monotonic() - started < 15
+        monkeypatch.setattr(gate, "max_waiting", 4)
+        waiting = api.submit(predicted["true_label"], 0.25, False, api_name="/edit")  # waits for a slot
+        deadline = time.monotonic() + 10
+        while gate.waiting < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "one at a time" in notice(api.predict(predicted["true_label"], 0.25, False, api_name="/edit"))
+    finally:
+        release.set()
+        for holder in holders:
+            holder.join(10)
+    assert outputs(waiting.result(timeout=60), "success")["edits_in_session"] == 1  # served once the slots freed
 
 
 def raw_call(app_url, endpoint: str, data: list) -> str:
