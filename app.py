@@ -13,6 +13,7 @@ All logic lives in ``w2e.app_logic`` and the figures in ``w2e.plots``; this file
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 import sys
 from pathlib import Path
 
@@ -22,8 +23,9 @@ from pydantic import ValidationError
 
 from w2e import app_logic as logic
 from w2e import plots
-from w2e.app_files import discard_upload, image_file
+from w2e.app_files import EXPORT_ROOT, IMAGE_ROOT, ExportFolders, discard_upload, image_file
 from w2e.app_gate import ComputeGate
+from w2e.app_sessions import SessionStore
 from w2e.images import ImageInputError
 from w2e.labels import UnknownLabelError, echo
 from w2e.models import CheckpointError
@@ -98,6 +100,9 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
     hub = logic.Hub(config)
     first = hub.get()
     gate = ComputeGate(config.edit_concurrency, config.queue_size)
+    exports = ExportFolders(max_bytes=config.max_export_mb * 10**6)
+    sessions = SessionStore(lambda: logic.Session(config.default_model), config.max_sessions, config.idle_s,
+                            config.session_ttl_s, config.edited_grace_s, on_drop=exports.discard)
 
     # ---------------------------------------------------------------- handlers
     def friendly(handler):
@@ -107,10 +112,13 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         @functools.wraps(handler)
         def run(*args, **kwargs):
             try:
-                return handler(*args, **kwargs)
+                out = handler(*args, **kwargs)
             except KNOWN_ERRORS as error:
                 title = "Not a usable image" if isinstance(error, ImageInputError) else "Cannot do that"
-                return {notice: show_notice(title, str(error)), details: {"error": logic.shorten(str(error), 300)}}
+                out = {notice: show_notice(title, str(error)), details: {"error": logic.shorten(str(error), 300)}}
+            request = next(a for a in (*args, *kwargs.values()) if isinstance(a, gr.Request))
+            gone = sessions.take_note(request.session_hash)  # a returning user learns why their image is gone
+            return {**out, notice: show_notice("Your earlier session is gone", gone)} if gone else out
 
         return run
 
@@ -143,20 +151,22 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
             figure = plots.mask_difference_heatmap(session.mask, average, bench.layer_labels(), sort)
         else:
             figure = plots.empty_figure("The average mask needs a hypernetwork and a locality set; this model has not both.")
-        return {heatmap: figure, mask_md: logic.describe_mask(bench, summary), details: summary.to_json(), state: session}
+        return {heatmap: figure, mask_md: logic.describe_mask(bench, summary), details: summary.to_json()}
 
     def stack_view(bench, session, message, evaluation=None):
         evaluation = evaluation or bench.evaluate(session.sample, session.edits)
         out = {edit_md: message, locality_md: logic.describe_evaluation(bench, evaluation, len(session.edits)),
                flipped: bench.flipped(evaluation.localities), table: logic.edit_table(session),
-               details: {"edits_in_session": len(session.edits), **evaluation.to_json()}, state: session, notice: cleared}
+               details: {"edits_in_session": len(session.edits), **evaluation.to_json()}, notice: cleared}
         if session.sample is not None:
             probs = bench.probabilities(session.sample, session.edits)
             out[top5] = plots.prediction_bars(bench.bundle.class_names, probs, target=session.sample.true_label)
             out[pred_md] = logic.describe_prediction(bench, session, probs)
         return out
 
-    def on_model(spec, session, request: gr.Request, progress=gr.Progress()):
+    @friendly
+    def on_model(spec, request: gr.Request, progress=gr.Progress()):
+        session = sessions.get(request.session_hash)
         try:
             if hub.loaded(spec):
                 bench = hub.get(spec)
@@ -165,8 +175,8 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
                     bench = hub.get(spec, lambda f, text: progress(f, desc=text))
         except KNOWN_ERRORS as error:  # e.g. no internet for a timm model: stay on the current one
             return {model_dd: session.model, notice: show_notice(f"Could not load {echo(spec)}", str(error))}
-        session = logic.Session(spec)
-        return {state: session, model_md: logic.describe_model(bench), notice: cleared,
+        session = sessions.replace(request.session_hash, logic.Session(spec))
+        return {model_md: logic.describe_model(bench), notice: cleared,
                 label: gr.Dropdown(choices=bench.choices, value=None), gallery: [(e.path, e.caption) for e in bench.examples],
                 gallery_md: gallery_caption(bench),
                 image: None, view: None, top5: plots.empty_figure("Upload an image"), pred_md: "",
@@ -177,9 +187,10 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         """Decode ``source``, make it the session's image and show what the model makes of it;
         the upload panel shows the decoded image, never the uploaded bytes."""
         sample = bench.sample_from_file(source, name, config)
-        session.set_sample(sample)
+        shown = image_file(sample.preview)
+        session.set_sample(replace(sample, preview=None))  # the session keeps no copy of the picture itself
         probs = bench.probabilities(sample, session.edits)
-        return {state: session, image: image_file(sample.preview), view: image_file(logic.upscale_for_display(sample.view)),
+        return {image: shown, view: image_file(logic.upscale_for_display(sample.view)),
                 notice: cleared,
                 label: bench.label_name(sample.true_label) if sample.true_label is not None else None,
                 top5: plots.prediction_bars(bench.bundle.class_names, probs, target=sample.true_label),
@@ -187,12 +198,13 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
                 tradeoff_plot: None, tradeoff_md: "", details: logic.prediction_json(bench, sample, probs)}
 
     @friendly
-    def on_image(payload, session):
+    def on_image(payload, request: gr.Request):
+        session = sessions.get(request.session_hash)
         bench = hub.get(session.model)
         source, name = logic.upload_source(payload)
         if source is None:
             session.sample, session.mask = None, None
-            return {state: session, view: None, pred_md: "", top5: plots.empty_figure("Upload an image")}
+            return {view: None, pred_md: "", top5: plots.empty_figure("Upload an image")}
         try:
             return predicted(bench, session, source, name)
         except ImageInputError:
@@ -201,12 +213,14 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
             raise
 
     @friendly
-    def on_example(event: gr.SelectData, session):
+    def on_example(event: gr.SelectData, request: gr.Request):
+        session = sessions.get(request.session_hash)
         bench = hub.get(session.model)
         return predicted(bench, session, bench.examples[event.index].path)
 
     @friendly
-    def on_mask(label_value, rho_value, sort_value, shown, session, request: gr.Request, progress=gr.Progress()):
+    def on_mask(label_value, rho_value, sort_value, shown, request: gr.Request, progress=gr.Progress()):
+        session = sessions.get(request.session_hash)
         bench = hub.get(session.model)
         options = mask_options(rho_value, sort_value, shown)
         index = bench.label_index(label_value)
@@ -219,19 +233,23 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         return mask_view(bench, session, *options)
 
     @friendly
-    def on_rho(rho_value, sort_value, shown, session):
+    def on_rho(rho_value, sort_value, shown, request: gr.Request):
+        session = sessions.get(request.session_hash)
         return mask_view(hub.get(session.model), session, *mask_options(rho_value, sort_value, shown))
 
     @friendly
-    def on_edit(label_value, rho_value, sort_value, shown, session, request: gr.Request, progress=gr.Progress()):
+    def on_edit(label_value, rho_value, sort_value, shown, request: gr.Request, progress=gr.Progress()):
+        session = sessions.get(request.session_hash)
         bench = hub.get(session.model)
         options = mask_options(rho_value, sort_value, shown)
         index = need_label(bench, session, label_value)
         with heavy(request, progress):
             progress(None, desc="finding where to edit")
             logic.ensure_mask(bench, session, index)
+            memory_left = config.max_edit_mb * 10**6 - sum(held.edit_bytes for held in sessions.sessions())
             outcome = logic.apply_edit(bench, session, index, options[0], config.max_edits,
-                                       lambda step, total, value: progress((step, total), desc=f"editing · loss {value:.3g}"))
+                                       lambda step, total, value: progress((step, total), desc=f"editing · loss {value:.3g}"),
+                                       memory_left)
         message = logic.describe_edit(bench, outcome, len(session.edits))
         return {**stack_view(bench, session, message, outcome.evaluation),
                 **mask_view(bench, session, *options),
@@ -240,7 +258,8 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
                 details: outcome.to_json(bench, session)}
 
     @friendly
-    def on_tradeoff(label_value, rho_value, session, request: gr.Request, progress=gr.Progress()):
+    def on_tradeoff(label_value, rho_value, request: gr.Request, progress=gr.Progress()):
+        session = sessions.get(request.session_hash)
         bench = hub.get(session.model)
         rho_value = logic.parse_rho(rho_value)
         index = need_label(bench, session, label_value)
@@ -256,32 +275,41 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         return {tradeoff_plot: figure, tradeoff_md: logic.describe_tradeoff(points), notice: cleared,
                 details: {"points": [p.to_json() for p in points]}}
 
-    def on_undo(session):
+    @friendly
+    def on_undo(request: gr.Request):
+        session = sessions.get(request.session_hash)
         bench = hub.get(session.model)
         message = "Undid the last edit." if session.undo() else "Nothing to undo."
         return stack_view(bench, session, message)
 
-    def on_reset_asked(session):
+    @friendly
+    def on_reset_asked(request: gr.Request):
+        session = sessions.get(request.session_hash)
         if not session.edits:
             return {notice: show_notice("Nothing to reset", "this session holds no edits"), confirm_row: gr.Row(visible=False)}
         question = f"**Drop all {len(session.edits)} edit(s)** and go back to the base model? This cannot be undone."
         return {confirm_row: gr.Row(visible=True), confirm_md: question, notice: cleared}
 
-    def on_reset(session):
+    @friendly
+    def on_reset(request: gr.Request):
+        session = sessions.get(request.session_hash)
         session.reset()
         return {**stack_view(hub.get(session.model), session, "All edits dropped: back to the base model."),
                 confirm_row: gr.Row(visible=False)}
 
+    def on_close(request: gr.Request) -> None:
+        sessions.close(request.session_hash)  # the tab is gone: its session and files too
+
     @friendly
-    def on_download(session, request: gr.Request, progress=gr.Progress()):
+    def on_download(request: gr.Request, progress=gr.Progress()):
+        session = sessions.get(request.session_hash)
         with heavy(request, progress):
             progress(None, desc="writing the edited model")
-            written = logic.export_session(hub.get(session.model), session)
+            written = logic.export_session(hub.get(session.model), session, exports, request.session_hash)
         return {files: [str(p) for p in written], notice: cleared}
 
     # ---------------------------------------------------------------- layout
     with gr.Blocks(title="w2e · where to edit a ViT", delete_cache=(3600, 3600)) as demo:
-        state = gr.State(logic.Session(config.default_model), time_to_live=config.session_ttl_s)
         gr.Markdown(INTRO)
         notice = gr.Markdown(visible=False, elem_id="notice")
         with gr.Row():
@@ -350,48 +378,54 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         def outs(*components):  # outputs in order, each once
             return list(dict.fromkeys(components))
 
-        every = [state, model_dd, model_md, label, gallery, gallery_md, image, view, top5, pred_md, heatmap, mask_md, edit_md, loss, after,
+        every = [model_dd, model_md, label, gallery, gallery_md, image, view, top5, pred_md, heatmap, mask_md, edit_md, loss, after,
                  locality_md, flipped, table, tradeoff_plot, tradeoff_md, files, details, notice]
-        image_out = [state, image, view, label, top5, pred_md, loss, after, edit_md, tradeoff_plot, tradeoff_md, details, notice]
-        mask_out = [state, heatmap, mask_md, details, notice]
-        stack_out = [state, edit_md, locality_md, flipped, table, top5, pred_md, details, notice]
+        image_out = [image, view, label, top5, pred_md, loss, after, edit_md, tradeoff_plot, tradeoff_md, details, notice]
+        mask_out = [heatmap, mask_md, details, notice]
+        stack_out = [edit_md, locality_md, flipped, table, top5, pred_md, details, notice]
         compute = dict(concurrency_limit=None)  # heavy requests queue in the gate, not in Gradio's queue
         # Inputs reach the handlers as sent, and the handlers check them (logic.parse_*, upload_source,
         # Hub.get): every image goes through w2e.images.read_image, every bad value gets a clear message.
         unchecked = dict(preprocess=False)
 
-        model_dd.input(on_model, [model_dd, state], every, api_name="model", show_progress_on=[model_md], **unchecked,
+        model_dd.input(on_model, [model_dd], every, api_name="model", show_progress_on=[model_md], **unchecked,
                        **compute)
-        uploaded = image.input(on_image, [image, state], image_out, api_name="predict", show_progress_on=[view],
+        uploaded = image.input(on_image, [image], image_out, api_name="predict", show_progress_on=[view],
                                trigger_mode="always_last", **unchecked)  # a new upload is never dropped
         for predicted_by in (uploaded,
-                             gallery.select(on_example, [state], image_out, api_visibility="private", show_progress_on=[view])):
-            predicted_by.success(on_mask, [label, rho, sort, mask_as, state], mask_out, api_visibility="private",
+                             gallery.select(on_example, None, image_out, api_visibility="private", show_progress_on=[view])):
+            predicted_by.success(on_mask, [label, rho, sort, mask_as], mask_out, api_visibility="private",
                                  show_progress_on=[heatmap], **unchecked, **compute)
-        label.input(on_mask, [label, rho, sort, mask_as, state], mask_out, api_name="mask", show_progress_on=[heatmap],
+        label.input(on_mask, [label, rho, sort, mask_as], mask_out, api_name="mask", show_progress_on=[heatmap],
                     **unchecked, **compute)
-        gr.on([rho.input, sort.input, mask_as.input], on_rho, [rho, sort, mask_as, state], mask_out, api_name="rho",
+        gr.on([rho.input, sort.input, mask_as.input], on_rho, [rho, sort, mask_as], mask_out, api_name="rho",
               trigger_mode="always_last", show_progress="hidden", concurrency_limit=None, **unchecked)
-        edit_btn.click(on_edit, [label, rho, sort, mask_as, state], outs(*stack_out, *mask_out, loss, after), api_name="edit",
+        edit_btn.click(on_edit, [label, rho, sort, mask_as], outs(*stack_out, *mask_out, loss, after), api_name="edit",
                        show_progress_on=[edit_md], **unchecked, **compute)
-        tradeoff_btn.click(on_tradeoff, [label, rho, state], [tradeoff_plot, tradeoff_md, details, notice], api_name="tradeoff",
+        tradeoff_btn.click(on_tradeoff, [label, rho], [tradeoff_plot, tradeoff_md, details, notice], api_name="tradeoff",
                            show_progress_on=[tradeoff_plot], **unchecked, **compute)
-        undo_btn.click(on_undo, [state], stack_out, api_name="undo", show_progress_on=[edit_md])
-        reset_btn.click(on_reset_asked, [state], [confirm_row, confirm_md, notice], api_visibility="private",
+        undo_btn.click(on_undo, None, stack_out, api_name="undo", show_progress_on=[edit_md])
+        reset_btn.click(on_reset_asked, None, [confirm_row, confirm_md, notice], api_visibility="private",
                         show_progress="hidden")
-        confirm_btn.click(on_reset, [state], [*stack_out, confirm_row], api_name="reset", show_progress_on=[edit_md])
+        confirm_btn.click(on_reset, None, [*stack_out, confirm_row], api_name="reset", show_progress_on=[edit_md])
         keep_btn.click(lambda: gr.Row(visible=False), None, confirm_row, api_visibility="private", show_progress="hidden")
-        download_btn.click(on_download, [state], [files, details, notice], api_name="download", show_progress_on=[files],
+        download_btn.click(on_download, None, [files, details, notice], api_name="download", show_progress_on=[files],
                            **compute)
+        demo.unload(on_close)
     clear_input_errors(demo)
     demo.queue(default_concurrency_limit=config.default_concurrency, max_size=config.light_queue_size)
     demo.w2e_hub = hub  # for tests and launch(): the loaded workbenches
     demo.w2e_gate = gate  # for tests: the compute slots
+    demo.w2e_sessions = sessions  # for tests: the sessions
+    demo.w2e_exports = exports  # for tests: the downloads
     return demo
 
 
 def launch(demo: gr.Blocks, config: logic.AppConfig, **options):
     """Start serving ``demo`` with the app's upload and session limits."""
+    for root in (IMAGE_ROOT, EXPORT_ROOT):
+        root.mkdir(parents=True, exist_ok=True)
+    gr.set_static_paths([IMAGE_ROOT, EXPORT_ROOT])  # never rewritten while served: Gradio needs no copies
     folders = [spec for spec in config.models if Path(spec).is_dir()]  # model folders may hold example PNGs
     folders += [str(e.path.parent) for e in demo.w2e_hub.get().examples[:1]]
     return demo.launch(max_file_size=config.max_bytes, state_session_capacity=config.max_sessions,

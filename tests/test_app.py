@@ -24,6 +24,7 @@ from PIL import Image
 
 from tests.conftest import tiny_model, write_benchmark, write_model_dir
 from w2e import app_logic as logic
+from w2e.app_files import ExportFolders
 from w2e.editor import AlreadyCorrectError
 from w2e.hypernet import new_hypernetwork
 from w2e.images import ImageInputError
@@ -169,7 +170,7 @@ def test_session_edit_undo_reset_export_never_touch_the_base(bench, tmp_path):
     assert len(shown) == min(len(near.flipped), 12) + min(len(ordinary.flipped), 12)
     assert all(caption.split(":")[0] in ("near-boundary", "in-distribution") for _, caption in shown)
     assert logic.edit_table(session)[0][2] == bench.bundle.class_names[label]
-    paths = logic.export_session(bench, session)
+    paths = logic.export_session(bench, session, ExportFolders(tmp_path / "exports"), "me")
     assert [p.name for p in paths] == ["model.safetensors", "manifest.json", "edit_log.json"]
     edited = load_local_model(paths[0].parent)
     with torch.no_grad():
@@ -217,6 +218,19 @@ def test_tradeoff_plot_fits_its_axes_and_plots_against_rho_without_a_group():
     assert ungrouped.layout.xaxis.type == "log" and list(ungrouped.data[0].x) == rhos
     assert "no failure group" in ungrouped.layout.title.text
     assert "Nothing to plot" in plots.tradeoff_curve(rhos, {}, None).layout.annotations[0].text
+
+
+def test_edits_are_refused_when_the_servers_memory_for_edits_is_used_up(bench):
+    session = logic.Session(bench.spec)
+    session.set_sample(bench.sample_from_file(bench.examples[0].path))
+    label = session.sample.true_label
+    with pytest.raises(ValueError, match="memory for edits is used up"):
+        logic.apply_edit(bench, session, label, 0.25, max_edits=5, memory_left=1000)
+    assert session.edits == [] and session.edit_bytes == 0
+    outcome = logic.apply_edit(bench, session, label, 0.25, max_edits=5, memory_left=10**6)
+    summary = bench.summarize(session.mask, 0.25)
+    assert session.edit_bytes == summary.parameters * 4 + summary.selected * 8 == 4 * outcome.edit.num_parameters + (
+        8 * summary.selected)
 
 
 def test_failed_edit_is_reported_and_not_stacked(bench):
@@ -621,6 +635,49 @@ def test_light_requests_pass_while_edits_fill_the_server_and_one_edit_per_sessio
         for holder in holders:
             holder.join(10)
     assert outputs(waiting.result(timeout=60), "success")["edits_in_session"] == 1  # served once the slots freed
+
+
+def test_a_flood_of_new_sessions_never_wipes_a_users_edits_and_an_expired_user_is_told(app_url, app_world, monkeypatch):
+    from gradio_client import handle_file
+
+    sessions = app_url.w2e_sessions
+    user = client(app_url)
+    label = outputs(user.predict(handle_file(str(example_path(app_world))), api_name="/predict"), "top")["true_label"]
+    assert outputs(user.predict(label, 0.25, False, api_name="/edit"), "success")["edits_in_session"] == 1
+    monkeypatch.setattr(sessions, "max_sessions", len(sessions) + 2)
+    for _ in range(8):  # newcomers, one prediction each, through a store with two places left
+        client(app_url).predict(handle_file(str(example_path(app_world, 1))), api_name="/predict")
+    assert len(sessions) <= sessions.max_sessions
+    undone = user.predict(api_name="/undo")
+    assert outputs(undone, "edits_in_session")["edits_in_session"] == 0 and "Undid the last edit" in texts(undone)
+    browsing = client(app_url)
+    browsing.predict(handle_file(str(example_path(app_world))), api_name="/predict")
+    monkeypatch.setattr(sessions, "idle_s", 0.2)
+    time.sleep(0.5)
+    told = notice(browsing.predict(label, 0.25, False, api_name="/edit"))
+    assert "Your earlier session is gone" in told and "expired after 1 minute unused" in told
+
+
+def test_downloads_one_per_session_replaced_capped_and_removed_with_the_session(app_url, app_world, monkeypatch):
+    from gradio_client import handle_file
+
+    api = client(app_url)
+    label = outputs(api.predict(handle_file(str(example_path(app_world))), api_name="/predict"), "top")["true_label"]
+    outputs(api.predict(label, 0.25, False, api_name="/edit"), "success")
+    exports, sessions = app_url.w2e_exports, app_url.w2e_sessions
+    for _ in range(6):  # a download loop keeps one download, not six
+        assert sorted(Path(f).name for f in api.predict(api_name="/download")[0]) == [
+            "edit_log.json", "manifest.json", "model.safetensors"]
+    key = api.session_hash
+    files = list(exports.folder(key).iterdir())
+    assert len(files) == 3 and not list(exports.root.glob(".*"))
+    monkeypatch.setattr(exports, "max_bytes", exports.used_bytes() + 1000)  # no room for a second session's download
+    other = client(app_url)
+    label = outputs(other.predict(handle_file(str(example_path(app_world))), api_name="/predict"), "top")["true_label"]
+    outputs(other.predict(label, 0.25, False, api_name="/edit"), "success")
+    assert "space for downloads is full" in notice(other.predict(api_name="/download"))
+    sessions.close(key)  # the tab closed: its download goes with it
+    assert not exports.folder(key).exists()
 
 
 def raw_call(app_url, endpoint: str, data: list) -> str:

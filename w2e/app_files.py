@@ -1,26 +1,37 @@
-"""Files the web app hands to Gradio to serve: every one written whole before it can be seen.
+"""Files the web app hands to Gradio to serve: every one written whole before it can be seen,
+and the disk they take bounded.
 
 Gradio serves an output image from a file. A file that one request rewrites while another
 request serves it reaches the browser cut short, so the app never rewrites a served file:
 images are content-addressed PNGs written under a temporary name and renamed into place
 (:func:`image_file`), so every request sees either no file or the whole, final one.
+Downloads live in one folder per session (:class:`ExportFolders`): a new export replaces the
+session's previous one, old ones and those of ended sessions go, and all of them together
+stay under a size cap. Both folders are served as they are (Gradio makes no copies of them).
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import shutil
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Hashable
 
 from PIL import Image
 
+from .app_gate import BusyError
+
 #: Where the app's served images live (one PNG per distinct image).
 IMAGE_ROOT = Path(tempfile.gettempdir()) / "w2e-app-images"
-#: Served images unused for this long are removed (Gradio keeps its own copy once served).
+#: Served images unused for this long are removed (written anew when needed again).
 IMAGE_MAX_AGE_S = 3600
+#: Where the sessions' downloads live (one folder per session).
+EXPORT_ROOT = Path(tempfile.gettempdir()) / "w2e-app-exports"
 
 
 def write_atomically(path: Path, data: bytes) -> Path:
@@ -77,3 +88,50 @@ def discard_upload(path: str | Path, upload_root: Path) -> bool:
         return False
     path.unlink(missing_ok=True)
     return True
+
+
+class ExportFolders:
+    """One download folder per session under ``root``: a new export replaces the session's
+    previous one, folders older than ``max_age_s`` go, and all of them together stay under
+    ``max_bytes`` (an export that would not fit is refused)."""
+
+    def __init__(self, root: Path = EXPORT_ROOT, max_bytes: int = 10**9, max_age_s: float = 3600) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self.max_age_s = max_age_s
+        self._lock = threading.Lock()
+
+    def folder(self, owner: Hashable) -> Path:
+        """Where ``owner``'s download lives (a name that cannot be guessed from outside)."""
+        return self.root / hashlib.sha256(repr(owner).encode()).hexdigest()[:32]
+
+    def fresh(self, owner: Hashable, expected_bytes: int) -> Path:
+        """An empty folder for ``owner``'s new export of about ``expected_bytes``, its previous
+        one removed; :class:`BusyError` when the downloads of all sessions leave no room."""
+        with self._lock:
+            shutil.rmtree(self.folder(owner), ignore_errors=True)
+            self._remove_old()
+            used = self.used_bytes()
+            if used + expected_bytes > self.max_bytes:
+                raise BusyError(f"the server's space for downloads is full ({used / 1e6:.0f} of "
+                                f"{self.max_bytes / 1e6:.0f} MB): try again in a few minutes")
+            folder = self.folder(owner)
+            folder.mkdir(parents=True)
+            return folder
+
+    def discard(self, owner: Hashable) -> None:
+        """Remove ``owner``'s download (its session ended)."""
+        with self._lock:
+            shutil.rmtree(self.folder(owner), ignore_errors=True)
+
+    def used_bytes(self) -> int:
+        """Bytes all downloads take now."""
+        return sum(path.stat().st_size for path in self.root.rglob("*") if path.is_file()) if self.root.is_dir() else 0
+
+    def _remove_old(self) -> None:
+        if not self.root.is_dir():
+            return
+        cutoff = time.time() - self.max_age_s
+        for folder in self.root.iterdir():
+            if folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)

@@ -16,19 +16,17 @@ import binascii
 import json
 import os
 import re
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .app_files import image_file
+from .app_files import ExportFolders, image_file
 from .edit import Edit, edited_state_dict
 from .editor import DEFAULT_RHO, IN_DISTRIBUTION, NEAR_BOUNDARY, Editor, LocalityResult, PrefixCache
 from .images import MAX_FILE_BYTES, MAX_PIXELS, ImageInputError, read_image
@@ -71,7 +69,8 @@ def _silent(fraction: float, text: str) -> None:
 class AppConfig:
     """What the app serves and its limits. Env vars: ``W2E_APP_MODELS`` (comma-separated),
     ``W2E_APP_LOCALITY_DIR``, ``W2E_APP_DEVICE``, ``W2E_APP_EDIT_CONCURRENCY``,
-    ``W2E_APP_QUEUE_SIZE``, ``W2E_APP_LIGHT_QUEUE_SIZE``, ``W2E_APP_MAX_EDITS``."""
+    ``W2E_APP_QUEUE_SIZE``, ``W2E_APP_LIGHT_QUEUE_SIZE``, ``W2E_APP_MAX_EDITS``, ``W2E_APP_MAX_SESSIONS``,
+    ``W2E_APP_MAX_EDIT_MB``, ``W2E_APP_MAX_EXPORT_MB``, ``W2E_APP_IDLE_MINUTES``, ``W2E_APP_EDITED_IDLE_HOURS``."""
 
     models: tuple[str, ...] = DEFAULT_APP_MODELS
     locality_dir: Path | None = None
@@ -83,8 +82,12 @@ class AppConfig:
     max_edits: int = 50  # edits in one session's stack at most
     max_pixels: int = MAX_PIXELS
     max_bytes: int = MAX_FILE_BYTES
-    session_ttl_s: int = 3 * 3600  # a session's edits are dropped after this long unused
-    max_sessions: int = 500  # sessions kept in memory at most
+    idle_s: int = 30 * 60  # a session without edits is dropped after this long unused
+    session_ttl_s: int = 3 * 3600  # a session with edits is dropped after this long unused
+    edited_grace_s: int = 15 * 60  # when full, a session with edits gives way only after this long unused
+    max_sessions: int = 500  # sessions held at most (see the README for the memory this takes)
+    max_edit_mb: int = 2048  # memory all sessions' edits (sparse deltas) may take together
+    max_export_mb: int = 1024  # disk all sessions' downloads may take together (one per session)
 
     @property
     def worker_threads(self) -> int:
@@ -117,6 +120,17 @@ def parse_app_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     parser.add_argument("--light-queue-size", type=int, default=int(env.get("W2E_APP_LIGHT_QUEUE_SIZE", 256)),
                         help="light requests (predictions, mask view) waiting at most")
     parser.add_argument("--max-edits", type=int, default=int(env.get("W2E_APP_MAX_EDITS", 50)))
+    parser.add_argument("--max-sessions", type=int, default=int(env.get("W2E_APP_MAX_SESSIONS", AppConfig.max_sessions)),
+                        help="sessions held at most; newcomers replace the longest-idle sessions without edits")
+    parser.add_argument("--max-edit-mb", type=int, default=int(env.get("W2E_APP_MAX_EDIT_MB", AppConfig.max_edit_mb)),
+                        help="memory (MB) the edits of all sessions may take together; more edits are refused")
+    parser.add_argument("--max-export-mb", type=int, default=int(env.get("W2E_APP_MAX_EXPORT_MB", AppConfig.max_export_mb)),
+                        help="disk (MB) the downloads of all sessions may take together (one per session)")
+    parser.add_argument("--idle-minutes", type=float, default=float(env.get("W2E_APP_IDLE_MINUTES", AppConfig.idle_s / 60)),
+                        help="a session without edits is dropped after this many minutes unused")
+    parser.add_argument("--edited-idle-hours", type=float,
+                        default=float(env.get("W2E_APP_EDITED_IDLE_HOURS", AppConfig.session_ttl_s / 3600)),
+                        help="a session with edits is dropped after this many hours unused")
     parser.add_argument("--host", default=env.get("GRADIO_SERVER_NAME"), help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=int(env["GRADIO_SERVER_PORT"]) if env.get("GRADIO_SERVER_PORT") else None)
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
@@ -124,11 +138,17 @@ def parse_app_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     models = tuple(dict.fromkeys(m.strip() for m in args.models.split(",") if m.strip()))
     if not models:
         parser.error("--models: give at least one model")
-    if min(args.edit_concurrency, args.queue_size, args.light_queue_size, args.max_edits) < 1:
-        parser.error("--edit-concurrency, --queue-size, --light-queue-size and --max-edits must be positive")
+    if min(args.edit_concurrency, args.queue_size, args.light_queue_size, args.max_edits, args.max_sessions,
+           args.max_edit_mb, args.max_export_mb) < 1:
+        parser.error("--edit-concurrency, --queue-size, --light-queue-size, --max-edits, --max-sessions, "
+                     "--max-edit-mb and --max-export-mb must be positive")
+    if args.idle_minutes <= 0 or args.edited_idle_hours <= 0:
+        parser.error("--idle-minutes and --edited-idle-hours must be positive")
     config = AppConfig(models=models, locality_dir=Path(args.locality_dir) if args.locality_dir else None,
                        device=args.device, edit_concurrency=args.edit_concurrency, queue_size=args.queue_size,
-                       light_queue_size=args.light_queue_size, max_edits=args.max_edits)
+                       light_queue_size=args.light_queue_size, max_edits=args.max_edits, max_sessions=args.max_sessions,
+                       max_edit_mb=args.max_edit_mb, max_export_mb=args.max_export_mb,
+                       idle_s=round(args.idle_minutes * 60), session_ttl_s=round(args.edited_idle_hours * 3600))
     return config, args
 
 
@@ -737,6 +757,12 @@ class Session:
         self.log.clear()
         self.sources.clear()
 
+    @property
+    def edit_bytes(self) -> int:
+        """Memory the session's edits take (their sparse deltas and neuron indices)."""
+        return sum(tensor.numel() * tensor.element_size() for edit in self.edits
+                   for tensor in (*edit.deltas, *edit.indices))
+
 
 def ensure_mask(bench: Workbench, session: Session, label: int | None) -> torch.Tensor | None:
     """The session's continuous mask, computed once per image (and label, for the test-time
@@ -778,15 +804,20 @@ class EditOutcome:
 
 
 def apply_edit(bench: Workbench, session: Session, label: int, rho: float, max_edits: int,
-               progress: Callable[[int, int, float], None] | None = None) -> EditOutcome:
+               progress: Callable[[int, int, float], None] | None = None, memory_left: int | None = None) -> EditOutcome:
     """Edit the session's image towards ``label`` on top of its stack; a successful edit is
-    pushed onto the stack, a failed one is reported and left off."""
+    pushed onto the stack, a failed one is reported and left off. ``memory_left`` (bytes) is
+    what edits may still take on the server: a larger edit is refused before it is made."""
     if session.sample is None:
         raise ValueError("upload an image or pick one from the gallery first")
     if len(session.edits) >= max_edits:
         raise ValueError(f"this session already holds {max_edits} edits (the limit); undo or reset first")
     mask = ensure_mask(bench, session, label)
     summary = bench.summarize(mask, rho)
+    needed = summary.parameters * 4 + summary.selected * 8  # float32 deltas, int64 neuron indices
+    if memory_left is not None and needed > memory_left:
+        raise ValueError(f"the server's memory for edits is used up ({needed / 1e6:.1f} MB needed): undo or reset "
+                         "some edits, use a smaller ρ, or try again later")
     prior = list(session.edits)
     before = bench.probabilities(session.sample, prior)
     edit = bench.edit(session.sample, label, rho, mask, prior, progress)
@@ -809,19 +840,13 @@ def tradeoff_rhos(current: float, grid: Sequence[float] = RHO_GRID) -> list[floa
     return sorted(rhos, reverse=True)
 
 
-_EXPORT_ROOT = Path(tempfile.gettempdir()) / "w2e-app-exports"
-
-
-def export_session(bench: Workbench, session: Session, max_age_s: float = 3600) -> list[Path]:
-    """Write the session's edited model and log to a fresh folder (older folders are removed)."""
+def export_session(bench: Workbench, session: Session, exports: ExportFolders, owner: Hashable) -> list[Path]:
+    """Write the session's edited model and log to its download folder (replacing its earlier
+    download); refused when the server's space for downloads is full."""
     if not session.edits:
         raise ValueError("no edits to download yet: apply an edit first")
-    _EXPORT_ROOT.mkdir(parents=True, exist_ok=True)
-    for old in _EXPORT_ROOT.iterdir():
-        if time.time() - old.stat().st_mtime > max_age_s:
-            shutil.rmtree(old, ignore_errors=True)
-    out = Path(tempfile.mkdtemp(prefix="edited-", dir=_EXPORT_ROOT))
-    return bench.export(session.edits, session.log, out)
+    expected = sum(t.numel() * t.element_size() for t in bench.bundle.model.state_dict().values()) + 10**6
+    return bench.export(session.edits, session.log, exports.fresh(owner, expected))
 
 
 # --------------------------------------------------------------------------------------------
