@@ -48,6 +48,9 @@ MAX_FLIPPED_SHOWN = 24
 MAX_LOCALITY_IMAGES = 5000
 #: Smallest side of images shown in the page (tiny model inputs are upscaled, pixelated).
 DISPLAY_SIDE = 168
+#: Longest side images are decoded at (larger ones are decoded reduced: the model needs a few
+#: hundred pixels at most, and a 40-megapixel upload would otherwise take gigabytes).
+DECODE_SIDE = 1024
 #: Characters of an upload's file name kept at most.
 MAX_NAME_CHARS = 120
 #: Largest side of the decoded upload shown back in the upload panel.
@@ -496,7 +499,7 @@ class Workbench:
         recognised and then used exactly as stored."""
         config = config or AppConfig()
         name = shorten(name or (Path(source).name if isinstance(source, (str, Path)) else "upload"), MAX_NAME_CHARS)
-        image = read_image(source, max_pixels=config.max_pixels, max_bytes=config.max_bytes)
+        image = read_image(source, max_pixels=config.max_pixels, max_bytes=config.max_bytes, max_side=DECODE_SIDE)
         preview = image.copy()
         preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
         row = self.match_benchmark(image)
@@ -679,7 +682,8 @@ def _folder_locality(bundle: ModelBundle, folder: Path, config: AppConfig) -> tu
     views, kept = [], []
     for path in paths:
         try:
-            views.append(np.asarray(model_view(read_image(path, config.max_pixels, config.max_bytes), bundle.preprocessing)))
+            views.append(np.asarray(model_view(read_image(path, config.max_pixels, config.max_bytes, DECODE_SIDE),
+                                               bundle.preprocessing)))
             kept.append(path)
         except ImageInputError:
             continue
@@ -689,7 +693,7 @@ def _folder_locality(bundle: ModelBundle, folder: Path, config: AppConfig) -> tu
     del views
 
     def show(i: int) -> Image.Image:
-        return model_view(read_image(kept[i], config.max_pixels, config.max_bytes), bundle.preprocessing)
+        return model_view(read_image(kept[i], config.max_pixels, config.max_bytes, DECODE_SIDE), bundle.preprocessing)
 
     return LocalitySet("your folder", cache, show, f"{len(kept):,} images of {folder} (no labels: no accuracy)"), ""
 
