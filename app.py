@@ -3,18 +3,19 @@ see locality at once.
 
     python app.py                                   # bundled fashion world (offline) + ViT-B/16
     python app.py --models path/to/model_folder     # any w2e model folder (or W2E_APP_MODELS)
-    python app.py --help                            # locality folder, device, queue limits
+    python app.py --help                            # locality folder, device, limits
 
-Limits: uploads over 20 MB or 40 Mpx are refused (``w2e.images``); edits, mask searches and
-trade-off sweeps share one queue slot per device (``--edit-concurrency``, default 1), at most
-``--queue-size`` requests wait (default 32); each session keeps at most ``--max-edits`` edits.
-All logic lives in ``w2e.app_logic`` and the figures in ``w2e.plots``; this file is UI only.
+This file is the page and its wiring only: the logic is in ``w2e.app_logic`` (models, sessions'
+images and edits, text), ``w2e.app_sessions`` (which sessions are kept), ``w2e.app_gate``
+(compute slots for heavy requests), ``w2e.app_files`` (served images and downloads) and the
+figures in ``w2e.plots``. The limits and what each protects are in the README ("Running it in
+public").
 """
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import gradio as gr
@@ -31,7 +32,8 @@ from w2e.labels import UnknownLabelError, echo
 from w2e.models import CheckpointError
 
 
-#: The notice bar floats at the bottom of the window, so a message is seen wherever the user is.
+#: Galleries with whole captions under the images (3 columns on phones); the notice bar floats
+#: at the bottom of the window, so a message is seen wherever the user is.
 CSS = """
 .captioned, .captioned .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important;
                                     overflow: visible !important; }
