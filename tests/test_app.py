@@ -13,6 +13,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -20,18 +21,23 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.numpy import save_file
 
-from tests.conftest import tiny_model, write_model_dir
+from tests.conftest import tiny_model, write_benchmark, write_model_dir
 from w2e import app_logic as logic
+from w2e.app_files import ExportFolders
+from w2e.editor import AlreadyCorrectError
 from w2e.hypernet import new_hypernetwork
 from w2e.images import ImageInputError
 from w2e.models import load_local_model, state_dict_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
-GROUPS = ["banana-apple", "stage light"]
+GROUPS = ["banana-apple", "lighting-stagelight"]
+EXAMPLES_PER_GROUP = 5  # 10 gallery images, as in the fashion world
 GROUP_SIZE = 6
 LOCALITY_SIZE = 48
+IN_DISTRIBUTION_SIZE = 40
+#: Class names of the tiny world: "apple" is inside "pineapple", as "shirt" is inside "t-shirt".
+CLASSES = ["pineapple", "apple", "cherry", "damson", "elderberry"]
 MISSING = "/nonexistent/w2e-model"  # offered but not loadable, like ViT-B/16 without internet
 SCALE = 4  # example PNGs are the 16 px benchmark images upscaled 4x (nearest), like the fashion world's
 
@@ -41,30 +47,22 @@ SCALE = 4  # example PNGs are the 16 px benchmark images upscaled 4x (nearest), 
 
 def write_app_world(root: Path, hypernetwork: bool = True) -> Path:
     """A tiny model folder with a fake benchmark, example PNGs and (optionally) a hypernetwork."""
-    model_dir = write_model_dir(root / "tiny-world", tiny_model())
+    model_dir = write_model_dir(root / "tiny-world", tiny_model(), classes=CLASSES)
+    images, labels, groups = write_benchmark(model_dir, GROUPS, GROUP_SIZE, LOCALITY_SIZE, IN_DISTRIBUTION_SIZE)
     bundle = load_local_model(model_dir)
-    rng = np.random.default_rng(0)
-    count = len(GROUPS) * GROUP_SIZE + LOCALITY_SIZE
-    images = rng.integers(0, 256, (count, 16, 16, 3), dtype=np.uint8)
-    groups = np.concatenate([np.repeat(np.arange(len(GROUPS)), GROUP_SIZE), np.full(LOCALITY_SIZE, -1)]).astype(np.int64)
-    predictions = bundle.model(logic.normalise_array(images, bundle.preprocessing)).argmax(-1).numpy()
-    labels = np.where(groups >= 0, (predictions + 1) % 5, predictions).astype(np.int64)  # groups: failures
-    save_file({"images": images, "labels": labels, "groups": groups}, str(model_dir / "benchmark.safetensors"),
-              metadata={"info": json.dumps({"group_names": GROUPS})})
     examples = model_dir / "examples"
     examples.mkdir()
     for group, name in enumerate(GROUPS):
-        for n in range(2):
+        for n in range(EXAMPLES_PER_GROUP):
             row = np.flatnonzero(groups == group)[n]
             big = Image.fromarray(images[row]).resize((16 * SCALE, 16 * SCALE), Image.Resampling.NEAREST)
             big.save(examples / f"{name}__{bundle.class_names[labels[row]]}__{n}.png")
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    manifest["benchmark"] = "benchmark.safetensors"
     if hypernetwork:
         torch.manual_seed(0)
         new_hypernetwork(bundle.site, bundle.name, bundle.sha256, depth=1).save(model_dir / "hypernet.safetensors")
+        manifest = json.loads((model_dir / "manifest.json").read_text())
         manifest["hypernetwork"] = "hypernet.safetensors"
-    (model_dir / "manifest.json").write_text(json.dumps(manifest))
+        (model_dir / "manifest.json").write_text(json.dumps(manifest))
     return model_dir
 
 
@@ -122,8 +120,17 @@ def test_config_from_flags_and_env(tmp_path):
     assert logic.display_names(["crane", "tench", "crane"]) == ["crane (#0)", "tench", "crane (#2)"]
 
 
+def test_dropdown_puts_every_name_before_the_names_containing_it():
+    fashion = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
+    order = logic.dropdown_order(fashion)
+    assert sorted(order) == sorted(fashion)
+    for typed in fashion:  # the dropdown's Enter takes the first name containing the typed text
+        assert next(name for name in order if typed.casefold() in name.casefold()) == typed
+    assert logic.dropdown_order(["pineapple", "Apple pie", "apple"]) == ["apple", "Apple pie", "pineapple"]
+
+
 def test_examples_map_to_benchmark_rows_and_uploads_are_recognised(bench, app_world):
-    assert len(bench.examples) == 4
+    assert len(bench.examples) == len(GROUPS) * EXAMPLES_PER_GROUP
     first = bench.examples[0]
     assert bench.benchmark.groups[first.row] == first.group
     sample = bench.sample_from_file(first.path)
@@ -149,11 +156,21 @@ def test_session_edit_undo_reset_export_never_touch_the_base(bench, tmp_path):
     outcome = logic.apply_edit(bench, session, label, 0.25, max_edits=5)
     assert outcome.edit.success and session.edits == [outcome.edit]
     assert int(outcome.probs_after.argmax()) == label
-    assert outcome.evaluation.locality is not None and 0 <= outcome.evaluation.locality.rate <= 1
+    assert list(outcome.evaluation.localities) == ["near-boundary", "in-distribution"]
+    near, ordinary = outcome.evaluation.localities.values()
+    assert len(near.before) == LOCALITY_SIZE and len(ordinary.before) == IN_DISTRIBUTION_SIZE
+    assert near.accuracy_before == 1.0 and ordinary.accuracy_before == 0.75  # a quarter of the ordinary set is wrong
+    assert outcome.evaluation.locality is near and 0 <= near.rate <= 1
+    text = logic.describe_evaluation(bench, outcome.evaluation, 1)
+    assert f"**in-distribution: {ordinary.rate:.1%} unchanged**" in text and f"accuracy 75.0% → {ordinary.accuracy_after:.1%}" in text
+    assert "barely gets right" in text and "the harshest test" in text and "random ordinary test images" in text
+    assert "**Locality**: predictions on unrelated images" in text and "**Generalization**: " in text
     assert outcome.evaluation.generalization is not None and outcome.evaluation.group_size == GROUP_SIZE - 1
-    assert len(bench.flipped(outcome.evaluation.locality)) == min(len(outcome.evaluation.locality.flipped), 24)
+    shown = bench.flipped(outcome.evaluation.localities)
+    assert len(shown) == min(len(near.flipped), 12) + min(len(ordinary.flipped), 12)
+    assert all(caption.split(":")[0] in ("near-boundary", "in-distribution") for _, caption in shown)
     assert logic.edit_table(session)[0][2] == bench.bundle.class_names[label]
-    paths = logic.export_session(bench, session)
+    paths = logic.export_session(bench, session, ExportFolders(tmp_path / "exports"), "me")
     assert [p.name for p in paths] == ["model.safetensors", "manifest.json", "edit_log.json"]
     edited = load_local_model(paths[0].parent)
     with torch.no_grad():
@@ -167,6 +184,55 @@ def test_session_edit_undo_reset_export_never_touch_the_base(bench, tmp_path):
     assert state_dict_sha256(bench.bundle.model) == base
 
 
+def test_heatmap_colours_span_the_mask_and_the_average_mask_shows_what_is_specific(bench):
+    from w2e import plots
+
+    session = logic.Session(bench.spec)
+    session.set_sample(bench.sample_from_file(bench.examples[0].path))
+    mask = logic.ensure_mask(bench, session, None)
+    low_mask = torch.rand(mask.shape, generator=torch.Generator().manual_seed(0)) * 0.37 + 0.02  # peaks near 0.39
+    heat = plots.mask_heatmap(low_mask, bench.summarize(low_mask, 0.1).binary, bench.layer_labels()).data[0]
+    assert (heat.zmin, heat.zmax) == pytest.approx((float(low_mask.min()), float(low_mask.max())), abs=1e-6)
+    average = bench.average_mask()
+    ordinary = bench.editor.benchmark_inputs(bench.benchmark.in_distribution_indices)
+    assert torch.allclose(average, bench.editor.continuous_mask(ordinary), atol=1e-5) and bench.average_mask() is average
+    difference = plots.mask_difference_heatmap(mask, average, bench.layer_labels()).data[0]
+    span = float((mask - average).abs().max())
+    assert difference.zmid == 0 and (difference.zmin, difference.zmax) == pytest.approx((-span, span), abs=1e-6)
+    np.testing.assert_allclose(np.asarray(difference.z), (mask - average).numpy(), atol=1e-4)
+
+
+def test_tradeoff_plot_fits_its_axes_and_plots_against_rho_without_a_group():
+    from w2e import plots
+
+    rhos = [0.75, 0.5, 0.25, 0.1, 0.05]
+    sets = {"near-boundary": [0.55, 0.56, 0.58, 0.6, 0.63], "in-distribution": [0.95, 0.955, 0.96, 0.97, 0.975]}
+    grouped = plots.tradeoff_curve(rhos, sets, [0.74, 0.73, 0.72, 0.67, 0.6], current_rho=0.1)
+    low, high = grouped.layout.xaxis.range
+    assert 0.5 < low < 0.6 and 0.74 < high < 0.8  # fitted to GR 0.60-0.74, not 0-100%
+    low, high = grouped.layout.yaxis.range
+    assert 0.45 < low < 0.55 and 0.975 < high <= 1.01
+    assert [trace.name for trace in grouped.data if "current" not in trace.name] == list(sets)
+    assert list(grouped.data[0].textposition) == ["top center", "bottom center"] * 2 + ["top center"]
+    ungrouped = plots.tradeoff_curve(rhos, sets, None)
+    assert ungrouped.layout.xaxis.type == "log" and list(ungrouped.data[0].x) == rhos
+    assert "no failure group" in ungrouped.layout.title.text
+    assert "Nothing to plot" in plots.tradeoff_curve(rhos, {}, None).layout.annotations[0].text
+
+
+def test_edits_are_refused_when_the_servers_memory_for_edits_is_used_up(bench):
+    session = logic.Session(bench.spec)
+    session.set_sample(bench.sample_from_file(bench.examples[0].path))
+    label = session.sample.true_label
+    with pytest.raises(ValueError, match="memory for edits is used up"):
+        logic.apply_edit(bench, session, label, 0.25, max_edits=5, memory_left=1000)
+    assert session.edits == [] and session.edit_bytes == 0
+    outcome = logic.apply_edit(bench, session, label, 0.25, max_edits=5, memory_left=10**6)
+    summary = bench.summarize(session.mask, 0.25)
+    assert session.edit_bytes == summary.parameters * 4 + summary.selected * 8 == 4 * outcome.edit.num_parameters + (
+        8 * summary.selected)
+
+
 def test_failed_edit_is_reported_and_not_stacked(bench):
     session = logic.Session(bench.spec)
     session.set_sample(bench.sample_from_file(bench.examples[0].path))
@@ -176,6 +242,21 @@ def test_failed_edit_is_reported_and_not_stacked(bench):
     assert "failed" in logic.describe_edit(bench, outcome, 0)
     with pytest.raises(ValueError, match="limit"):
         logic.apply_edit(bench, session, 0, 0.5, max_edits=0)
+
+
+def test_edits_towards_what_the_model_already_says_are_refused_and_not_stacked(bench):
+    session = logic.Session(bench.spec)
+    session.set_sample(bench.sample_from_file(bench.examples[0].path))
+    predicted = int(bench.probabilities(session.sample).argmax())
+    with pytest.raises(AlreadyCorrectError, match=f"already says {bench.bundle.class_names[predicted]}; nothing to fix"):
+        logic.apply_edit(bench, session, predicted, 0.25, max_edits=5)
+    assert session.edits == [] and session.log == []
+    outcome = logic.apply_edit(bench, session, session.sample.true_label, 0.25, max_edits=5)
+    assert outcome.applied and outcome.edit.changed_parameters > 0
+    assert f"{outcome.edit.changed_parameters:,} weights changed" in logic.describe_edit(bench, outcome, 1)
+    with pytest.raises(AlreadyCorrectError):  # the same edit again would change nothing
+        logic.apply_edit(bench, session, session.sample.true_label, 0.25, max_edits=5)
+    assert len(session.edits) == 1
 
 
 def test_test_time_search_needs_the_label_and_tradeoff_sweeps(search_world):
@@ -195,6 +276,17 @@ def test_test_time_search_needs_the_label_and_tradeoff_sweeps(search_world):
     assert all(p.locality is not None and p.generalization is not None for p in points)
 
 
+def test_hub_models_are_marked_when_the_hub_cannot_be_reached(monkeypatch, app_world):
+    probes = []
+    monkeypatch.setattr(logic, "hub_reachable", lambda: probes.append(1) or False)
+    monkeypatch.setattr(logic, "cached_hub_weights", lambda spec: None)
+    choices = logic.model_choices([str(app_world), logic.PAPER_MODEL, "vit_small_patch16_224.augreg_in21k_ft_in1k"])
+    assert choices[0] == (str(app_world), str(app_world)) and len(probes) == 1  # probed once, only for hub models
+    assert all(label == f"{spec} (needs internet: the Hub cannot be reached)" for label, spec in choices[1:])
+    monkeypatch.setattr(logic, "hub_reachable", lambda: True)
+    assert logic.model_choices([logic.PAPER_MODEL]) == [(logic.PAPER_MODEL, logic.PAPER_MODEL)]
+
+
 def test_locality_folder_for_models_without_benchmark(tmp_path):
     folder = tmp_path / "locality"
     folder.mkdir()
@@ -203,10 +295,13 @@ def test_locality_folder_for_models_without_benchmark(tmp_path):
     (folder / "broken.png").write_bytes(b"not a png")
     model_dir = write_model_dir(tmp_path / "plain", tiny_model())
     bench = logic.Hub(logic.AppConfig(models=(str(model_dir),), locality_dir=folder, device="cpu")).get()
-    assert bench.examples == [] and len(bench.locality_set) == 5
-    assert bench.locality(()).rate == 1.0
+    assert bench.examples == [] and len(bench.locality_sets["your folder"]) == 5
+    result = bench.locality(())["your folder"]
+    assert result.rate == 1.0 and result.accuracy_before is None
+    assert "no labels" in logic.describe_evaluation(bench, bench.evaluate(None, ()), 0)
     bare = logic.Hub(logic.AppConfig(models=(str(model_dir),), device="cpu")).get()
-    assert bare.locality_set is None and "--locality-dir" in logic.describe_model(bare)
+    assert bare.locality_sets == {} and "--locality-dir" in logic.describe_model(bare)
+    assert "locality cannot be shown" in logic.describe_evaluation(bare, bare.evaluate(None, ()), 0)
 
 
 # ------------------------------------------------------------------------------------------ bad uploads
@@ -279,8 +374,43 @@ def outputs(result, key: str):
 
 
 def texts(result) -> str:
-    """All text outputs of an API call's result, joined."""
-    return "\n".join(item for item in result if isinstance(item, str))
+    """All text outputs of an API call's result (plain strings and updates' values), joined."""
+    items = result if isinstance(result, (list, tuple)) else [result]
+    values = [item.get("value") if isinstance(item, dict) else item for item in items]
+    return "\n".join(value for value in values if isinstance(value, str))
+
+
+def notice(result) -> str:
+    """The notice bar's message in an API call's result ("" when hidden or untouched)."""
+    shown = [item["value"] for item in result if isinstance(item, dict) and item.get("visible") and
+             str(item.get("value", "")).startswith("**")]
+    return shown[-1] if shown else ""
+
+
+def untouched(result) -> int:
+    """How many outputs of an API call's result were left as they were (skipped updates)."""
+    return sum(1 for item in result if item == {"__type__": "update"})
+
+
+def test_one_progress_indicator_per_event_and_controls_explain_themselves(app_url):
+    config = app_url.get_config_file()
+    for dependency in config["dependencies"]:  # progress on one panel, or none
+        assert dependency["show_progress"] == "hidden" or len(dependency["show_progress_on"] or []) == 1, dependency
+    helped = {c["props"].get("elem_id") for c in config["components"] if c["props"].get("info")}
+    assert {"label", "rho", "mask-view"} <= helped
+    intro = " ".join(c["props"].get("value") or "" for c in config["components"] if c["type"] == "markdown")
+    assert "https://arxiv.org/abs/2411.01948" in intro and "https://github.com/hustyyq/Where-to-Edit" in intro
+
+
+def test_loss_axis_reads_in_plain_numbers():
+    from w2e import plots
+
+    figure = plots.loss_curve([4.1, 1.2, 0.3, 0.05, 0.009], loss_stop=0.01)
+    assert figure.layout.yaxis.type == "log"
+    assert list(figure.layout.yaxis.tickvals) == [0.01, 0.03, 0.1, 0.3, 1, 3]
+    assert list(figure.layout.yaxis.ticktext) == ["0.01", "0.03", "0.1", "0.3", "1", "3"]
+    assert plots.log_ticks(0.3, 0.6) == [0.3, 0.5, 0.6] and plots.log_ticks(0.05, 0.9) == [0.05, 0.1, 0.2, 0.5]
+    assert plots.log_ticks(1e-4, 5) == [1e-4, 1e-3, 0.01, 0.1, 1]
 
 
 def test_api_predict_mask_rho_edit_undo_download(app_url, app_world):
@@ -297,13 +427,21 @@ def test_api_predict_mask_rho_edit_undo_download(app_url, app_world):
     assert mask["rho"] == 0.25 and mask["selected_neurons"] == round(0.25 * mask["site_neurons"])
     rho = outputs(api.predict(0.5, True, api_name="/rho"), "selected_neurons")
     assert rho["selected_neurons"] == round(0.5 * mask["site_neurons"])
+    specific = api.predict(0.5, True, "specific to this image", api_name="/rho")
+    assert "Specific to this image" in json.dumps(specific[0])  # the heatmap's title
     edit = outputs(api.predict(label, 0.25, False, api_name="/edit"), "success")
     assert edit["success"] and edit["pred_after"] == label and edit["edits_in_session"] == 1
+    assert edit["parameters_changed"] > 0
+    again = api.predict(label, 0.25, False, api_name="/edit")  # a no-op now: refused, not stacked
+    assert f"already says {label}; nothing to fix" in notice(again)
+    assert outputs(api.predict(api_name="/undo"), "edits_in_session")["edits_in_session"] == 0  # only one was stacked
+    assert outputs(api.predict(label, 0.25, False, api_name="/edit"), "success")["edits_in_session"] == 1
     assert 0 <= edit["locality_rate"] <= 1 and edit["locality_images"] == LOCALITY_SIZE
+    assert edit["locality"]["in-distribution"]["images"] == IN_DISTRIBUTION_SIZE
     assert edit["generalization"] is not None and edit["group_images"] == GROUP_SIZE - 1
     trade = outputs(api.predict(label, 0.25, api_name="/tradeoff"), "points")
     assert [p["rho"] for p in trade["points"]] == [0.75, 0.5, 0.25, 0.1, 0.05]
-    files = api.predict(api_name="/download")
+    files = api.predict(api_name="/download")[0]
     assert sorted(Path(f).name for f in files) == ["edit_log.json", "manifest.json", "model.safetensors"]
     undone = outputs(api.predict(api_name="/undo"), "edits_in_session")
     assert undone["edits_in_session"] == 0
@@ -342,8 +480,8 @@ def test_switching_model_resets_the_session_and_search_waits_for_the_label(app_u
     assert mask["selected_neurons"] == round(0.1 * mask["site_neurons"])
     edit = outputs(api.predict(predicted["true_label"], 0.5, False, api_name="/edit"), "success")
     assert edit["mask_source"] == "test-time search" and edit["edits_in_session"] == 1
-    stay = api.predict(MISSING, api_name="/model")  # a warning, and the session stays on its model
-    assert str(search_world) in stay
+    stay = api.predict(MISSING, api_name="/model")  # a message that stays, and the session stays on its model
+    assert str(search_world) in stay and f"Could not load '{MISSING}'" in notice(stay)
     back = api.predict(str(app_world), api_name="/model")
     assert "hypernetwork" in texts(back) and outputs(back, "edits_in_session")["edits_in_session"] == 0
 
@@ -392,9 +530,206 @@ def test_two_concurrent_sessions_do_not_leak(app_url, app_world):
     assert state_dict_sha256(bench.bundle.model) == app_url.w2e_sha
 
 
+def test_files_are_written_whole_while_others_read_them(tmp_path):
+    from w2e.app_files import image_file, write_atomically
+
+    path, contents = tmp_path / "shared.bin", [b"a" * 300_000, b"b" * 200_000]
+    write_atomically(path, contents[0])
+    seen, stop = [], threading.Event()
+
+    def read() -> None:
+        while not stop.is_set():
+            seen.append(path.read_bytes())
+
+    readers = [threading.Thread(target=read) for _ in range(3)]
+    for reader in readers:
+        reader.start()
+    for n in range(200):
+        write_atomically(path, contents[n % 2])
+    stop.set()
+    for reader in readers:
+        reader.join()
+    assert seen and all(data in contents for data in seen)  # never a partial or empty file
+    image = Image.new("L", (20, 10), 128)
+    first = image_file(image, tmp_path / "images")
+    assert image_file(image.copy(), tmp_path / "images") == first and Image.open(first).size == (20, 10)
+
+
+def test_concurrent_predictions_each_get_a_whole_image(app_url, app_world):
+    from gradio_client import handle_file
+
+    results, errors = [], []
+    expected = logic.upscale_for_display(app_url.w2e_hub.get().sample_from_file(example_path(app_world)).view)
+
+    def run() -> None:
+        try:
+            api = client(app_url)
+            for _ in range(5):
+                result = api.predict(handle_file(str(example_path(app_world))), api_name="/predict")
+                results.append(np.asarray(Image.open(result[1])))  # "what the model sees", fetched whole
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=run) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    assert len(results) == 30 and all(np.array_equal(view, np.asarray(expected)) for view in results)
+
+
+def test_uploads_are_served_back_only_as_decoded_images(app_url, tmp_path):
+    import gradio
+    from gradio_client import handle_file
+
+    api = client(app_url)
+    (tmp_path / "evil.png").write_text("<html><script>alert(1)</script></html>")
+    assert "not an image" in notice(api.predict(handle_file(str(tmp_path / "evil.png")), api_name="/predict"))
+    assert not list(Path(gradio.utils.get_upload_folder()).rglob("evil.png"))  # the upload is gone, not served
+    Image.new("RGB", (300, 200), (0, 90, 200)).save(tmp_path / "photo.jpg", "JPEG")
+    shown = api.predict(handle_file(str(tmp_path / "photo.jpg")), api_name="/predict")[0]
+    decoded = Image.open(shown)
+    assert decoded.format == "PNG" and decoded.size == (300, 200)  # re-encoded from the decoded pixels
+
+
+def test_user_text_comes_back_cut_short_and_escaped(app_url, app_world, tmp_path):
+    from gradio_client import handle_file
+
+    api = client(app_url)
+    api.predict(handle_file(str(example_path(app_world))), api_name="/predict")
+    huge = api.predict("y" * 1_000_000, 0.1, False, api_name="/edit")
+    assert len(notice(huge)) < 400 and "(1,000,000 characters)" in notice(huge)
+    assert len(json.dumps(outputs(huge, "error"))) < 400
+    markup = notice(api.predict("<b id=x>", 0.1, False, api_name="/edit"))
+    assert "&lt;b id=x&gt;" in markup and "<b" not in markup
+    named = tmp_path / "a_b_ [link](y).png"  # Gradio itself drops <, >, * and : from uploaded file names
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(named)
+    assert r"a\_b\_ \[link\](y).png" in texts(api.predict(handle_file(str(named)), api_name="/predict"))
+    bench = app_url.w2e_hub.get()
+    session = logic.Session(bench.spec)
+    session.set_sample(bench.sample_from_file(named.read_bytes(),
+                                              "**b** <i>x</i> " + "n" * 500))
+    described = logic.describe_prediction(bench, session, bench.probabilities(session.sample))
+    assert r"\*\*b\*\* &lt;i&gt;x&lt;/i&gt; nnn" in described and "<i>" not in described and "n" * 61 not in described
+    spec = notice(api.predict("<img src=x onerror=alert(1)>", api_name="/model"))
+    assert "&lt;img src=x onerror=alert(1)&gt;" in spec and "<img" not in spec
+
+
+def test_light_requests_pass_while_edits_fill_the_server_and_one_edit_per_session_waits(app_url, app_world, monkeypatch):
+    from gradio_client import handle_file
+
+    gate, release, holders = app_url.w2e_gate, threading.Event(), []
+
+    def occupy(owner: str) -> None:
+        with gate.slot(owner):
+            release.wait(60)
+
+    monkeypatch.setattr(gate, "max_waiting", 1)
+    try:
+        for n in range(gate.slots + 1):  # every slot taken, and the one waiting place
+            holders.append(threading.Thread(target=occupy, args=(f"hog-{n}",)))
+            holders[-1].start()
+        deadline = time.monotonic() + 10
+        while gate.waiting < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        api = client(app_url)
+        started = time.monotonic()
+        predicted = outputs(api.predict(handle_file(str(example_path(app_world))), api_name="/predict"), "top")
+        assert outputs(api.predict(predicted["true_label"], 0.2, False, api_name="/mask"), "selected_neurons")["rho"] == 0.2
+        assert outputs(api.predict(0.3, False, api_name="/rho"), "selected_neurons")["rho"] == 0.3
+        assert time.monotonic() - started < 10  # predictions and the mask view never wait for edits
+        refused = api.predict(predicted["true_label"], 0.25, False, api_name="/edit")
+        assert "the server is busy" in notice(refused) and time.monotonic() - started < 15
+        monkeypatch.setattr(gate, "max_waiting", 4)
+        waiting = api.submit(predicted["true_label"], 0.25, False, api_name="/edit")  # waits for a slot
+        deadline = time.monotonic() + 10
+        while gate.waiting < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "one at a time" in notice(api.predict(predicted["true_label"], 0.25, False, api_name="/edit"))
+    finally:
+        release.set()
+        for holder in holders:
+            holder.join(10)
+    assert outputs(waiting.result(timeout=60), "success")["edits_in_session"] == 1  # served once the slots freed
+
+
+def test_a_flood_of_new_sessions_never_wipes_a_users_edits_and_an_expired_user_is_told(app_url, app_world, monkeypatch):
+    from gradio_client import handle_file
+
+    sessions = app_url.w2e_sessions
+    user = client(app_url)
+    label = outputs(user.predict(handle_file(str(example_path(app_world))), api_name="/predict"), "top")["true_label"]
+    assert outputs(user.predict(label, 0.25, False, api_name="/edit"), "success")["edits_in_session"] == 1
+    monkeypatch.setattr(sessions, "max_sessions", len(sessions) + 2)
+    for _ in range(8):  # newcomers, one prediction each, through a store with two places left
+        client(app_url).predict(handle_file(str(example_path(app_world, 1))), api_name="/predict")
+    assert len(sessions) <= sessions.max_sessions
+    undone = user.predict(api_name="/undo")
+    assert outputs(undone, "edits_in_session")["edits_in_session"] == 0 and "Undid the last edit" in texts(undone)
+    browsing = client(app_url)
+    browsing.predict(handle_file(str(example_path(app_world))), api_name="/predict")
+    monkeypatch.setattr(sessions, "idle_s", 0.2)
+    time.sleep(0.5)
+    told = notice(browsing.predict(label, 0.25, False, api_name="/edit"))
+    assert "Your earlier session is gone" in told and "expired after 1 minute unused" in told
+
+
+def test_downloads_one_per_session_replaced_capped_and_removed_with_the_session(app_url, app_world, monkeypatch):
+    from gradio_client import handle_file
+
+    api = client(app_url)
+    label = outputs(api.predict(handle_file(str(example_path(app_world))), api_name="/predict"), "top")["true_label"]
+    outputs(api.predict(label, 0.25, False, api_name="/edit"), "success")
+    exports, sessions = app_url.w2e_exports, app_url.w2e_sessions
+    for _ in range(6):  # a download loop keeps one download, not six
+        assert sorted(Path(f).name for f in api.predict(api_name="/download")[0]) == [
+            "edit_log.json", "manifest.json", "model.safetensors"]
+    key = api.session_hash
+    files = list(exports.folder(key).iterdir())
+    assert len(files) == 3 and not list(exports.root.glob(".*"))
+    monkeypatch.setattr(exports, "max_bytes", exports.used_bytes() + 1000)  # no room for a second session's download
+    other = client(app_url)
+    label = outputs(other.predict(handle_file(str(example_path(app_world))), api_name="/predict"), "top")["true_label"]
+    outputs(other.predict(label, 0.25, False, api_name="/edit"), "success")
+    assert "space for downloads is full" in notice(other.predict(api_name="/download"))
+    sessions.close(key)  # the tab closed: its download goes with it
+    assert not exports.folder(key).exists()
+
+
+def raw_call(app_url, endpoint: str, data: list) -> str:
+    """One API call by hand (the queue's POST then its event stream), as a hostile client would
+    make it: the stream's text."""
+    import httpx
+
+    base = f"{app_url.local_url}gradio_api/call/{endpoint}"
+    event = httpx.post(base, json={"data": data}, timeout=30).json()["event_id"]
+    return httpx.get(f"{base}/{event}", timeout=60).text
+
+
+@pytest.mark.parametrize("endpoint, data, message", [
+    ("predict", [{"url": "data:image/png;base64,!!!!", "meta": {"_type": "gradio.FileData"}}], "not valid base64"),
+    ("predict", ["just a string"], "the image must be a file object"),
+    ("predict", [42], "the image must be a file object"),
+    ("predict", [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}], "was not uploaded to this app"),
+    ("rho", ["abc", False, "where to edit"], "must be a number in (0, 1], not 'abc'"),
+    ("rho", [None, False, "where to edit"], "must be a number in (0, 1], not 'None'"),
+    ("rho", [0.1, "yes", "where to edit"], "sort must be true or false"),
+    ("rho", [0.1, False, "sideways"], "the mask view must be one of"),
+    ("edit", ["apple", "abc", False, "where to edit"], "must be a number in (0, 1]"),
+    ("edit", [["apple"], 0.1, False, "where to edit"], "the label must be a class name or index"),
+    ("tradeoff", ["apple", 7], "must be a number in (0, 1], not 7"),
+    ("model", [{"a": 1}], "is not offered by this app"),
+])
+def test_malformed_api_input_gets_a_clear_message_and_no_traceback(app_url, capfd, endpoint, data, message):
+    answer = raw_call(app_url, endpoint, data)
+    assert message in answer, answer
+    assert "upstream Gradio app has raised an exception" not in answer and '"error": null' not in answer
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_bad_uploads_get_a_clear_error_and_the_app_keeps_serving(app_url, app_world, tmp_path):
     from gradio_client import handle_file
-    from gradio_client.exceptions import AppError
 
     api = client(app_url)
     for name, (path, ok) in odd_images(tmp_path).items():
@@ -403,17 +738,45 @@ def test_bad_uploads_get_a_clear_error_and_the_app_keeps_serving(app_url, app_wo
         if ok:
             assert outputs(api.predict(handle_file(str(path)), api_name="/predict"), "top")["image"] == name
         else:
-            with pytest.raises(AppError) as caught:
-                api.predict(handle_file(str(path)), api_name="/predict")
-            message = str(caught.value).lower()
+            result = api.predict(handle_file(str(path)), api_name="/predict")
+            message = notice(result).lower()
+            assert message.startswith("**not a usable image:**"), (name, result)
             assert any(word in message for word in ("not an image", "corrupt", "too large", "truncated")), (name, message)
+            assert untouched(result) == len(result) - 2  # one message (and the raw JSON); the rest stays
     huge = tmp_path / "huge.png"
     huge.write_bytes(b"\0" * (logic.AppConfig().max_bytes + 1))
     with pytest.raises(Exception):
         api.predict(handle_file(str(huge)), api_name="/predict")
-    assert outputs(api.predict(handle_file(str(example_path(app_world))), api_name="/predict"), "top")["group"] == GROUPS[0]
-    with pytest.raises(AppError, match="unknown label"):
-        api.predict("no such fruit", 0.1, False, api_name="/edit")
+    good = api.predict(handle_file(str(example_path(app_world))), api_name="/predict")
+    assert outputs(good, "top")["group"] == GROUPS[0] and notice(good) == ""  # a good upload clears the message
+    assert "unknown label 'no such fruit'" in notice(api.predict("no such fruit", 0.1, False, api_name="/edit"))
+
+
+def test_apply_without_an_image_asks_for_one_and_a_correct_label_is_refused(app_url, app_world):
+    from gradio_client import handle_file
+
+    api = client(app_url)
+    assert "Upload an image or pick one from the gallery first" in notice(api.predict("apple", 0.1, False, api_name="/edit"))
+    predicted = outputs(api.predict(handle_file(str(example_path(app_world))), api_name="/predict"), "top")
+    already = predicted["top"][0]["label"]
+    refused = api.predict(already, 0.25, False, api_name="/edit")
+    assert f"the model already says {already}; nothing to fix" in notice(refused)
+    assert untouched(refused) == len(refused) - 2
+
+
+def test_tradeoff_of_an_upload_without_a_group_plots_locality_against_rho(app_url, tmp_path):
+    from gradio_client import handle_file
+
+    api = client(app_url)
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "red.png")
+    predicted = outputs(api.predict(handle_file(str(tmp_path / "red.png")), api_name="/predict"), "top")
+    assert predicted["group"] is None
+    wrong = predicted["top"][1]["label"]
+    result = api.predict(wrong, 0.1, api_name="/tradeoff")
+    points = outputs(result, "points")["points"]
+    assert [p["rho"] for p in points] == [0.75, 0.5, 0.25, 0.1, 0.05]
+    assert all(set(p["locality"]) == {"near-boundary", "in-distribution"} and p["generalization"] is None for p in points)
+    assert "Locality against ρ" in result[0]["plot"]
 
 
 # ------------------------------------------------------------------------------------------ browser
@@ -442,52 +805,122 @@ def browser_app(request):
     demo.close()
 
 
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian chromium driven by playwright (one for all browser tests)."""
+    if not CHROMIUM.exists():
+        pytest.skip("needs Debian's chromium at /usr/bin/chromium")
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright python package")
+    with playwright_api.sync_playwright() as driver:
+        chromium = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, app, width: int, height: int = 1000):
+    """A fresh page (its own session) of ``app`` at ``width`` x ``height`` CSS pixels."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.set_default_timeout(60_000)
+    page.goto(app.local_url)
+    return page
+
+
+GALLERY_FITS = """() => {
+  const box = document.querySelector('#examples').getBoundingClientRect();
+  const items = [...document.querySelectorAll('#examples .thumbnail-item')].map(e => e.getBoundingClientRect());
+  const captions = [...document.querySelectorAll('#examples .caption-label')];
+  return {count: items.length, labels: document.querySelectorAll('#examples [data-testid=block-label]').length,
+          inside: items.every(r => r.left >= box.left - 1 && r.right <= box.right + 1 && r.top >= box.top - 1
+                                   && r.bottom <= box.bottom + 1),
+          cut: captions.filter(c => c.scrollWidth > c.clientWidth + 1 || c.scrollHeight > c.clientHeight + 1).length,
+          pageWidth: document.documentElement.scrollWidth};
+}"""
+
+
+FILES_SHOWN = """() => {
+  const box = document.querySelector('#files').getBoundingClientRect();
+  return [...document.querySelectorAll('#files td.filename')].filter(e => {
+    const r = e.getBoundingClientRect(); return r.height > 0 && r.top >= box.top && r.bottom <= box.bottom; }).length;
+}"""
+
+
 @pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium")
-def test_browser_upload_edit_and_read_locality(browser_app, tmp_path):
+@pytest.mark.parametrize("width", [1280, 390])
+def test_browser_gallery_fits_desktop_and_phone_widths(browser, browser_app, width):
+    page = open_page(browser, browser_app, width)
+    try:
+        count = len(browser_app.w2e_hub.get().examples)
+        page.wait_for_function(f"() => document.querySelectorAll('#examples img').length === {count}")
+        fits = page.evaluate(GALLERY_FITS)
+        assert fits == {"count": count, "labels": 0, "inside": True, "cut": 0, "pageWidth": width}, fits
+    finally:
+        page.close()
+
+
+@pytest.mark.browser
+def test_browser_upload_edit_and_read_locality(browser, browser_app, tmp_path):
     import re
 
-    playwright_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright python package")
     example = str(browser_app.w2e_hub.get().examples[0].path)
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     # README screenshots come from a real model; the tiny random world's go to a temporary folder
     shots = SCREENSHOTS if os.environ.get("W2E_APP_SCREENSHOT_MODEL") else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
-    with playwright_api.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(browser_app.local_url)
-            upload = page.locator("#upload input[type=file]")
-            upload.set_input_files(example)
-            page.get_by_text("Benchmark failure of group").wait_for()
-            page.locator("#mask-summary").get_by_text("of all parameters").wait_for()
-            rho = page.locator("#rho input[type=number]")
-            rho.fill("0.5")
-            rho.press("Enter")
-            page.locator("#mask-summary").get_by_text("ρ = 0.5 keeps").wait_for()
-            rho.fill("0.1")
-            rho.press("Enter")
-            page.locator("#mask-summary").get_by_text("ρ = 0.1 keeps").wait_for()
-            page.screenshot(path=str(shots / "1-where-to-edit.png"), full_page=True)
-            page.locator("#apply").click()
-            page.locator("#locality").get_by_text("Locality rate").wait_for()
-            text = page.locator("#locality").inner_text()
-            match = re.search(r"Locality rate: ([\d.]+)%", text)
-            assert match and 0.0 <= float(match.group(1)) <= 100.0, text
-            assert "Edit succeeded" in page.locator("#edit-result").inner_text()
-            page.locator("#tradeoff").click()
-            page.locator("#tradeoff-summary").get_by_text(re.compile(r"ρ=0\.05: (success|FAILED)")).wait_for()
-            page.screenshot(path=str(shots / "2-edit-and-locality.png"), full_page=True)
-            page.get_by_label("Remove Image").click()
-            upload.set_input_files(str(corrupt))
-            page.get_by_text("corrupt or truncated image").first.wait_for()
-            page.locator("#examples img").nth(2).click()  # the app keeps serving; the gallery loads a failure
-            page.get_by_text(f"group {browser_app.w2e_hub.get().examples[2].caption.split(':')[0]}").wait_for()
-            page.get_by_text("with your 1 edit(s) predicts").wait_for()
-            page.wait_for_timeout(300)  # let the chained mask event start, then wait until nothing is pending
-            page.wait_for_function("() => !document.querySelector('.pending, .eta-bar, .progress-text')")
-        finally:
-            browser.close()
+    page = open_page(browser, browser_app, 1280)
+    try:
+        upload = page.locator("#upload input[type=file]")
+        upload.set_input_files(example)
+        page.get_by_text("Benchmark failure of group").wait_for()
+        page.locator("#mask-summary").get_by_text("of all parameters").wait_for()
+        rho = page.locator("#rho input[type=number]")
+        rho.fill("0.5")
+        rho.press("Enter")
+        page.locator("#mask-summary").get_by_text("ρ = 0.5 keeps").wait_for()
+        rho.fill("0.1")
+        rho.press("Enter")
+        page.locator("#mask-summary").get_by_text("ρ = 0.1 keeps").wait_for()
+        page.screenshot(path=str(shots / "1-where-to-edit.png"), full_page=True)
+        page.locator("#apply").click()
+        page.locator("#edit-result").get_by_text("Edit succeeded").wait_for()
+        page.locator("#locality").get_by_text("With your 1 edit(s)").wait_for()
+        text = page.locator("#locality").inner_text()
+        rates = re.findall(r"(near-boundary|in-distribution): ([\d.]+)% unchanged", text)
+        assert [name for name, _ in rates] == ["near-boundary", "in-distribution"], text
+        assert all(0.0 <= float(rate) <= 100.0 for _, rate in rates) and "accuracy" in text, text
+        page.locator("#tradeoff").click()
+        page.locator("#tradeoff-summary").get_by_text(re.compile(r"ρ=0\.05: (success|FAILED)")).wait_for()
+        page.screenshot(path=str(shots / "2-edit-and-locality.png"), full_page=True)
+        page.get_by_label("Remove Image").click()
+        upload.set_input_files(str(corrupt))
+        page.locator("#notice").get_by_text("corrupt or truncated image").wait_for()
+        assert page.locator(".error").count() == 0 and page.get_by_text("Error", exact=True).count() == 0
+        assert "Edit succeeded" in page.locator("#edit-result").inner_text()  # earlier results stay
+        page.locator("#examples img").nth(2).click()  # the app keeps serving; the gallery loads a failure
+        prediction = page.locator("#prediction")
+        prediction.get_by_text(f"group {browser_app.w2e_hub.get().examples[2].caption.split(':')[0]}").wait_for()
+        prediction.get_by_text("with your 1 edit(s) predicts").wait_for()
+        page.wait_for_timeout(300)  # let the chained mask event start, then wait until nothing is pending
+        page.wait_for_function("() => !document.querySelector('.pending, .eta-bar, .progress-text')")
+        typed = page.locator("#label input")
+        for name in browser_app.w2e_hub.get().bundle.class_names:  # a whole name typed + Enter is that name
+            typed.click()
+            typed.fill("")
+            typed.type(name)
+            typed.press("Enter")
+            page.wait_for_function("n => document.querySelector('#label input').value === n", arg=name)
+        page.locator("#download").click()
+        for name in ("model.safetensors", "manifest.json", "edit_log.json"):  # all three listed, none hidden
+            page.locator(f'#files td.filename[aria-label="{name}"]').wait_for()
+        assert page.evaluate(FILES_SHOWN) == 3
+        page.locator("#reset").click()
+        page.locator("#confirm-reset").get_by_text("Drop all 1 edit(s)").wait_for()
+        page.locator("#confirm-no").click()
+        page.locator("#confirm-reset").wait_for(state="hidden")
+        assert "1 edit(s)" in page.locator("#prediction").inner_text()  # nothing dropped
+        page.locator("#reset").click()
+        page.locator("#confirm-yes").click()
+        page.locator("#edit-result").get_by_text("All edits dropped").wait_for()
+        page.locator("#prediction").get_by_text("the base model predicts").wait_for()
+    finally:
+        page.close()

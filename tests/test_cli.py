@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import tiny_model, write_model_dir
+from tests.conftest import tiny_model, write_benchmark, write_model_dir
 from w2e.cli import main
 
 
@@ -43,12 +43,38 @@ def test_edit_json_contract(tiny_dir, image_file, tmp_path, capsys):
     assert save.is_file()
 
 
+def test_edit_reports_locality_on_both_sets_with_accuracy(tiny_dir, image_file, capsys):
+    _, labels, groups = write_benchmark(tiny_dir, ["g"], 2, locality_size=12, in_distribution_size=20)
+    code, out, _ = _run(capsys, "predict", image_file, "--model", tiny_dir, "--json")
+    wrong = json.loads(out)["top"][1]["label"]
+    code, out, _ = _run(capsys, "edit", image_file, "--model", tiny_dir, "--label", wrong, "--rho", "0.5",
+                        "--no-hypernetwork", "--lr", "0.01", "--json")
+    payload = json.loads(out)
+    near, ordinary = payload["locality"]["near-boundary"], payload["locality"]["in-distribution"]
+    assert near["images"] == 12 and ordinary["images"] == 20 and payload["locality_rate"] == near["rate"]
+    assert near["accuracy_before"] == 1.0 and ordinary["accuracy_before"] == 0.75  # a quarter is labelled wrong
+    assert 0 <= ordinary["accuracy_after"] <= 1 and ordinary["flipped"] == round((1 - ordinary["rate"]) * 20)
+    code, out, _ = _run(capsys, "edit", image_file, "--model", tiny_dir, "--label", wrong, "--rho", "0.5",
+                        "--no-hypernetwork", "--lr", "0.01")
+    assert "locality (near-boundary): " in out and "locality (in-distribution): " in out and "accuracy 75.0% -> " in out
+
+
 def test_label_by_index_and_mask(tiny_dir, image_file, capsys):
     code, out, _ = _run(capsys, "mask", image_file, "--model", tiny_dir, "--label", "2", "--rho", "0.25", "--json")
     assert code == 0
     payload = json.loads(out)
     assert payload["mask_source"] == "test-time search"
     assert sum(layer["selected"] for layer in payload["layers"]) == round(0.25 * np.prod(payload["mask_shape"]))
+
+
+def test_edit_towards_the_current_prediction_exits_2_unless_allowed(tiny_dir, image_file, capsys):
+    code, out, _ = _run(capsys, "predict", image_file, "--model", tiny_dir, "--json")
+    predicted = json.loads(out)["top"][0]["label"]
+    code, out, err = _run(capsys, "edit", image_file, "--model", tiny_dir, "--label", predicted.upper(), "--rho", "0.5")
+    assert code == 2 and out == "" and f"the model already says {predicted}; nothing to fix" in err
+    code, out, _ = _run(capsys, "edit", image_file, "--model", tiny_dir, "--label", predicted, "--rho", "0.5",
+                        "--lr", "0.01", "--allow-correct-label", "--json")
+    assert code == 0 and json.loads(out)["pred_after"] == predicted
 
 
 def test_unknown_label_exits_2_with_suggestion(tiny_dir, image_file, capsys):

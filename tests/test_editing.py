@@ -1,9 +1,10 @@
+import pytest
 import torch
 
 from tests.conftest import wrong_label
 from w2e.edit import Edit, edited_state_dict, edits_applied
 from w2e.editing import EditConfig
-from w2e.editor import Editor
+from w2e.editor import AlreadyCorrectError, Editor
 from w2e.masks import topk_mask
 from w2e.models import load_local_model
 
@@ -51,9 +52,10 @@ def test_apply_and_remove_restore_bit_identical(tiny_bundle):
 def test_stacked_edits_fix_both_images(tiny_bundle):
     editor = Editor(tiny_bundle)
     images = torch.randn(2, 3, 16, 16)
-    labels = [wrong_label(editor, images[i : i + 1]) for i in range(2)]
     config = EditConfig(lr=1e-2, max_steps=200)
-    first = editor.edit(images[:1], labels[0], rho=0.3, mask=torch.rand(tiny_bundle.site.mask_shape), config=config)
+    first_label = wrong_label(editor, images[:1])
+    first = editor.edit(images[:1], first_label, rho=0.3, mask=torch.rand(tiny_bundle.site.mask_shape), config=config)
+    labels = [first_label, int((editor.probabilities(images[1:], [first])[0].argmax() + 1) % 5)]  # wrong after the first
     second = editor.edit(images[1:], labels[1], rho=0.3, mask=torch.rand(tiny_bundle.site.mask_shape),
                          prior_edits=[first], config=config)
     assert second.success
@@ -89,8 +91,6 @@ def test_failed_edit_is_reported_as_failed(tiny_bundle):
 
 
 def test_bf16_autocast_edit_and_mask_search_keep_float32_state(tiny_bundle):
-    import pytest
-
     from w2e.mask_search import MaskSearchConfig, search_mask
 
     editor = Editor(tiny_bundle)
@@ -106,3 +106,26 @@ def test_bf16_autocast_edit_and_mask_search_keep_float32_state(tiny_bundle):
     assert bf16.dtype == torch.float32 and bf16.shape == fp32.shape and not torch.equal(bf16, fp32)
     with pytest.raises(ValueError, match="precision"):
         EditConfig(precision="fp16")
+
+
+def test_an_edit_towards_the_current_prediction_is_refused_unless_allowed(tiny_bundle):
+    editor = Editor(tiny_bundle)
+    image = torch.randn(1, 3, 16, 16)
+    predicted = int(editor.probabilities(image)[0].argmax())
+    mask = torch.rand(tiny_bundle.site.mask_shape)
+    with pytest.raises(AlreadyCorrectError, match=f"already says {tiny_bundle.class_names[predicted]}; nothing to fix"):
+        editor.edit(image, predicted, rho=0.25, mask=mask)
+    strengthened = editor.edit(image, predicted, rho=0.25, mask=mask, allow_correct=True, config=EditConfig(lr=1e-2))
+    assert strengthened.success
+    fix = editor.edit(image, wrong_label(editor, image), rho=0.25, mask=mask, config=EditConfig(lr=1e-2))
+    assert fix.success and fix.changed_parameters > 0
+    with pytest.raises(AlreadyCorrectError):  # the same fix again, on top of the first: a no-op
+        editor.edit(image, fix.label, rho=0.25, mask=mask, prior_edits=[fix])
+
+
+def test_changed_parameters_counts_only_weights_that_moved(tiny_bundle):
+    editor = Editor(tiny_bundle)
+    image = torch.randn(1, 3, 16, 16)
+    none = editor.edit(image, wrong_label(editor, image), rho=0.25, mask=torch.rand(tiny_bundle.site.mask_shape),
+                       config=EditConfig(lr=1e-2, max_steps=0))
+    assert none.steps == 0 and none.num_parameters > 0 and none.changed_parameters == 0

@@ -16,11 +16,12 @@ from w2e.worlds.fashion_benchmark import (
     load_base_model,
     load_stronger_model,
     predict_probs,
+    with_in_distribution_set,
     write_examples,
 )
 from w2e.worlds.fashion_data import DEFAULT_DATA_DIR, FASHION_CLASSES, FashionSplit, load_fashion_split
 from w2e.worlds.fashion_models import BASE_VIT_KWARGS, STRONGER_CNN_KWARGS, SmallConvNet
-from w2e.worlds.locality import select_near_boundary, top2_gap
+from w2e.worlds.locality import select_near_boundary, select_random, top2_gap
 from w2e.worlds.mad import mad_groups, mad_order
 from w2e.worlds.shifts import SHIFT_NAMES, render_shift, render_sketch, render_stage_light
 
@@ -127,6 +128,16 @@ def test_locality_widens_margin_and_honours_exclusions() -> None:
     assert selection.margin == pytest.approx(0.12)
     everything = select_near_boundary(probs, labels, excluded, min_count=10)
     assert everything.margin == 1.0 and everything.indices.tolist() == [0, 1, 2, 3]
+
+
+def test_random_selection_is_seeded_uniform_and_honours_exclusions() -> None:
+    candidates = np.arange(100, 200)
+    first = select_random(candidates, 20, seed=3, excluded=np.arange(150, 160))
+    assert len(first) == 20 and (np.diff(first) > 0).all() and np.isin(first, candidates).all()
+    assert not np.isin(first, np.arange(150, 160)).any()
+    np.testing.assert_array_equal(first, select_random(candidates, 20, seed=3, excluded=np.arange(150, 160)))
+    assert not np.array_equal(first, select_random(candidates, 20, seed=4, excluded=np.arange(150, 160)))
+    assert select_random(candidates[:5], 20, seed=0, excluded=candidates[:2]).tolist() == [102, 103, 104]
 
 
 # --- photos ----------------------------------------------------------------------------------
@@ -271,6 +282,21 @@ def test_assemble_write_read_round_trip(tmp_path) -> None:
     for name, column in data.columns.items():
         np.testing.assert_array_equal(back.columns[name], column)
     assert back.images.dtype == np.uint8 and back.labels.dtype == np.int64
+
+    larger = FashionSplit(np.concatenate([test.images, blob_images(20, seed=3)]),  # 20 test images still unused
+                          np.concatenate([test.labels, np.full(20, BAG, np.int64)]))
+    with_set = with_in_distribution_set(back, larger, np.arange(60), BenchmarkConfig(in_distribution_size=8,
+                                                                                     in_distribution_seed=1))
+    rows = with_set.in_distribution_indices
+    assert len(rows) == 8 and (with_set.groups[: len(back.groups)] == back.groups).all()
+    used = {int(i) for i, src in zip(back.columns["source_index"], back.columns["source"]) if src != 1}
+    chosen = with_set.columns["source_index"][rows]
+    assert not used & set(chosen.tolist()) and (with_set.columns["shift"][rows] == -1).all()
+    np.testing.assert_array_equal(with_set.images[rows], larger.images[chosen])
+    np.testing.assert_array_equal(with_set.labels[rows], larger.labels[chosen])
+    assert with_set.info["in_distribution"] == {"size": 8, "seed": 1, "pool": 60 - len(used)}
+    redrawn = with_in_distribution_set(with_set, larger, np.arange(60), BenchmarkConfig(in_distribution_size=5))
+    assert len(redrawn.in_distribution_indices) == 5 and len(redrawn.groups) == len(back.groups) + 5
 
     written = write_examples(back, tmp_path / "examples", count=3, scale=2)
     sketch_label = FASHION_CLASSES[int(back.labels[sketch][0])]

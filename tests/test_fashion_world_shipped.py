@@ -55,6 +55,24 @@ def test_locality_set_is_near_the_boundary_with_true_label_on_top(editor):
     assert float((top2[:, 0] - top2[:, 1]).max()) < margin + 1e-6
 
 
+def test_random_in_distribution_set_is_ordinary_unused_test_images(editor):
+    from w2e.worlds.fashion_stages import in_distribution_test_indices
+
+    bench = editor.benchmark
+    recorded = json.loads(MANIFEST.read_text())["figures"]["in_distribution"]
+    rows = bench.in_distribution_indices
+    assert len(rows) == recorded["size"] == 1000
+    index, source = bench.columns["source_index"], bench.columns["source"]
+    subpops = json.loads((MANIFEST.parent / "subpopulations.json").read_text())
+    assert np.isin(index[rows], in_distribution_test_indices(subpops)).all() and (source[rows] == 0).all()
+    elsewhere = index[(bench.groups != -2) & (source != 1)]  # test images in the rest, in any rendering
+    assert not np.isin(index[rows], elsewhere).any()
+    localities = editor.localities([])
+    assert list(localities) == ["near-boundary", "in-distribution"]
+    assert localities["in-distribution"].accuracy_before == pytest.approx(recorded["base_accuracy"], abs=1e-4)
+    assert localities["near-boundary"].accuracy_before == 1.0
+
+
 def test_a_hypernetwork_edit_fixes_an_example(editor):
     bench = editor.benchmark
     index = int(bench.group_indices(0)[0])

@@ -1,12 +1,15 @@
 """The real Hugging Face Hub loading path, fed from a local cache (no network)."""
 import json
+import socket
+import time
 
 import pytest
 import timm
 import torch
 from safetensors.torch import save_file
 
-from w2e.models import CheckpointError, load_model
+from w2e import models
+from w2e.models import CheckpointError, hub_reachable, load_model
 
 NAME = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
 
@@ -45,3 +48,31 @@ def test_missing_hub_weights_are_a_clear_error(offline_hub, tmp_path, monkeypatc
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
     with pytest.raises(CheckpointError, match=NAME):
         load_model(NAME)
+
+
+def test_an_unreachable_hub_without_cached_weights_fails_fast(tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=models.HUB_TIMEOUT_S: False)
+    started = time.monotonic()
+    with pytest.raises(CheckpointError, match="cannot reach the Hugging Face Hub .* not in the local cache"):
+        load_model(NAME)
+    assert time.monotonic() - started < 5
+
+
+def test_hub_reachability_is_a_bounded_probe(monkeypatch):
+    import huggingface_hub.constants as constants
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{listening.getsockname()[1]}")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        assert hub_reachable(timeout=2)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+        assert not hub_reachable(timeout=2)  # offline mode: not even tried
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    started = time.monotonic()
+    assert not hub_reachable(timeout=2)  # the port is closed now
+    assert time.monotonic() - started < 3

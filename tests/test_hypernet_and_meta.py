@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import tiny_model, write_model_dir
+from tests.conftest import tiny_model, wrong_label, write_model_dir
 from w2e.data import TensorSource
 from w2e.editor import Editor
 from w2e.hypernet import HypernetworkMismatchError, load_hypernetwork, new_hypernetwork
@@ -130,7 +130,7 @@ def test_test_time_mask_search_gives_a_usable_mask(tiny_bundle):
     assert 0 <= float(mask.min()) and float(mask.max()) <= 1
     editor = Editor(tiny_bundle)
     assert editor.mask_source == "test-time search"
-    edit = editor.edit(image, 2, rho=0.3)
+    edit = editor.edit(image, wrong_label(editor, image), rho=0.3)
     assert edit.info["mask_source"] == "test-time search"
 
 

@@ -67,3 +67,36 @@ def test_exact_upscales_are_undone_before_photo_fitting():
     small = Image.fromarray(np.arange(16, dtype=np.uint8).reshape(4, 4) * 10, mode="L")
     big = small.resize((16, 16), Image.Resampling.NEAREST)
     assert np.array_equal(np.asarray(model_view(big, config)), np.asarray(small))
+
+
+def test_large_images_decode_reduced_upright_and_within_a_shared_pixel_budget():
+    import threading
+
+    from w2e import images
+
+    exif = Image.Exif()
+    exif[274] = 6  # rotated 90 degrees
+    photo = Image.new("RGB", (4000, 2000), (0, 200, 0))
+    photo.paste((255, 0, 0), (0, 0, 400, 200))
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", exif=exif)
+    small = read_image(buffer.getvalue(), max_side=1024)
+    assert small.size == (500, 1000) and read_image(buffer.getvalue()).size == (2000, 4000)
+    assert tuple(np.asarray(small)[5, -5]) == tuple(np.asarray(read_image(buffer.getvalue()))[20, -20])  # same corner
+    palette = io.BytesIO()
+    Image.new("P", (5000, 3000)).save(palette, "PNG")
+    assert read_image(palette.getvalue(), max_side=1024).size == (1000, 600)
+    budget = images._PixelBudget(100)
+    order = []
+
+    def second_decode() -> None:
+        with budget.holding(50):
+            order.append("second")
+
+    with budget.holding(80):
+        waiter = threading.Thread(target=second_decode)
+        waiter.start()
+        waiter.join(0.3)
+        order.append("first done")  # the second decode could not start while the first held its pixels
+    waiter.join(5)
+    assert order == ["first done", "second"]

@@ -12,28 +12,30 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import json
 import os
-import shutil
-import tempfile
+import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .app_files import ExportFolders, image_file
 from .attention import AttentionReport, attention_modules, attention_report, head_attention_map
 from .edit import Edit, edited_state_dict
-from .editor import DEFAULT_RHO, Editor, LocalityResult, PrefixCache
+from .editor import DEFAULT_RHO, IN_DISTRIBUTION, NEAR_BOUNDARY, Editor, LocalityResult, PrefixCache
 from .hypernet import load_hypernetwork
 from .images import MAX_FILE_BYTES, MAX_PIXELS, ImageInputError, read_image
-from .labels import resolve_label
+from .labels import echo, resolve_label
 from .masks import binarize
-from .models import DEFAULT_MODEL, ModelBundle, best_device, load_model
+from .models import DEFAULT_MODEL, ModelBundle, best_device, cached_hub_weights, hub_reachable, is_hub_model, load_model
 from .preprocess import model_view, normalise_array
 
 #: The paper's ImageNet base model (needs internet the first time it is loaded).
@@ -49,6 +51,13 @@ MAX_FLIPPED_SHOWN = 24
 MAX_LOCALITY_IMAGES = 5000
 #: Smallest side of images shown in the page (tiny model inputs are upscaled, pixelated).
 DISPLAY_SIDE = 168
+#: Longest side images are decoded at (larger ones are decoded reduced: the model needs a few
+#: hundred pixels at most, and a 40-megapixel upload would otherwise take gigabytes).
+DECODE_SIDE = 1024
+#: Characters of an upload's file name kept at most.
+MAX_NAME_CHARS = 120
+#: Largest side of the decoded upload shown back in the upload panel.
+PREVIEW_SIDE = 512
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 Report = Callable[[float, str], None]
@@ -66,20 +75,33 @@ def _silent(fraction: float, text: str) -> None:
 class AppConfig:
     """What the app serves and its limits. Env vars: ``W2E_APP_MODELS`` (comma-separated),
     ``W2E_APP_LOCALITY_DIR``, ``W2E_APP_DEVICE``, ``W2E_APP_EDIT_CONCURRENCY``,
-    ``W2E_APP_QUEUE_SIZE``, ``W2E_APP_MAX_EDITS``, ``W2E_APP_HYPERNETWORK``."""
+    ``W2E_APP_QUEUE_SIZE``, ``W2E_APP_LIGHT_QUEUE_SIZE``, ``W2E_APP_MAX_EDITS``, ``W2E_APP_MAX_SESSIONS``,
+    ``W2E_APP_MAX_EDIT_MB``, ``W2E_APP_MAX_EXPORT_MB``, ``W2E_APP_IDLE_MINUTES``, ``W2E_APP_EDITED_IDLE_HOURS``,
+    ``W2E_APP_HYPERNETWORK``."""
 
     models: tuple[str, ...] = DEFAULT_APP_MODELS
-    hypernetwork: str | None = None  # file or hf:// spec for the default model (None: its bundled one, if any)
     locality_dir: Path | None = None
     device: str | None = None  # None: best available (CUDA, else CPU)
-    edit_concurrency: int = 1  # edits / mask searches / trade-offs running at once (one device)
-    default_concurrency: int = 4  # other events (predict, rho) running at once
-    queue_size: int = 32  # requests waiting in the queue at most; more are refused
+    edit_concurrency: int = 1  # heavy requests (edits, sweeps, searches, exports, loads) running at once
+    default_concurrency: int = 4  # light requests (predict, mask view, rho, undo) running at once
+    queue_size: int = 32  # heavy requests waiting at most (one per session); more are refused at once
+    light_queue_size: int = 256  # light requests waiting at most; heavy ones never take these places
     max_edits: int = 50  # edits in one session's stack at most
     max_pixels: int = MAX_PIXELS
     max_bytes: int = MAX_FILE_BYTES
-    session_ttl_s: int = 3 * 3600  # a session's edits are dropped after this long unused
-    max_sessions: int = 500  # sessions kept in memory at most
+    idle_s: int = 30 * 60  # a session without edits is dropped after this long unused
+    session_ttl_s: int = 3 * 3600  # a session with edits is dropped after this long unused
+    edited_grace_s: int = 15 * 60  # when full, a session with edits gives way only after this long unused
+    max_sessions: int = 500  # sessions held at most (see the README for the memory this takes)
+    max_edit_mb: int = 2048  # memory all sessions' edits (sparse deltas) may take together
+    max_export_mb: int = 1024  # disk all sessions' downloads may take together (one per session)
+    hypernetwork: str | None = None  # file or hf:// spec for the default model (None: its bundled one, if any)
+
+    @property
+    def worker_threads(self) -> int:
+        """Threads serving requests: every waiting or running heavy request holds one, and the
+        light ones always have theirs."""
+        return self.queue_size + self.edit_concurrency + self.default_concurrency + 4
 
     @property
     def default_model(self) -> str:
@@ -98,14 +120,28 @@ def parse_app_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     parser.add_argument("--models", default=env.get("W2E_APP_MODELS", ",".join(DEFAULT_APP_MODELS)),
                         help="comma-separated model specs (bundled world, model folder, hf://OWNER/NAME or timm name); "
                              "first is the default")
-    parser.add_argument("--locality-dir", default=env.get("W2E_APP_LOCALITY_DIR"),
-                        help="folder of images used as locality set for models without a bundled benchmark")
     parser.add_argument("--hypernetwork", default=env.get("W2E_APP_HYPERNETWORK") or None,
                         help="hypernetwork for the first model: file or hf://OWNER/NAME[@REV][/FILE] (default: its bundled one)")
+    parser.add_argument("--locality-dir", default=env.get("W2E_APP_LOCALITY_DIR"),
+                        help="folder of images used as locality set for models without a bundled benchmark")
     parser.add_argument("--device", default=env.get("W2E_APP_DEVICE"), help="cpu or cuda (default: best available)")
     parser.add_argument("--edit-concurrency", type=int, default=int(env.get("W2E_APP_EDIT_CONCURRENCY", 1)))
-    parser.add_argument("--queue-size", type=int, default=int(env.get("W2E_APP_QUEUE_SIZE", 32)))
+    parser.add_argument("--queue-size", type=int, default=int(env.get("W2E_APP_QUEUE_SIZE", 32)),
+                        help="heavy requests (edits, sweeps, searches, exports) waiting at most; one per session")
+    parser.add_argument("--light-queue-size", type=int, default=int(env.get("W2E_APP_LIGHT_QUEUE_SIZE", 256)),
+                        help="light requests (predictions, mask view) waiting at most")
     parser.add_argument("--max-edits", type=int, default=int(env.get("W2E_APP_MAX_EDITS", 50)))
+    parser.add_argument("--max-sessions", type=int, default=int(env.get("W2E_APP_MAX_SESSIONS", AppConfig.max_sessions)),
+                        help="sessions held at most; newcomers replace the longest-idle sessions without edits")
+    parser.add_argument("--max-edit-mb", type=int, default=int(env.get("W2E_APP_MAX_EDIT_MB", AppConfig.max_edit_mb)),
+                        help="memory (MB) the edits of all sessions may take together; more edits are refused")
+    parser.add_argument("--max-export-mb", type=int, default=int(env.get("W2E_APP_MAX_EXPORT_MB", AppConfig.max_export_mb)),
+                        help="disk (MB) the downloads of all sessions may take together (one per session)")
+    parser.add_argument("--idle-minutes", type=float, default=float(env.get("W2E_APP_IDLE_MINUTES", AppConfig.idle_s / 60)),
+                        help="a session without edits is dropped after this many minutes unused")
+    parser.add_argument("--edited-idle-hours", type=float,
+                        default=float(env.get("W2E_APP_EDITED_IDLE_HOURS", AppConfig.session_ttl_s / 3600)),
+                        help="a session with edits is dropped after this many hours unused")
     parser.add_argument("--host", default=env.get("GRADIO_SERVER_NAME"), help="interface to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=int(env["GRADIO_SERVER_PORT"]) if env.get("GRADIO_SERVER_PORT") else None)
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
@@ -113,12 +149,33 @@ def parse_app_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     models = tuple(dict.fromkeys(m.strip() for m in args.models.split(",") if m.strip()))
     if not models:
         parser.error("--models: give at least one model")
-    if args.edit_concurrency < 1 or args.queue_size < 1 or args.max_edits < 1:
-        parser.error("--edit-concurrency, --queue-size and --max-edits must be positive")
+    if min(args.edit_concurrency, args.queue_size, args.light_queue_size, args.max_edits, args.max_sessions,
+           args.max_edit_mb, args.max_export_mb) < 1:
+        parser.error("--edit-concurrency, --queue-size, --light-queue-size, --max-edits, --max-sessions, "
+                     "--max-edit-mb and --max-export-mb must be positive")
+    if args.idle_minutes <= 0 or args.edited_idle_hours <= 0:
+        parser.error("--idle-minutes and --edited-idle-hours must be positive")
     config = AppConfig(models=models, locality_dir=Path(args.locality_dir) if args.locality_dir else None,
                        device=args.device, edit_concurrency=args.edit_concurrency, queue_size=args.queue_size,
-                       max_edits=args.max_edits, hypernetwork=args.hypernetwork)
+                       light_queue_size=args.light_queue_size, max_edits=args.max_edits, max_sessions=args.max_sessions,
+                       max_edit_mb=args.max_edit_mb, max_export_mb=args.max_export_mb,
+                       idle_s=round(args.idle_minutes * 60), session_ttl_s=round(args.edited_idle_hours * 3600),
+                       hypernetwork=args.hypernetwork)
     return config, args
+
+
+def model_choices(models: Sequence[str]) -> list[tuple[str, str]]:
+    """Model dropdown entries ``(label, spec)``; a Hub model whose weights are not cached is
+    marked as needing internet when the Hub cannot be reached (probed once, a few seconds)."""
+    offline: bool | None = None
+    choices = []
+    for spec in models:
+        label = spec
+        if is_hub_model(spec) and cached_hub_weights(spec) is None:
+            offline = (not hub_reachable()) if offline is None else offline
+            label = f"{spec} (needs internet: the Hub cannot be reached)" if offline else spec
+        choices.append((label, spec))
+    return choices
 
 
 # --------------------------------------------------------------------------------------------
@@ -133,6 +190,32 @@ def display_names(class_names: Sequence[str]) -> list[str]:
     return [name if counts[name] == 1 else f"{name} (#{i})" for i, name in enumerate(class_names)]
 
 
+def dropdown_order(names: Sequence[str]) -> list[str]:
+    """``names`` ordered for a filterable dropdown, whose Enter key takes the first name that
+    contains the typed text: every name comes before the names containing it (``shirt``
+    before ``t-shirt``), so a whole name typed is the one chosen; otherwise alphabetical."""
+    folded = [name.casefold() for name in names]
+    by_length = sorted(range(len(names)), key=lambda i: len(folded[i]))
+    depth: dict[int, int] = {}
+    for i in by_length:
+        inside = [depth[j] for j in depth if folded[j] != folded[i] and folded[j] in folded[i]]
+        depth[i] = 1 + max(inside, default=-1)
+    return [names[i] for i in sorted(range(len(names)), key=lambda i: (depth[i], folded[i]))]
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` on one line, cut to at most ``limit`` characters (an ellipsis marks a cut)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def plain_text(text: str, limit: int = 300) -> str:
+    """``text`` shown literally in Markdown: at most ``limit`` characters, HTML and Markdown
+    characters escaped (user-given text never becomes markup)."""
+    text = shorten(text, limit).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"([\\`*_\[\]|~])", r"\\\1", text)
+
+
 def short_name(name: str) -> str:
     """First synonym of an ImageNet-style comma-separated name."""
     return name.split(",")[0].strip()
@@ -144,8 +227,9 @@ def short_name(name: str) -> str:
 
 @dataclass
 class Sample:
-    """An image to edit for: what the model sees, its input tensor and, for a benchmark
-    failure, its row, group and true label."""
+    """An image to edit for: what the model sees, its input tensor, a small copy of the decoded
+    image to show in place of the upload and, for a benchmark failure, its row, group and true
+    label."""
 
     name: str
     view: Image.Image
@@ -153,6 +237,7 @@ class Sample:
     row: int | None = None
     group: int | None = None
     true_label: int | None = None
+    preview: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +248,53 @@ class Example:
     row: int
     group: int
     caption: str
+
+
+def upload_source(payload: object) -> tuple[str | bytes | None, str | None]:
+    """What an image upload (Gradio's file data, as a dict) holds: a file path or the bytes of
+    a ``data:`` URL, with the uploader's file name; ``(None, None)`` when it is empty. Raises
+    :class:`ImageInputError` for anything else, so no malformed upload gets further."""
+    if payload is None:
+        return None, None
+    if not isinstance(payload, Mapping):
+        raise ImageInputError("the image must be a file object (with a path or a data: URL)")
+    name = payload.get("orig_name") if isinstance(payload.get("orig_name"), str) else None
+    if isinstance(payload.get("path"), str) and payload["path"]:
+        return payload["path"], name or Path(payload["path"]).name
+    url = payload.get("url")
+    if isinstance(url, str) and url.startswith("data:"):
+        try:
+            return base64.b64decode(url.partition(",")[2], validate=True), name or "upload"
+        except binascii.Error:
+            raise ImageInputError("the data: URL is not valid base64") from None
+    raise ImageInputError("no image received")
+
+
+def parse_rho(value: object) -> float:
+    """ρ from a request: a number in (0, 1] (``ValueError`` with a clear message otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"ρ must be a number in (0, 1], not {echo(value)}")
+    try:
+        rho = float(value)
+    except ValueError:
+        raise ValueError(f"ρ must be a number in (0, 1], not {echo(value)}") from None
+    if not 0.0 < rho <= 1.0:
+        raise ValueError(f"ρ must be a number in (0, 1], not {rho:g}")
+    return rho
+
+
+def parse_flag(value: object, name: str) -> bool:
+    """A yes/no option from a request (``ValueError`` unless it is a boolean)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, not {echo(value)}")
+    return value
+
+
+def parse_choice(value: object, choices: Sequence[str], name: str) -> str:
+    """One of ``choices`` from a request (``ValueError`` naming the choices otherwise)."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(repr(c) for c in choices)}, not {echo(value)}")
+    return str(value)
 
 
 def upscale_for_display(image: Image.Image, side: int = DISPLAY_SIDE) -> Image.Image:
@@ -180,8 +312,9 @@ def _pixels_image(pixels: np.ndarray) -> Image.Image:
 
 @dataclass
 class LocalitySet:
-    """Prefix-cached locality images and how to show one of them."""
+    """Prefix-cached locality images, what they are and how to show one of them."""
 
+    name: str
     cache: PrefixCache
     image: Callable[[int], Image.Image]
     description: str
@@ -229,58 +362,72 @@ class MaskSummary:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Locality of a stack of edits, and generalization on the image's benchmark group."""
+    """Locality of a stack of edits on each locality set (by set name, the paper's
+    near-boundary set first), and generalization on the image's benchmark group."""
 
-    locality: LocalityResult | None
+    localities: dict[str, LocalityResult]
     generalization: float | None = None
     generalization_before: float | None = None
     group_name: str | None = None
     group_size: int = 0
 
+    @property
+    def locality(self) -> LocalityResult | None:
+        """Locality on the first set (the paper's near-boundary set when there is one)."""
+        return next(iter(self.localities.values()), None)
+
     def to_json(self) -> dict:
-        """JSON-ready numbers."""
+        """JSON-ready numbers (``locality_*``: the first set; ``locality``: every set)."""
         loc = self.locality
         return {"locality_rate": loc.rate if loc is not None else None,
                 "locality_images": int(len(loc.before)) if loc is not None else 0,
                 "locality_flipped": int(len(loc.flipped)) if loc is not None else 0,
+                "locality": {name: result.to_json() for name, result in self.localities.items()},
                 "generalization": self.generalization, "generalization_before": self.generalization_before,
                 "group": self.group_name, "group_images": self.group_size}
 
 
 @dataclass(frozen=True)
 class TradeoffPoint:
-    """One edit of the trade-off sweep."""
+    """One edit of the trade-off sweep: its locality on each set (by name) and GR."""
 
     rho: float
     success: bool
     steps: int
     parameters: int
-    locality: float | None
+    localities: dict[str, float]
     generalization: float | None
+
+    @property
+    def locality(self) -> float | None:
+        """Locality rate on the first set (the paper's near-boundary set when there is one)."""
+        return next(iter(self.localities.values()), None)
 
     def to_json(self) -> dict:
         """JSON-ready numbers."""
         return {"rho": self.rho, "success": self.success, "steps": self.steps, "parameters_changed": self.parameters,
-                "locality_rate": self.locality, "generalization": self.generalization}
+                "locality_rate": self.locality, "locality": dict(self.localities), "generalization": self.generalization}
 
 
 class Workbench:
     """One loaded model and everything sessions share (read-only): editor, locality set,
     benchmark groups (prefix-cached on first use) and example gallery."""
 
-    def __init__(self, spec: str, editor: Editor, locality: LocalitySet | None, examples: list[Example],
+    def __init__(self, spec: str, editor: Editor, localities: Sequence[LocalitySet], examples: list[Example],
                  locality_note: str = "") -> None:
         self.spec = spec
         self.editor = editor
         self.bundle: ModelBundle = editor.bundle
-        self.locality_set = locality
+        self.locality_sets = {locality.name: locality for locality in localities}
         self.locality_note = locality_note
         self.examples = examples
         self.labels = display_names(self.bundle.class_names)
+        self.choices = dropdown_order(self.labels)
         self._label_index = {name: i for i, name in enumerate(self.labels)}
         self.total_parameters = sum(p.numel() for p in self.bundle.model.parameters())
         self._groups: dict[int, PrefixCache] = {}
         self._groups_lock = threading.Lock()
+        self._average_mask: torch.Tensor | None = None
         self._lookup = self._benchmark_lookup()
 
     # ---- loading
@@ -294,26 +441,25 @@ class Workbench:
             report(0.3, f"loading hypernetwork {config.hypernetwork}")
             hypernetwork = load_hypernetwork(config.hypernetwork, bundle.site, bundle.sha256, bundle.name)
         editor = Editor(bundle, hypernetwork)
-        report(0.5, "caching the locality set")
-        locality, note = None, ""
-        if editor.benchmark is not None and len(editor.benchmark.locality_indices):
-            bench = editor.benchmark
-            rows = bench.locality_indices
-            locality = LocalitySet(editor.locality_cache, lambda i: _pixels_image(bench.images[rows[i]]),
-                                   f"{len(rows):,} near-boundary images of the bundled benchmark")
-        elif config.locality_dir is not None:
-            locality, note = _folder_locality(bundle, config.locality_dir, config)
-        else:
-            note = "no locality set: this model has no bundled benchmark; start the app with --locality-dir FOLDER"
+        report(0.5, "caching the locality sets")
+        localities, note = _benchmark_localities(editor), ""
+        if not localities and config.locality_dir is not None:
+            folder, note = _folder_locality(bundle, config.locality_dir, config)
+            localities = [folder] if folder is not None else []
+        elif not localities:
+            note = ("locality cannot be shown: this model has no bundled benchmark; start the app with "
+                    "--locality-dir FOLDER (a folder of ordinary images) to see which predictions an edit changes")
         examples = _find_examples(editor, bundle)
         report(1.0, "ready")
-        return cls(spec, editor, locality, examples, note)
+        return cls(spec, editor, localities, examples, note)
 
     # ---- labels
     def label_index(self, label: str | int | None) -> int | None:
         """Class index of a dropdown value, a class name or an index; ``None`` for no label."""
         if label is None or (isinstance(label, str) and not label.strip()):
             return None
+        if isinstance(label, bool) or not isinstance(label, (str, int)):
+            raise ValueError(f"the label must be a class name or index, not {echo(label)}")
         if isinstance(label, str) and label in self._label_index:
             return self._label_index[label]
         return resolve_label(label, self.bundle.class_names)
@@ -365,13 +511,15 @@ class Workbench:
         """Decode an upload safely (raises :class:`ImageInputError`); a benchmark failure is
         recognised and then used exactly as stored."""
         config = config or AppConfig()
-        name = name or (Path(source).name if isinstance(source, (str, Path)) else "upload")
-        image = read_image(source, max_pixels=config.max_pixels, max_bytes=config.max_bytes)
+        name = shorten(name or (Path(source).name if isinstance(source, (str, Path)) else "upload"), MAX_NAME_CHARS)
+        image = read_image(source, max_pixels=config.max_pixels, max_bytes=config.max_bytes, max_side=DECODE_SIDE)
+        preview = image.copy()
+        preview.thumbnail((PREVIEW_SIDE, PREVIEW_SIDE))
         row = self.match_benchmark(image)
         if row is not None:
-            return self.sample_from_row(row, name)
+            return replace(self.sample_from_row(row, name), preview=preview)
         view = model_view(image, self.bundle.preprocessing)
-        return Sample(name, view, normalise_array(np.asarray(view)[None], self.bundle.preprocessing))
+        return Sample(name, view, normalise_array(np.asarray(view)[None], self.bundle.preprocessing), preview=preview)
 
     # ---- predictions and masks
     def probabilities(self, sample: Sample, edits: Sequence[Edit] = ()) -> torch.Tensor:
@@ -386,6 +534,17 @@ class Workbench:
     def continuous_mask(self, sample: Sample, label: int | None) -> torch.Tensor:
         """Continuous mask of ``sample`` (the hypernetwork ignores ``label``)."""
         return self.editor.continuous_mask(sample.inputs, label)
+
+    def average_mask(self) -> torch.Tensor | None:
+        """The hypernetwork's mask averaged over ordinary images (the in-distribution set, else
+        the first locality set), computed once; ``None`` without a hypernetwork or images."""
+        ordinary = self.locality_sets.get(IN_DISTRIBUTION) or next(iter(self.locality_sets.values()), None)
+        if ordinary is None:
+            return None
+        with self._groups_lock:
+            if self._average_mask is None:
+                self._average_mask = self.editor.average_mask(ordinary.cache)
+            return self._average_mask
 
     def layer_labels(self) -> list[str]:
         """Row names of the mask heatmap (blocks 1-indexed, as in the paper)."""
@@ -407,9 +566,9 @@ class Workbench:
         edit.info["mask_source"] = self.editor.mask_source
         return edit
 
-    def locality(self, edits: Sequence[Edit]) -> LocalityResult | None:
-        """Agreement with the base model on the locality set, or ``None`` without one."""
-        return self.locality_set.cache.locality(list(edits)) if self.locality_set is not None else None
+    def locality(self, edits: Sequence[Edit]) -> dict[str, LocalityResult]:
+        """Agreement with the base model on each locality set, by set name (empty without any)."""
+        return {name: locality.cache.locality(list(edits)) for name, locality in self.locality_sets.items()}
 
     def _group_cache(self, group: int) -> PrefixCache:
         with self._groups_lock:
@@ -439,15 +598,16 @@ class Workbench:
         return Evaluation(locality, self.generalization(sample, edits), before,
                           self.benchmark.group_names[sample.group], size)
 
-    def flipped(self, result: LocalityResult | None, limit: int = MAX_FLIPPED_SHOWN) -> list[tuple[Image.Image, str]]:
-        """Locality images whose prediction changed, with captions ``before → after``."""
-        if result is None or self.locality_set is None:
-            return []
+    def flipped(self, localities: Mapping[str, LocalityResult], limit: int = MAX_FLIPPED_SHOWN) -> list[tuple[str, str]]:
+        """Locality images whose prediction changed (PNG files safe to serve), an equal share of
+        ``limit`` from each set, with captions ``set: before → after``."""
         names = self.bundle.class_names
+        share = limit // max(1, len(localities))
         shown = []
-        for i in result.flipped[:limit]:
-            caption = f"{short_name(names[result.before[i]])} → {short_name(names[result.after[i]])}"
-            shown.append((upscale_for_display(self.locality_set.image(int(i)), 96), caption))
+        for name, result in localities.items():
+            for i in result.flipped[:share]:
+                caption = f"{name}: {short_name(names[result.before[i]])} → {short_name(names[result.after[i]])}"
+                shown.append((image_file(upscale_for_display(self.locality_sets[name].image(int(i)), 96)), caption))
         return shown
 
     def tradeoff(self, sample: Sample, label: int, mask: torch.Tensor, prior: Sequence[Edit] = (),
@@ -460,9 +620,8 @@ class Workbench:
 
             edit = self.edit(sample, label, rho, mask, prior, step)
             stack = [*prior, edit]
-            locality = self.locality(stack)
-            points.append(TradeoffPoint(float(rho), edit.success, edit.steps, edit.num_parameters,
-                                        locality.rate if locality is not None else None,
+            localities = {name: result.rate for name, result in self.locality(stack).items()}
+            points.append(TradeoffPoint(float(rho), edit.success, edit.steps, edit.changed_parameters, localities,
                                         self.generalization(sample, stack)))
         return points
 
@@ -513,13 +672,31 @@ def _find_examples(editor: Editor, bundle: ModelBundle) -> list[Example]:
     return examples
 
 
+def _benchmark_localities(editor: Editor) -> list[LocalitySet]:
+    """The benchmark's locality sets (the paper's near-boundary set first), prefix-cached."""
+    bench = editor.benchmark
+    margin = bench.info.get("locality_margin") if bench is not None else None
+    what = {NEAR_BOUNDARY: (lambda b: b.locality_indices, "images the base model barely gets right (top-1 "
+                            + (f"ahead of top-2 by less than {margin:g}" if margin else "barely ahead of top-2")
+                            + "): the harshest test, as in the paper"),
+            IN_DISTRIBUTION: (lambda b: b.in_distribution_indices, "random ordinary test images of the classes the "
+                              "model was trained on (none of them in the benchmark)")}
+    sets = []
+    for name, cache in editor.locality_caches.items():
+        rows, description = what[name][0](bench), what[name][1]
+        sets.append(LocalitySet(name, cache, lambda i, rows=rows: _pixels_image(bench.images[rows[i]]),
+                                f"{len(rows):,} {description}"))
+    return sets
+
+
 def _folder_locality(bundle: ModelBundle, folder: Path, config: AppConfig) -> tuple[LocalitySet | None, str]:
     """Locality set from a user-given image folder (unreadable files are skipped)."""
     paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:MAX_LOCALITY_IMAGES]
     views, kept = [], []
     for path in paths:
         try:
-            views.append(np.asarray(model_view(read_image(path, config.max_pixels, config.max_bytes), bundle.preprocessing)))
+            views.append(np.asarray(model_view(read_image(path, config.max_pixels, config.max_bytes, DECODE_SIDE),
+                                               bundle.preprocessing)))
             kept.append(path)
         except ImageInputError:
             continue
@@ -529,9 +706,9 @@ def _folder_locality(bundle: ModelBundle, folder: Path, config: AppConfig) -> tu
     del views
 
     def show(i: int) -> Image.Image:
-        return model_view(read_image(kept[i], config.max_pixels, config.max_bytes), bundle.preprocessing)
+        return model_view(read_image(kept[i], config.max_pixels, config.max_bytes, DECODE_SIDE), bundle.preprocessing)
 
-    return LocalitySet(cache, show, f"{len(kept):,} images of {folder}"), ""
+    return LocalitySet("your folder", cache, show, f"{len(kept):,} images of {folder} (no labels: no accuracy)"), ""
 
 
 class Hub:
@@ -542,11 +719,15 @@ class Hub:
         self._benches: dict[str, Workbench] = {}
         self._locks = {spec: threading.Lock() for spec in config.models}
 
+    def loaded(self, spec: object) -> bool:
+        """Whether ``spec`` is an offered model that is loaded already."""
+        return isinstance(spec, str) and spec in self._benches
+
     def get(self, spec: str | None = None, report: Report = _silent) -> Workbench:
         """The workbench of ``spec`` (default model when ``None``); only offered models load."""
         spec = spec or self.config.default_model
-        if spec not in self._locks:
-            raise ValueError(f"model {spec!r} is not offered by this app; choose one of {', '.join(self.config.models)}")
+        if not isinstance(spec, str) or spec not in self._locks:
+            raise ValueError(f"model {echo(spec)} is not offered by this app; choose one of {', '.join(self.config.models)}")
         with self._locks[spec]:
             if spec not in self._benches:
                 self._benches[spec] = Workbench.load(spec, self.config, report)
@@ -593,6 +774,12 @@ class Session:
         self.log.clear()
         self.sources.clear()
 
+    @property
+    def edit_bytes(self) -> int:
+        """Memory the session's edits take (their sparse deltas and neuron indices)."""
+        return sum(tensor.numel() * tensor.element_size() for edit in self.edits
+                   for tensor in (*edit.deltas, *edit.indices))
+
 
 def ensure_mask(bench: Workbench, session: Session, label: int | None) -> torch.Tensor | None:
     """The session's continuous mask, computed once per image (and label, for the test-time
@@ -627,22 +814,27 @@ class EditOutcome:
         return {"success": self.edit.success, "applied": self.applied, "label": names[self.label],
                 "pred_before": names[int(self.probs_before.argmax())], "pred_after": names[int(self.probs_after.argmax())],
                 "steps": self.edit.steps, "seconds": round(self.edit.seconds, 4), "final_loss": self.edit.losses[-1],
-                "rho": self.summary.rho, "parameters_changed": self.edit.num_parameters,
+                "rho": self.summary.rho, "parameters_changed": self.edit.changed_parameters,
                 "share_of_all_parameters": self.summary.model_share, "mask_source": bench.editor.mask_source,
                 "image": session.sample.name if session.sample else None, "edits_in_session": len(session.edits),
                 **self.evaluation.to_json()}
 
 
 def apply_edit(bench: Workbench, session: Session, label: int, rho: float, max_edits: int,
-               progress: Callable[[int, int, float], None] | None = None) -> EditOutcome:
+               progress: Callable[[int, int, float], None] | None = None, memory_left: int | None = None) -> EditOutcome:
     """Edit the session's image towards ``label`` on top of its stack; a successful edit is
-    pushed onto the stack, a failed one is reported and left off."""
+    pushed onto the stack, a failed one is reported and left off. ``memory_left`` (bytes) is
+    what edits may still take on the server: a larger edit is refused before it is made."""
     if session.sample is None:
         raise ValueError("upload an image or pick one from the gallery first")
     if len(session.edits) >= max_edits:
         raise ValueError(f"this session already holds {max_edits} edits (the limit); undo or reset first")
     mask = ensure_mask(bench, session, label)
     summary = bench.summarize(mask, rho)
+    needed = summary.parameters * 4 + summary.selected * 8  # float32 deltas, int64 neuron indices
+    if memory_left is not None and needed > memory_left:
+        raise ValueError(f"the server's memory for edits is used up ({needed / 1e6:.1f} MB needed): undo or reset "
+                         "some edits, use a smaller ρ, or try again later")
     prior = list(session.edits)
     before = bench.probabilities(session.sample, prior)
     edit = bench.edit(session.sample, label, rho, mask, prior, progress)
@@ -665,19 +857,13 @@ def tradeoff_rhos(current: float, grid: Sequence[float] = RHO_GRID) -> list[floa
     return sorted(rhos, reverse=True)
 
 
-_EXPORT_ROOT = Path(tempfile.gettempdir()) / "w2e-app-exports"
-
-
-def export_session(bench: Workbench, session: Session, max_age_s: float = 3600) -> list[Path]:
-    """Write the session's edited model and log to a fresh folder (older folders are removed)."""
+def export_session(bench: Workbench, session: Session, exports: ExportFolders, owner: Hashable) -> list[Path]:
+    """Write the session's edited model and log to its download folder (replacing its earlier
+    download); refused when the server's space for downloads is full."""
     if not session.edits:
         raise ValueError("no edits to download yet: apply an edit first")
-    _EXPORT_ROOT.mkdir(parents=True, exist_ok=True)
-    for old in _EXPORT_ROOT.iterdir():
-        if time.time() - old.stat().st_mtime > max_age_s:
-            shutil.rmtree(old, ignore_errors=True)
-    out = Path(tempfile.mkdtemp(prefix="edited-", dir=_EXPORT_ROOT))
-    return bench.export(session.edits, session.log, out)
+    expected = sum(t.numel() * t.element_size() for t in bench.bundle.model.state_dict().values()) + 10**6
+    return bench.export(session.edits, session.log, exports.fresh(owner, expected))
 
 
 # --------------------------------------------------------------------------------------------
@@ -694,7 +880,8 @@ def describe_model(bench: Workbench) -> str:
              f"{site.num_parameters / bench.total_parameters:.1%} of all parameters). "
              f"Where to edit: **{bench.editor.mask_source}**"
              + (" (needs the right label; takes a while)" if bench.mask_needs_label else "") + ".",
-             f"Locality set: {bench.locality_set.description}." if bench.locality_set else f"**{bench.locality_note}.**"]
+             "Locality sets: " + "; ".join(f"*{name}*: {locality.description}" for name, locality in bench.locality_sets.items())
+             + "." if bench.locality_sets else f"**{bench.locality_note}.**"]
     return "  \n".join(lines)
 
 
@@ -703,7 +890,7 @@ def describe_prediction(bench: Workbench, session: Session, probs: torch.Tensor)
     names = bench.bundle.class_names
     top = int(probs.argmax())
     model = f"the model with your {len(session.edits)} edit(s)" if session.edits else "the base model"
-    text = f"**{session.sample.name}**: {model} predicts **{names[top]}** ({float(probs[top]):.1%})."
+    text = f"**{plain_text(session.sample.name, 60)}**: {model} predicts **{names[top]}** ({float(probs[top]):.1%})."
     if session.sample.group is not None:
         group = bench.benchmark.group_names[session.sample.group]
         truth = names[session.sample.true_label]
@@ -735,27 +922,38 @@ def describe_edit(bench: Workbench, outcome: EditOutcome, stack: int) -> str:
     names = bench.bundle.class_names
     edit = outcome.edit
     change = f"{names[int(outcome.probs_before.argmax())]} → {names[int(outcome.probs_after.argmax())]}"
-    facts = (f"{edit.steps} steps, {edit.seconds:.2f} s on `{bench.bundle.device}`, {edit.num_parameters:,} weights changed, "
+    facts = (f"{edit.steps} steps, {edit.seconds:.2f} s on `{bench.bundle.device}`, {edit.changed_parameters:,} weights changed, "
              f"final loss {edit.losses[-1]:.3g}")
     if edit.success:
-        return f"### Edit succeeded: {change}\n{facts}. Edit {stack} in this session."
+        return f"### Edit succeeded: {change}\n{facts}. Edit {stack} in this session. {RELIABILITY}"
     return (f"### Edit failed: still {names[int(outcome.probs_after.argmax())]}, wanted {names[outcome.label]}\n"
             f"{facts}. It was **not applied**; try a larger ρ.")
 
 
-def describe_evaluation(evaluation: Evaluation, stack: int) -> str:
-    """Locality rate (and GR on the image's group) of the session's stack."""
-    loc = evaluation.locality
-    if loc is None:
-        text = "Locality: no locality set for this model."
+#: One sentence each on what the numbers mean, shown where they are.
+RELIABILITY = "**Reliability**: the edited image itself now gets the right label."
+GENERALIZATION = "**Generalization**: other images of the same failure group get fixed too."
+LOCALITY = "**Locality**: predictions on unrelated images stay what they were before any edit."
+
+
+def describe_evaluation(bench: Workbench, evaluation: Evaluation, stack: int) -> str:
+    """Locality on each set, with accuracy before and after (and GR on the image's group), of
+    the session's stack."""
+    if not evaluation.localities:
+        text = f"{LOCALITY}  \n**{bench.locality_note or 'no locality set for this model'}.**"
     else:
-        text = (f"**Locality rate: {loc.rate:.2%}** of {len(loc.before):,} near-boundary images keep the base model's "
-                f"prediction with your {stack} edit(s) ({len(loc.flipped):,} flipped).")
+        lines = [f"{LOCALITY} With your {stack} edit(s):"]
+        for name, loc in evaluation.localities.items():
+            accuracy = (f"; accuracy {loc.accuracy_before:.1%} → {loc.accuracy_after:.1%}"
+                        if loc.accuracy_before is not None else "")
+            lines.append(f"- **{name}: {loc.rate:.1%} unchanged** ({len(loc.flipped):,} of {len(loc.before):,} flipped"
+                         f"{accuracy}). *{bench.locality_sets[name].description}.*")
+        text = "\n".join(lines)
     if evaluation.generalization is not None:
         before = (f" (before this edit: {evaluation.generalization_before:.1%})"
                   if evaluation.generalization_before is not None else "")
-        text += (f"  \n**Generalization rate: {evaluation.generalization:.1%}** of the {evaluation.group_size} other "
-                 f"images of group *{evaluation.group_name}* classified right{before}.")
+        text += (f"\n\n{GENERALIZATION} **{evaluation.generalization:.1%}** of the {evaluation.group_size} other "
+                 f"images of group *{evaluation.group_name}* are classified right{before}.")
     return text
 
 
@@ -763,28 +961,28 @@ def describe_tradeoff(points: Sequence[TradeoffPoint]) -> str:
     """One line per rho of the trade-off sweep."""
     lines = []
     for p in points:
-        locality = f"{p.locality:.1%}" if p.locality is not None else "–"
+        locality = ", ".join(f"{name} {rate:.1%}" for name, rate in p.localities.items()) or "–"
         gr = f", GR {p.generalization:.1%}" if p.generalization is not None else ""
         lines.append(f"ρ={p.rho:g}: {'success' if p.success else 'FAILED'}, {p.steps} steps, "
                      f"{p.parameters:,} weights changed, locality {locality}{gr}")
     return "  \n".join(lines)
 
 
-EDIT_TABLE_HEADERS = ["#", "image", "label", "before → after", "ρ", "steps", "seconds", "weights changed", "locality", "GR"]
+EDIT_TABLE_HEADERS = ["#", "image", "label", "before → after", "ρ", "steps", "seconds", "weights changed",
+                      "locality (per set)", "GR"]
 
 
 def edit_table(session: Session) -> list[list]:
     """Rows of the session's edit stack."""
     rows = []
     for n, entry in enumerate(session.log, 1):
-        loc, gen = entry.get("locality_rate"), entry.get("generalization")
+        gen = entry.get("generalization")
+        locality = " · ".join(f"{result['rate']:.1%}" for result in entry.get("locality", {}).values()) or "–"
         rows.append([n, entry.get("image") or "", short_name(entry["label"]),
                      f"{short_name(entry['pred_before'])} → {short_name(entry['pred_after'])}", entry["rho"],
                      entry["steps"], round(entry["seconds"], 2), entry["parameters_changed"],
-                     f"{loc:.1%}" if loc is not None else "–", f"{gen:.1%}" if gen is not None else "–"])
+                     locality, f"{gen:.1%}" if gen is not None else "–"])
     return rows
-
-
 
 
 # --------------------------------------------------------------------------------------------

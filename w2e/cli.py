@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import torch
 
 from .editing import EditConfig
-from .editor import DEFAULT_RHO, Editor
+from .editor import DEFAULT_RHO, NEAR_BOUNDARY, AlreadyCorrectError, Editor
 from .edit import edited_state_dict
 from .hub import HubError
 from .hypernet import HypernetworkMismatchError, load_hypernetwork
@@ -90,6 +90,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         "benchmark_groups": len(bench.group_names) if bench else 0,
         "locality_images": int(len(bench.locality_indices)) if bench else 0,
         "mask_diagnostics": editor.hypernetwork.config.diagnostics if editor.hypernetwork is not None else None,
+        "in_distribution_images": int(len(bench.in_distribution_indices)) if bench else 0,
     }
     text = "\n".join(f"{key}: {value}" for key, value in payload.items())
     _emit(args, payload, text)
@@ -142,9 +143,11 @@ def cmd_edit(args: argparse.Namespace) -> None:
     config = EditConfig(lr=args.lr or editor.bundle.edit_lr, max_steps=args.max_steps, loss_stop=args.loss_stop,
                         precision=args.precision)
     progress = _progress_bar(args.max_steps, disable=args.json)
-    edit = editor.edit(image, label, rho=args.rho, mode=args.mode, config=config, progress=progress)
+    edit = editor.edit(image, label, rho=args.rho, mode=args.mode, config=config, progress=progress,
+                       allow_correct=args.allow_correct_label)
     after = editor.probabilities(image, [edit])[0]
-    locality = editor.locality([edit])
+    localities = editor.localities([edit])
+    locality = localities.get(NEAR_BOUNDARY)
     if args.save:
         edit.save(args.save)
     if args.export:
@@ -152,17 +155,19 @@ def cmd_edit(args: argparse.Namespace) -> None:
     payload = {
         "success": edit.success, "steps": edit.steps, "seconds": round(edit.seconds, 4), "label": names[label],
         "pred_before": names[int(before.argmax())], "pred_after": names[int(after.argmax())],
-        "density": edit.density, "parameters_changed": edit.num_parameters, "final_loss": edit.losses[-1],
+        "density": edit.density, "parameters_changed": edit.changed_parameters, "final_loss": edit.losses[-1],
         "mask_source": edit.info["mask_source"], "rho": args.rho,
         "locality_rate": locality.rate if locality is not None else None,
         "locality_flipped": int(len(locality.flipped)) if locality is not None else None,
+        "locality": {name: result.to_json() for name, result in localities.items()},
         "saved": args.save, "exported": args.export,
     }
     status = "succeeded" if edit.success else "FAILED (prediction still wrong after the step limit)"
     text = (f"edit {status}: {payload['pred_before']} -> {payload['pred_after']} (wanted {payload['label']}) "
-            f"in {edit.steps} steps, {edit.seconds:.2f}s, {edit.num_parameters:,} weights changed")
-    if locality is not None:
-        text += f"\nlocality: {locality.rate:.2%} of {len(locality.before)} near-boundary images unchanged"
+            f"in {edit.steps} steps, {edit.seconds:.2f}s, {edit.changed_parameters:,} weights changed")
+    for name, result in localities.items():
+        text += (f"\nlocality ({name}): {result.rate:.2%} of {len(result.before):,} images unchanged, "
+                 f"accuracy {result.accuracy_before:.1%} -> {result.accuracy_after:.1%}")
     _emit(args, payload, text)
     if not edit.success:
         sys.exit(1)
@@ -364,6 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--max-steps", type=int, default=100)
             p.add_argument("--loss-stop", type=float, default=0.01)
             p.add_argument("--export", default=None, help="write the full edited model (safetensors + manifest) to this folder")
+            p.add_argument("--allow-correct-label", action="store_true",
+                           help="edit even when the model already predicts --label (strengthen a correct prediction)")
 
     p = sub.add_parser("attention", help="mean attention distance and entropy per block and head, before and after edits")
     add_model_options(p)
@@ -440,8 +447,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ImageInputError, UnknownLabelError, CheckpointError, HypernetworkMismatchError, CliError,
-            FileNotFoundError, HubError) as error:
+    except (ImageInputError, UnknownLabelError, AlreadyCorrectError, CheckpointError, HypernetworkMismatchError,
+            CliError, FileNotFoundError, HubError) as error:
         print(f"w2e: error: {error}", file=sys.stderr)
         return USAGE_ERROR
     return 0

@@ -49,8 +49,13 @@ class Edit:
 
     @property
     def num_parameters(self) -> int:
-        """Number of weight entries this edit changes."""
+        """Number of weight entries in the edited neurons' slices (what this edit may change)."""
         return sum(d.numel() for d in self.deltas)
+
+    @property
+    def changed_parameters(self) -> int:
+        """Number of weight entries this edit actually changes (non-zero deltas)."""
+        return sum(int(torch.count_nonzero(d)) for d in self.deltas)
 
     def binary_mask(self) -> torch.Tensor:
         """The edited entries as a boolean mask of the site's shape."""
@@ -90,6 +95,7 @@ class Edit:
             "seconds": self.seconds,
             "density": self.density,
             "num_parameters": self.num_parameters,
+            "changed_parameters": self.changed_parameters,
             "info": self.info,
         }
 

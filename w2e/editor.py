@@ -20,24 +20,46 @@ from .runner import cached_prefix, forward_suffix
 
 #: Default kept fraction of the site (the paper's rho as the authors' code uses it).
 DEFAULT_RHO = 0.1
+#: The benchmark's locality sets: images the base model barely gets right (the paper's, the
+#: harshest test) and a random draw of ordinary in-distribution images.
+NEAR_BOUNDARY = "near-boundary"
+IN_DISTRIBUTION = "in-distribution"
+
+
+class AlreadyCorrectError(ValueError):
+    """An edit towards the label the model already predicts: there is nothing to fix."""
+
+    def __init__(self, label_name: str) -> None:
+        super().__init__(f"the model already says {label_name}; nothing to fix")
+        self.label_name = label_name
 
 
 @dataclass(frozen=True)
 class LocalityResult:
-    """Agreement with the base model on a fixed image set after some edits."""
+    """Agreement with the base model on a fixed image set after some edits; with the images'
+    true labels, also the accuracy before and after."""
 
     rate: float
     flipped: np.ndarray
     before: np.ndarray
     after: np.ndarray
+    accuracy_before: float | None = None
+    accuracy_after: float | None = None
+
+    def to_json(self) -> dict:
+        """JSON-ready numbers (no arrays)."""
+        return {"rate": self.rate, "images": int(len(self.before)), "flipped": int(len(self.flipped)),
+                "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after}
 
 
 class PrefixCache:
     """Prefix tokens of a fixed image set, computed once, and the base model's predictions."""
 
-    def __init__(self, bundle: ModelBundle, inputs: torch.Tensor, batch_size: int = 256) -> None:
+    def __init__(self, bundle: ModelBundle, inputs: torch.Tensor, batch_size: int = 256,
+                 labels: np.ndarray | None = None) -> None:
         self.bundle = bundle
         self.batch_size = batch_size
+        self.labels = None if labels is None else np.asarray(labels)
         self.tokens = cached_prefix(bundle.model, inputs.to(bundle.device), bundle.site.start, batch_size)
         self.base_predictions = self.predictions(())
 
@@ -58,11 +80,14 @@ class PrefixCache:
         return self.logits(edits).argmax(-1).cpu()
 
     def locality(self, edits: Sequence[Edit]) -> LocalityResult:
-        """Share of images whose prediction is unchanged by ``edits``, and which ones flipped."""
-        after = self.predictions(edits)
-        same = after == self.base_predictions
-        return LocalityResult(float(same.float().mean()) if len(same) else float("nan"),
-                              np.flatnonzero(~same.numpy()), self.base_predictions.numpy(), after.numpy())
+        """Share of images whose prediction is unchanged by ``edits``, which ones flipped and,
+        with labels, the accuracy before and after."""
+        after = self.predictions(edits).numpy()
+        before = self.base_predictions.numpy()
+        same = after == before
+        accuracy = (lambda predicted: float((predicted == self.labels).mean()) if len(predicted) else float("nan"))
+        return LocalityResult(float(same.mean()) if len(same) else float("nan"), np.flatnonzero(~same), before, after,
+                              *((accuracy(before), accuracy(after)) if self.labels is not None else (None, None)))
 
 
 class Editor:
@@ -77,7 +102,7 @@ class Editor:
         self.edit_config = edit_config or EditConfig(lr=bundle.edit_lr)
         self.search_config = search_config or bundle.mask_search_config
         self._benchmark: BenchmarkData | None = None
-        self._locality: PrefixCache | None = None
+        self._locality: dict[str, PrefixCache] | None = None
 
     @property
     def mask_source(self) -> str:
@@ -121,16 +146,29 @@ class Editor:
         masks = [search_mask(self.bundle.model, self.bundle.site, x[i : i + 1], label, self.search_config) for i in range(len(x))]
         return ensemble(torch.stack(masks).cpu())
 
+    @torch.no_grad()
+    def average_mask(self, cache: PrefixCache, limit: int = 256) -> torch.Tensor | None:
+        """The hypernetwork's continuous mask averaged over the first ``limit`` images of
+        ``cache`` (what it selects for an ordinary image); ``None`` without a hypernetwork."""
+        if self.hypernetwork is None:
+            return None
+        features = forward_suffix(self.bundle.model, cache.tokens[:limit], self.bundle.site.start, pre_logits=True)
+        return self.hypernetwork.mask(features).mean(0).cpu()
+
     def edit(self, images, label: int | Sequence[int], rho: float = DEFAULT_RHO, mode: str = "topk",
              mask: torch.Tensor | None = None, prior_edits: Sequence[Edit] = (), progress: ProgressFn | None = None,
-             config: EditConfig | None = None) -> Edit:
+             config: EditConfig | None = None, allow_correct: bool = False) -> Edit:
         """Locate (mask at ``rho``) and fine-tune so ``images`` are classified as ``label``.
 
         ``mask`` (continuous) skips the hypernetwork; ``prior_edits`` are stacked under the new
-        edit. Returns an :class:`Edit` whose ``success`` says whether it worked.
+        edit. Returns an :class:`Edit` whose ``success`` says whether it worked. Raises
+        :class:`AlreadyCorrectError` when the model (with ``prior_edits``) already predicts
+        ``label`` for every image, unless ``allow_correct`` asks to strengthen it anyway.
         """
         x = self.inputs(images)
         labels = torch.as_tensor([label] * len(x) if isinstance(label, int) else list(label), device=x.device)
+        if not allow_correct:
+            self.check_needs_edit(x, labels, prior_edits)
         continuous = mask if mask is not None else self.continuous_mask(x, int(labels[0]))
         binary = binarize(continuous, rho, mode)
         tokens = cached_prefix(self.bundle.model, x, self.bundle.site.start)
@@ -139,6 +177,14 @@ class Editor:
         edit.info.update({"rho": rho, "mode": mode, "mask_source": "given" if mask is not None else self.mask_source,
                           "base_model": self.bundle.name, "base_sha256": self.bundle.sha256})
         return edit
+
+    def check_needs_edit(self, images, labels: torch.Tensor, prior_edits: Sequence[Edit] = ()) -> None:
+        """Raise :class:`AlreadyCorrectError` when the model with ``prior_edits`` already
+        predicts ``labels`` for every one of ``images``."""
+        predicted = self.probabilities(images, prior_edits).argmax(-1)
+        if bool((predicted == labels.cpu()).all()):
+            names = dict.fromkeys(self.bundle.class_names[int(i)] for i in labels)
+            raise AlreadyCorrectError(", ".join(names))
 
     @property
     def benchmark(self) -> BenchmarkData | None:
@@ -154,13 +200,22 @@ class Editor:
         return normalise_array(self.benchmark.images[indices], self.bundle.preprocessing)
 
     @property
-    def locality_cache(self) -> PrefixCache | None:
-        """Prefix cache of the locality set (built on first use), or ``None`` without one."""
-        if self._locality is None and self.benchmark is not None and len(self.benchmark.locality_indices):
-            self._locality = PrefixCache(self.bundle, self.benchmark_inputs(self.benchmark.locality_indices))
+    def locality_caches(self) -> dict[str, PrefixCache]:
+        """Prefix caches of the benchmark's locality sets (:data:`NEAR_BOUNDARY`,
+        :data:`IN_DISTRIBUTION`), those it has, built on first use and kept."""
+        if self._locality is None:
+            bench = self.benchmark
+            sets = {NEAR_BOUNDARY: bench.locality_indices, IN_DISTRIBUTION: bench.in_distribution_indices} if bench else {}
+            self._locality = {name: PrefixCache(self.bundle, self.benchmark_inputs(rows), labels=bench.labels[rows])
+                              for name, rows in sets.items() if len(rows)}
         return self._locality
 
-    def locality(self, edits: Sequence[Edit]) -> LocalityResult | None:
-        """Locality of ``edits`` on the bundled locality set, or ``None`` without one."""
-        cache = self.locality_cache
+    def locality(self, edits: Sequence[Edit], which: str = NEAR_BOUNDARY) -> LocalityResult | None:
+        """Locality of ``edits`` on one of the benchmark's locality sets (the paper's
+        near-boundary set by default), or ``None`` when the benchmark has no such set."""
+        cache = self.locality_caches.get(which)
         return cache.locality(edits) if cache is not None else None
+
+    def localities(self, edits: Sequence[Edit]) -> dict[str, LocalityResult]:
+        """Locality of ``edits`` on every locality set of the benchmark, by set name."""
+        return {name: cache.locality(edits) for name, cache in self.locality_caches.items()}

@@ -4,6 +4,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import threading
+from urllib.parse import urlparse
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -33,6 +36,10 @@ PAPER_EDIT_LR = {
     "vit_small_patch16_224.augreg_in21k_ft_in1k": 1e-4,
 }
 FALLBACK_EDIT_LR = 1e-4
+#: Seconds to wait for the Hugging Face Hub before calling it unreachable.
+HUB_TIMEOUT_S = 3.0
+#: Weight files timm reads from a Hub repository, in its order of preference.
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 class CheckpointError(RuntimeError):
@@ -202,12 +209,71 @@ def load_local_model(directory: str | Path, site_blocks: Sequence[int] | None = 
     )
 
 
+def hub_host() -> tuple[str, int]:
+    """Host and port of the Hugging Face Hub endpoint (``HF_ENDPOINT`` when set)."""
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+
+
+def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> bool:
+    """Whether the Hub endpoint accepts a connection within ``timeout`` seconds (name lookup
+    included: it runs in a thread that is abandoned when it takes longer); ``False`` without
+    trying when ``HF_HUB_OFFLINE`` is set."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    answered: list[bool] = []
+
+    def connect() -> None:
+        try:
+            with socket.create_connection(hub_host(), timeout=timeout):
+                answered.append(True)
+        except OSError:
+            answered.append(False)
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    return bool(answered and answered[0])
+
+
+def cached_hub_weights(name: str) -> Path | None:
+    """The timm model's pretrained weights in the local Hugging Face cache, if downloaded before."""
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None) if timm.models.is_model(name.split(".")[0]) else None
+    for filename in HUB_WEIGHT_FILES if repo else ():
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def is_hub_model(spec: str) -> bool:
+    """Whether ``spec`` names a timm model whose weights come from the Hub (not a world or folder)."""
+    return spec not in bundled_worlds() and not Path(spec).is_dir() and spec in timm.list_models(pretrained=True)
+
+
 def load_timm_model(name: str, site_blocks: Sequence[int] | None = None, device: str | torch.device = "cpu") -> ModelBundle:
-    """Load a pretrained timm ViT through the Hugging Face Hub (needs internet the first time)."""
+    """Load a pretrained timm ViT through the Hugging Face Hub (needs internet the first time).
+
+    When the Hub cannot be reached within :data:`HUB_TIMEOUT_S`, weights already in the local
+    cache are used and otherwise a :class:`CheckpointError` says so at once (no retries).
+    """
     from .labels import imagenet_class_names
 
+    overlay = None
+    if not hub_reachable():
+        cached = cached_hub_weights(name)
+        if cached is None:
+            raise CheckpointError(f"cannot reach the Hugging Face Hub ({hub_host()[0]}) and the weights of {name!r} are "
+                                  "not in the local cache: connect to the internet once, or use a model folder")
+        overlay = {"source": "", "file": str(cached)}
     try:
-        model = timm.create_model(name, pretrained=True)
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
     except (RuntimeError, OSError) as error:
         raise CheckpointError(f"could not load pretrained weights for timm model {name!r}: {error}") from None
     check_vit(model)

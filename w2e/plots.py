@@ -80,26 +80,30 @@ def _short(name: str, limit: int = 40) -> str:
     return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
+def _sorted_rows(values: np.ndarray, *others: np.ndarray, sort: bool) -> tuple[np.ndarray, ...]:
+    """``values`` (and ``others`` alike) with each row ordered by ``values`` (largest first)
+    when ``sort``, plus each entry's neuron index."""
+    neuron = np.broadcast_to(np.arange(values.shape[1]), values.shape)
+    if not sort:
+        return (values, *others, neuron)
+    order = np.argsort(-values, axis=1, kind="stable")
+    return tuple(np.take_along_axis(array, order, axis=1) for array in (values, *others, neuron))
+
+
 def mask_heatmap(mask, binary, layer_labels: Sequence[str], sort: bool = False, title: str | None = None) -> go.Figure:
     """The continuous mask (one row per FC layer, neurons along x), selected entries overlaid.
 
-    ``sort`` orders each row's neurons by mask value (largest first), which shows at a glance
-    how much of each layer is selected; otherwise neurons are in index order.
+    Colours span the mask's own range (its minimum to its maximum), so a mask that peaks
+    well below 1 still shows its structure. ``sort`` orders each row's neurons by mask value
+    (largest first), which shows at a glance how much of each layer is selected.
     """
-    values = _array(mask)
-    chosen = _array(binary) > 0.5
-    if sort:
-        order = np.argsort(-values, axis=1, kind="stable")
-        values = np.take_along_axis(values, order, axis=1)
-        chosen = np.take_along_axis(chosen, order, axis=1)
-        neuron = np.take_along_axis(np.broadcast_to(np.arange(values.shape[1]), values.shape), order, axis=1)
-    else:
-        neuron = np.broadcast_to(np.arange(values.shape[1]), values.shape)
+    values, chosen, neuron = _sorted_rows(_array(mask), _array(binary) > 0.5, sort=sort)
+    low, high = float(values.min()), float(values.max())
     counts = chosen.sum(axis=1)
     rows = [f"{label} ({int(n)})" for label, n in zip(layer_labels, counts)]
     fig = go.Figure()
-    fig.add_heatmap(z=np.round(values, 4), y=rows, colorscale="Blues", zmin=0, zmax=1, customdata=neuron,
-                    colorbar=dict(title=dict(text="mask", side="right"), thickness=10, len=1.0, y=0.5),
+    fig.add_heatmap(z=np.round(values, 4), y=rows, colorscale="Blues", zmin=low, zmax=high if high > low else low + 1e-6,
+                    customdata=neuron, colorbar=dict(title=dict(text="mask", side="right"), thickness=10, len=1.0, y=0.5),
                     hovertemplate="%{y}<br>neuron %{customdata}<br>mask %{z:.3f}<extra></extra>")
     overlay = np.where(chosen, 1.0, np.nan)
     fig.add_heatmap(z=overlay, y=rows, colorscale=[[0, SELECTED_COLOUR], [1, SELECTED_COLOUR]], showscale=False,
@@ -107,43 +111,109 @@ def mask_heatmap(mask, binary, layer_labels: Sequence[str], sort: bool = False, 
     fig.update_xaxes(title_text="neuron (sorted by mask value)" if sort else "neuron", showgrid=False)
     fig.update_yaxes(autorange="reversed", showgrid=False)
     height = max(200, 110 + 34 * len(rows))
-    return _layout(fig, title or "Where to edit (orange: selected at this ρ)", height)
+    default = f"Where to edit (orange: selected at this ρ; blue scaled to this mask's range {low:.2f}–{high:.2f})"
+    return _layout(fig, title or default, height)
+
+
+def mask_difference_heatmap(mask, average, layer_labels: Sequence[str], sort: bool = False,
+                            title: str | None = None) -> go.Figure:
+    """What is specific to one image: its mask minus the average mask (red: this image's mask
+    is higher than usual, blue: lower), colours symmetric around 0 and scaled to the largest
+    difference; ``sort`` orders each row by the difference."""
+    values, image_mask, usual, neuron = _sorted_rows(_array(mask) - _array(average), _array(mask), _array(average),
+                                                     sort=sort)
+    span = max(float(np.abs(values).max()), 1e-6)
+    fig = go.Figure()
+    fig.add_heatmap(z=np.round(values, 4), y=list(layer_labels), colorscale="RdBu", reversescale=True, zmid=0,
+                    zmin=-span, zmax=span, customdata=np.stack([neuron, image_mask, usual], axis=-1),
+                    colorbar=dict(title=dict(text="mask − average", side="right"), thickness=10, len=1.0, y=0.5),
+                    hovertemplate="%{y}<br>neuron %{customdata[0]}<br>this image %{customdata[1]:.3f}"
+                                  "<br>average %{customdata[2]:.3f}<extra></extra>")
+    fig.update_xaxes(title_text="neuron (sorted by difference)" if sort else "neuron", showgrid=False)
+    fig.update_yaxes(autorange="reversed", showgrid=False)
+    height = max(200, 110 + 34 * len(layer_labels))
+    default = f"Specific to this image: its mask minus the model's average mask (red: higher, ±{span:.2f})"
+    return _layout(fig, title or default, height)
+
+
+def log_ticks(low: float, high: float) -> list[float]:
+    """Round tick values within ``[low, high]`` (both > 0) for a readable log axis: 1-2-5 per
+    decade over a short range, 1-3 over up to three decades, powers of ten beyond; a range
+    holding fewer than two of them gets its ends too."""
+    decades = np.log10(high / low)
+    steps = (1, 2, 5) if decades < 1.5 else (1, 3) if decades < 3 else (1,)
+    ticks = []
+    for exponent in range(int(np.floor(np.log10(low))), int(np.ceil(np.log10(high))) + 1):
+        ticks += [round(m * 10.0**exponent, 12) for m in steps if low <= m * 10.0**exponent <= high]
+    if len(ticks) < 2:  # a narrow range: its ends (two significant digits) as well
+        ticks = sorted({float(f"{low:.2g}"), *ticks, float(f"{high:.2g}")})
+    return ticks
 
 
 def loss_curve(losses: Sequence[float], loss_stop: float | None = None, title: str = "Edit loss") -> go.Figure:
-    """Cross-entropy per fine-tuning step (log scale), with the early-stop level dashed."""
+    """Cross-entropy per fine-tuning step on a log axis labelled with round plain numbers,
+    with the early-stop level dashed."""
     losses = [max(float(v), 1e-8) for v in losses]
     fig = go.Figure()
     fig.add_scatter(x=list(range(len(losses))), y=losses, mode="lines+markers", name="loss",
-                    line=dict(color=AFTER_COLOUR), marker=dict(size=4))
+                    line=dict(color=AFTER_COLOUR), marker=dict(size=4),
+                    hovertemplate="step %{x}<br>cross-entropy %{y:.3g}<extra></extra>")
+    shown = losses + ([loss_stop] if loss_stop else [])
     if loss_stop is not None:
         fig.add_hline(y=loss_stop, line_dash="dash", line_color="#6b7280",
                       annotation_text=f"stop at {loss_stop:g}", annotation_position="top right")
-    fig.update_xaxes(title_text="step")
-    fig.update_yaxes(title_text="cross-entropy", type="log")
-    return _layout(fig, title, 260, showlegend=False)
+    ticks = log_ticks(min(shown), max(shown))
+    fig.update_xaxes(title_text="fine-tuning step")
+    fig.update_yaxes(title_text="cross-entropy (log scale)", type="log", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
+    return _layout(fig, title, 300, showlegend=False)
 
 
-def tradeoff_curve(rhos: Sequence[float], locality: Sequence[float | None], other: Sequence[float | None],
-                   other_name: str = "generalization", current_rho: float | None = None,
+def _fitted_range(values: Sequence[float], floor: float = 0.0, ceiling: float = 1.0) -> list[float]:
+    """Axis range around ``values`` with a margin (at least 2 points of a percentage)."""
+    low, high = min(values), max(values)
+    pad = max(0.02, 0.12 * (high - low))
+    return [max(floor - 0.01, low - pad), min(ceiling + 0.01, high + pad)]
+
+
+LOCALITY_COLOURS = ("#dc2626", "#2563eb", "#7c3aed")
+
+
+def tradeoff_curve(rhos: Sequence[float], localities: dict[str, Sequence[float]],
+                   generalization: Sequence[float | None] | None = None, current_rho: float | None = None,
                    title: str | None = None) -> go.Figure:
-    """Locality (y) against generalization or success (x), one point per rho; current rho starred."""
-    points = [(r, l, o) for r, l, o in zip(rhos, locality, other) if l is not None and o is not None]
+    """One point per rho: locality on each set (y) against generalization (x) when the image
+    has a failure group, else against rho itself (log x). Axes fit the data; the current rho
+    is starred. Without any locality set it says there is nothing to plot."""
+    if not localities:
+        return empty_figure("Nothing to plot: this model has no locality set (start the app with --locality-dir).", 360)
+    by_group = generalization is not None and all(g is not None for g in generalization)
+    xs = list(generalization) if by_group else list(rhos)
     fig = go.Figure()
-    if points:
-        points.sort(key=lambda p: -p[0])
-        fig.add_scatter(x=[p[2] for p in points], y=[p[1] for p in points], mode="lines+markers+text",
-                        text=[f"ρ={p[0]:g}" for p in points], textposition="top center", name="rho grid",
-                        line=dict(color=AFTER_COLOUR), marker=dict(size=9),
-                        hovertemplate="ρ=%{text}<br>" + other_name + " %{x:.1%}<br>locality %{y:.1%}<extra></extra>")
-        current = [p for p in points if current_rho is not None and abs(p[0] - current_rho) < 1e-9]
+    ys_all: list[float] = []
+    for n, (name, values) in enumerate(localities.items()):
+        ys_all += list(values)
+        labelled = n == 0 and by_group  # the first set carries the rho labels, alternately above and below
+        fig.add_scatter(x=xs, y=list(values), mode="lines+markers+text" if labelled else "lines+markers", name=name,
+                        text=[f"ρ={r:g}" for r in rhos], customdata=list(rhos),
+                        textposition=["top center" if i % 2 == 0 else "bottom center" for i in range(len(rhos))],
+                        line=dict(color=LOCALITY_COLOURS[n % len(LOCALITY_COLOURS)]), marker=dict(size=9),
+                        hovertemplate=f"{name}<br>ρ=%{{customdata:g}}<br>" + ("generalization %{x:.1%}<br>" if by_group else "")
+                        + "locality %{y:.1%}<extra></extra>")
+        current = [i for i, r in enumerate(rhos) if current_rho is not None and abs(r - current_rho) < 1e-9]
         if current:
-            fig.add_scatter(x=[current[0][2]], y=[current[0][1]], mode="markers", name=f"current ρ={current_rho:g}",
-                            marker=dict(symbol="star", size=18, color=TARGET_COLOUR, line=dict(width=1, color="black")))
-    fig.update_xaxes(title_text=other_name, range=[-0.05, 1.05], tickformat=".0%")
-    fig.update_yaxes(title_text="locality", range=[-0.05, 1.05], tickformat=".0%")
-    return _layout(fig, title or f"Trade-off: locality vs {other_name} over rho", 360,
-                   legend=dict(orientation="h", y=-0.2, x=0))
+            fig.add_scatter(x=[xs[current[0]]], y=[values[current[0]]], mode="markers", showlegend=n == 0,
+                            name=f"current ρ={current_rho:g}", hoverinfo="skip",
+                            marker=dict(symbol="star", size=16, color=TARGET_COLOUR, line=dict(width=1, color="black")))
+    if by_group:
+        fig.update_xaxes(title_text="generalization (other images of the group fixed)", range=_fitted_range(xs),
+                         tickformat=".0%")
+    else:
+        fig.update_xaxes(title_text="ρ (kept fraction of the edit site)", type="log", tickvals=list(rhos),
+                         ticktext=[f"{r:g}" for r in rhos])
+    fig.update_yaxes(title_text="locality (predictions unchanged)", range=_fitted_range(ys_all), tickformat=".1%")
+    default = ("Trade-off over ρ: locality against generalization" if by_group else
+               "Locality against ρ (an uploaded image has no failure group to measure generalization on)")
+    return _layout(fig, title or default, 380, legend=dict(orientation="h", y=-0.25, x=0))
 
 
 def learning_curve(iterations: Sequence[int], fit_loss: Sequence[float], kl: Sequence[float],

@@ -1,11 +1,13 @@
 """Stages that turn the fashion world's trained models into its editing benchmark.
 
 Outputs ``benchmark.safetensors`` in the format of :mod:`w2e.benchmark_data`: uint8 ``images``
-(N, 28, 28), int64 ``labels`` and ``groups`` (group index, -1 for locality images), the
+(N, 28, 28), int64 ``labels`` and ``groups`` (group index, -1 for near-boundary locality
+images, -2 for the random in-distribution set), the
 provenance columns ``source`` (0 test, 1 left-out train, 2 shifted test), ``source_index``
 (index in that split) and ``shift`` (index into ``shift_names``, -1 for unshifted images),
 and a JSON ``info`` metadata entry. Editing groups come first (natural MAD groups, largest
-first, then the style and lighting groups), then the locality images.
+first, then the style and lighting groups), then the near-boundary locality images, then the
+random in-distribution images (added by :func:`stage_in_distribution`).
 """
 from __future__ import annotations
 
@@ -23,10 +25,10 @@ from safetensors.torch import load_file, save_file
 from .fashion_data import FASHION_CLASSES, FashionSplit, load_fashion_split
 from .fashion_models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS, SmallConvNet
 from .fashion_stages import in_distribution_test_indices, left_out_indices, stage_subpopulations
-from .locality import select_near_boundary
+from .locality import select_near_boundary, select_random
 from .mad import mad_groups
 from .shifts import SHIFT_NAMES, render_shift
-from ..benchmark_data import BenchmarkData, save_benchmark
+from ..benchmark_data import IN_DISTRIBUTION_GROUP, BenchmarkData, load_benchmark, save_benchmark
 from ..models import file_sha256
 from .training import to_model_input
 
@@ -56,6 +58,8 @@ class BenchmarkConfig:
     locality_widen_step: float = 0.01
     n_examples: int = 10
     example_scale: int = 4
+    in_distribution_size: int = 1000
+    in_distribution_seed: int = 0
 
 
 def read_model_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -382,3 +386,42 @@ def stage_benchmark(
     figures["examples"] = [path.name for path in examples]
     figures["models_sha256"] = {"base": file_sha256(base_path), "stronger": file_sha256(stronger_path)}
     return figures
+
+
+def with_in_distribution_set(data: BenchmarkData, test: FashionSplit, in_distribution: np.ndarray,
+                             config: BenchmarkConfig = BenchmarkConfig()) -> BenchmarkData:
+    """``data`` with a fresh random in-distribution set (group -2) replacing any earlier one.
+
+    Draws ``config.in_distribution_size`` of the ``in_distribution`` test indices (seeded),
+    leaving out every test image the benchmark already holds in any rendering, so no image of
+    the set is, or is a rendering of, an editing sample or a near-boundary image.
+    """
+    keep = data.groups != IN_DISTRIBUTION_GROUP
+    source, index, shift = (data.columns[name][keep] for name in PROVENANCE_COLUMNS)
+    taken = index[source != SOURCE_NAMES.index("left_out_train")]
+    chosen = select_random(in_distribution, config.in_distribution_size, config.in_distribution_seed, taken)
+    added = len(chosen)
+    return BenchmarkData(
+        images=np.concatenate([data.images[keep], test.images[chosen]]).astype(np.uint8),
+        labels=np.concatenate([data.labels[keep], test.labels[chosen]]).astype(np.int64),
+        groups=np.concatenate([data.groups[keep], np.full(added, IN_DISTRIBUTION_GROUP, np.int64)]),
+        group_names=data.group_names,
+        info={**data.info, "in_distribution": {"size": added, "seed": config.in_distribution_seed,
+                                               "pool": int(len(np.setdiff1d(in_distribution, taken)))}},
+        columns={"source": np.concatenate([source, np.full(added, SOURCE_NAMES.index("test"), np.int64)]),
+                 "source_index": np.concatenate([index, chosen.astype(np.int64)]),
+                 "shift": np.concatenate([shift, np.full(added, -1, np.int64)])},
+    )
+
+
+def stage_in_distribution(assets_dir: Path, base_path: Path, subpops: dict,
+                          config: BenchmarkConfig = BenchmarkConfig()) -> dict:
+    """Add (or redraw) the random in-distribution locality set of ``assets_dir``'s benchmark
+    file; return its figures, with the base model's accuracy on it."""
+    path = assets_dir / BENCHMARK_FILE
+    data = with_in_distribution_set(load_benchmark(path), load_fashion_split("test"),
+                                    in_distribution_test_indices(subpops), config)
+    save_benchmark(path, data)
+    rows = data.in_distribution_indices
+    probs = predict_probs(load_base_model(base_path), data.images[rows])
+    return {**data.info["in_distribution"], "base_accuracy": _accuracy(probs, data.labels[rows])}

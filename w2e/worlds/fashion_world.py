@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..benchmark_data import load_benchmark
+from ..benchmark_data import IN_DISTRIBUTION_GROUP, load_benchmark
 from ..data import TensorSource
 from ..mask_diagnostics import MaskProbe
 from ..mask_search import MaskSearchConfig
 from ..meta import LOG_FILE, MetaTrainConfig, meta_train
 from ..models import ModelBundle, file_sha256, load_local_model, project_root
 from ..preprocess import normalise_array
-from .fashion_benchmark import BenchmarkConfig, stage_benchmark
+from .fashion_benchmark import (SOURCE_NAMES, BenchmarkConfig, load_base_model, predict_probs, stage_benchmark,
+                                stage_in_distribution)
 from .fashion_data import FASHION_CLASSES, FASHION_SUPERCLASSES, load_fashion_split
 from .fashion_models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS
 from .fashion_stages import (BASE_CONTINUE_RECIPE, BASE_RECIPE, STRONGER_RECIPE, base_training_indices,
@@ -136,6 +137,7 @@ def build_fashion_world(check: bool = False, root: Path | None = None, meta_conf
     base_path = timed("continue_base", lambda: stage_continue_base(work))
     stronger_path = timed("train_stronger", lambda: stage_train_stronger(work))
     figures = timed("benchmark", lambda: stage_benchmark(work, assets, base_path=base_path))
+    figures["in_distribution"] = timed("in_distribution", lambda: stage_in_distribution(assets, base_path, subpops))
     shutil.copyfile(base_path, ckpt / "base.safetensors")
     shutil.copyfile(stronger_path, ckpt / "stronger.safetensors")
     (ckpt / "subpopulations.json").write_text(json.dumps(subpops))
@@ -156,6 +158,20 @@ def build_fashion_world(check: bool = False, root: Path | None = None, meta_conf
     _write_manifest(paths, manifest)
     print(json.dumps({k: v for k, v in figures.items() if k != "train_logs"}, indent=1))
     return manifest
+
+
+def refresh_in_distribution_set(root: Path | None = None) -> dict:
+    """Redraw the shipped world's random in-distribution locality set (the builder's
+    ``in_distribution`` stage on the shipped files) and rewrite the manifest's figures,
+    recipe and sha256 to match; nothing else is rebuilt."""
+    paths = world_paths(root)
+    ckpt = paths["checkpoints"]
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    subpops = json.loads((ckpt / "subpopulations.json").read_text())
+    manifest["figures"]["in_distribution"] = stage_in_distribution(paths["assets"], ckpt / "base.safetensors", subpops)
+    manifest["recipes"]["benchmark"] = asdict(BenchmarkConfig())
+    _write_manifest(paths, manifest)
+    return manifest["figures"]["in_distribution"]
 
 
 def check_fashion_world(paths: dict[str, Path]) -> dict:
@@ -191,12 +207,31 @@ def check_fashion_world(paths: dict[str, Path]) -> dict:
     wrong = int((preds != bench.labels[groups]).sum())
     if wrong != int(groups.sum()):
         problems.append(f"{int(groups.sum()) - wrong} editing samples are classified correctly by the base model")
+    problems += _check_in_distribution_set(bench, inside, manifest["figures"].get("in_distribution"), bundle)
     if problems:
         raise RuntimeError("fashion world check failed:\n  " + "\n  ".join(problems))
     summary = {"files_checked": len(manifest["files"]), "base_in_distribution_accuracy": accuracy,
                "editing_samples_misclassified": wrong, "status": "ok"}
     print(json.dumps(summary, indent=1))
     return summary
+
+
+def _check_in_distribution_set(bench, in_distribution, recorded: dict | None, bundle: ModelBundle) -> list[str]:
+    """Problems of the random in-distribution set: missing, outside the in-distribution test
+    images, sharing a test image with the rest of the benchmark, or a changed base accuracy."""
+    rows = bench.in_distribution_indices
+    if recorded is None or len(rows) != recorded["size"]:
+        return [f"in-distribution set holds {len(rows)} images, manifest says {recorded and recorded['size']}"]
+    problems = []
+    source, index = bench.columns["source"], bench.columns["source_index"]
+    others = index[(bench.groups != IN_DISTRIBUTION_GROUP) & (source != SOURCE_NAMES.index("left_out_train"))]
+    if not np.isin(index[rows], in_distribution).all() or np.isin(index[rows], others).any():
+        problems.append("in-distribution set is not made of unused in-distribution test images")
+    probs = predict_probs(load_base_model(bundle.directory / bundle.manifest["weights"]), bench.images[rows])
+    accuracy = float((probs.argmax(1) == bench.labels[rows]).mean())
+    if abs(accuracy - recorded["base_accuracy"]) > 1e-4:
+        problems.append(f"base accuracy on the in-distribution set {accuracy:.4f} != manifest {recorded['base_accuracy']:.4f}")
+    return problems
 
 
 def stage_subpopulations_fresh() -> dict:

@@ -1,8 +1,11 @@
-"""Locality set: images near the base model's decision boundary (paper Sec. 5.1).
+"""Locality sets: images near the base model's decision boundary (paper Sec. 5.1), and a
+random in-distribution set.
 
-An image qualifies when its true label is the base model's top-1 prediction and the gap
-between the top two predicted probabilities is below a margin (0.05 in the paper). When too
-few images qualify, the margin is widened in fixed steps and the margin used is reported.
+A near-boundary image qualifies when its true label is the base model's top-1 prediction and
+the gap between the top two predicted probabilities is below a margin (0.05 in the paper).
+When too few images qualify, the margin is widened in fixed steps and the margin used is
+reported. The random set is a seeded uniform draw from the candidates a world offers (its
+in-distribution test images), the ordinary images a user expects an edit to leave alone.
 """
 from __future__ import annotations
 
@@ -53,3 +56,18 @@ def select_near_boundary(
         if len(chosen) >= min_count or current >= 1.0:
             return LocalitySelection(indices=chosen, margin=current)
         step += 1
+
+
+def select_random(candidates: np.ndarray, count: int, seed: int, excluded: np.ndarray | None = None) -> np.ndarray:
+    """``count`` of ``candidates`` (indices) drawn uniformly without replacement, ascending.
+
+    ``excluded`` (indices) are removed from the candidates first (e.g. images already in the
+    benchmark); fewer than ``count`` are returned when fewer remain. The same candidates,
+    count and seed always give the same selection.
+    """
+    pool = np.unique(np.asarray(candidates, dtype=np.int64))
+    if excluded is not None:
+        pool = np.setdiff1d(pool, np.asarray(excluded, dtype=np.int64))
+    if count >= len(pool):
+        return pool
+    return np.sort(np.random.default_rng(seed).choice(pool, size=count, replace=False))
