@@ -221,11 +221,12 @@ def _meta_source(data: str, bundle: ModelBundle):
 
 def cmd_world(args: argparse.Namespace) -> None:
     """Build or check a bundled world."""
-    from .worlds.fashion_world import build_fashion_world
+    from .worlds.registry import UnknownWorldError, build_world
 
-    if args.name != "fashion":
-        raise CliError(f"unknown world {args.name!r}; available: fashion")
-    build_fashion_world(check=args.check)
+    try:
+        build_world(args.name, check=args.check)
+    except (UnknownWorldError, NotImplementedError) as error:
+        raise CliError(str(error)) from None
 
 
 def parse_site_blocks(text: str) -> list[int]:

@@ -29,6 +29,8 @@ class TrainRecipe:
     crop_padding: int = 2
     hflip: bool = True
     seed: int = 0
+    #: Forward and backward under bfloat16 autocast (weights and optimiser stay float32).
+    bf16: bool = False
 
 
 def augment(batch: torch.Tensor, recipe: TrainRecipe, generator: torch.Generator) -> torch.Tensor:
@@ -137,12 +139,13 @@ def train_classifier(
                 group["lr"] = _lr_at(step, total_steps, warmup_steps, recipe.lr)
             index = order[step_in_epoch * recipe.batch_size : (step_in_epoch + 1) * recipe.batch_size]
             batch = augment(inputs[index], recipe, generator)
-            loss = F.cross_entropy(model(batch), labels[index])
+            with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
+                loss = F.cross_entropy(model(batch).float(), labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            total_loss += float(loss.detach())
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         entry = {
             "epoch": epoch + 1,
             "train_loss": total_loss / steps_per_epoch,
@@ -166,3 +169,25 @@ def recipe_dict(recipe: TrainRecipe) -> dict:
 def to_model_input(images: np.ndarray, mean: float, std: float) -> torch.Tensor:
     """uint8 (N, 28, 28) images -> normalised float (N, 1, 28, 28) tensor."""
     return ((torch.from_numpy(images).float() / 255.0 - mean) / std).unsqueeze(1)
+
+
+def train_and_export(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: TrainRecipe,
+    run_dir: Path,
+    eval_inputs: torch.Tensor | None = None,
+    eval_labels: torch.Tensor | None = None,
+) -> Path:
+    """Train ``model`` (resuming from ``run_dir``) and export its weights; reuse an earlier export.
+
+    Returns ``run_dir / "model.safetensors"``.
+    """
+    final = run_dir / "model.safetensors"
+    if final.exists():
+        return final
+    torch.manual_seed(recipe.seed)
+    train_classifier(model, inputs, labels, recipe, run_dir, eval_inputs, eval_labels)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(final))
+    return final

@@ -79,7 +79,7 @@ def draw_params(rng: np.random.Generator, ranges: RenderRanges = RenderRanges())
     )
 
 
-@lru_cache(maxsize=512)
+@lru_cache(maxsize=4096)
 def load_font(path: str, size: int = DRAW_SIZE) -> ImageFont.FreeTypeFont:
     """A font file opened at ``size`` px (cached)."""
     return ImageFont.truetype(path, size)
