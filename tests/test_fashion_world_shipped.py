@@ -91,7 +91,7 @@ def staged_photo(item: np.ndarray, rng: np.random.Generator) -> bytes:
 
 def test_phone_photo_preprocessing_keeps_the_base_models_accuracy(editor):
     from w2e.images import read_image
-    from w2e.worlds.fashion_data import load_fashion_split
+    from w2e.worlds.fashion.data import load_fashion_split
 
     test = load_fashion_split("test")
     rng = np.random.default_rng(0)

@@ -212,11 +212,12 @@ def _meta_source(data: str, bundle: ModelBundle):
 
     if Path(data).is_dir():
         return FolderSource(data, bundle.preprocessing)
-    if data == "fashion":
-        from .worlds.fashion_world import meta_training_source
+    from .worlds.registry import UnknownWorldError, meta_training_source
 
-        return meta_training_source(bundle)
-    raise CliError(f"--data {data!r}: not a folder of images and not a bundled data set ('fashion')")
+    try:
+        return meta_training_source(data, bundle)
+    except UnknownWorldError as error:
+        raise CliError(f"--data {data!r}: not a folder of images and not a bundled world's data ({error})") from None
 
 
 def cmd_world(args: argparse.Namespace) -> None:

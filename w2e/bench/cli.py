@@ -129,9 +129,9 @@ def resolve_train_source(spec: str | None, model_spec: str, bundle):
         raise _cli_error(f"--train-data {spec!r}: not a folder of images, 'fashion', 'auto' or 'none'")
     if spec == "fashion" or model_spec == "fashion":
         try:
-            from ..worlds.fashion_world import meta_training_source
+            from ..worlds.registry import meta_training_source
 
-            return meta_training_source(bundle)
+            return meta_training_source("fashion", bundle)
         except (ImportError, FileNotFoundError, OSError) as error:
             if spec == "fashion":
                 raise _cli_error(f"fashion training images unavailable: {error}") from None

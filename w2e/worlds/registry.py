@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from ..data import TensorSource
+    from ..models import ModelBundle
 
 
 class UnknownWorldError(ValueError):
@@ -32,7 +36,7 @@ class WorldEntry:
 WORLDS: dict[str, WorldEntry] = {
     entry.name: entry
     for entry in (
-        WorldEntry("fashion", ".fashion_world", "build_fashion_world", "meta_training_source",
+        WorldEntry("fashion", ".fashion.world", "build_fashion_world", "meta_training_source",
                    "Fashion-MNIST ViT with held-out subpopulations"),
         WorldEntry("glyphs", ".glyphs.world", "build_glyphs_world", None,
                    "132 glyph classes rendered from Debian fonts, rare font styles held out"),
@@ -50,3 +54,11 @@ def world_entry(name: str) -> WorldEntry:
 def build_world(name: str, check: bool = False) -> dict:
     """Build (or with ``check`` verify) world ``name``."""
     return world_entry(name).function(world_entry(name).build)(check=check)
+
+
+def meta_training_source(name: str, bundle: "ModelBundle") -> "TensorSource":
+    """World ``name``'s meta-training images for ``bundle`` (the base model's own training images)."""
+    entry = world_entry(name)
+    if entry.meta_training_source is None:
+        raise UnknownWorldError(f"world {name!r} provides no meta-training images yet")
+    return entry.function(entry.meta_training_source)(bundle)

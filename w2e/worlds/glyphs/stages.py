@@ -16,12 +16,12 @@ import timm.models.vision_transformer as vit
 import torch
 from tqdm import tqdm
 
-from ..fashion_models import SmallConvNet
+from ..architectures import SmallConvNet
 from ..training import TrainRecipe, to_model_input, train_and_export
 from .classes import GLYPH_CLASSES, GlyphClass
 from .coverage import font_coverage
 from .data import DatasetSpec, FontTable, GlyphSet, load_glyph_set, render_dataset, save_glyph_set
-from .fonts import FontFile, font_inventory
+from .fonts import font_inventory
 from .models import BASE_VIT_KWARGS, IMAGE_SIZE, STRONGER_CNN_KWARGS
 from .render import RenderRanges
 

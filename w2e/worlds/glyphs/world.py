@@ -5,23 +5,17 @@ import json
 import time
 from pathlib import Path
 
-from ...models import project_root
+from ..shipping import world_paths
 from .stages import stage_fonts, stage_train_base, stage_train_stronger
 
 WORLD = "glyphs"
-
-
-def world_paths(root: Path | None = None) -> dict[str, Path]:
-    """Where the world's build work and shipped files live."""
-    root = root or project_root()
-    return {"work": root / ".build" / WORLD, "checkpoints": root / "checkpoints" / WORLD, "assets": root / "assets" / WORLD}
 
 
 def build_glyphs_world(check: bool = False, root: Path | None = None) -> dict:
     """Run the stages built so far (each resumes from ``.build/glyphs``); ``check`` is not available yet."""
     if check:
         raise NotImplementedError("the glyph world ships no files yet: nothing to check")
-    work = world_paths(root)["work"]
+    work = world_paths(WORLD, root)["work"]
     timings: dict[str, float] = {}
 
     def timed(name: str, fn):
