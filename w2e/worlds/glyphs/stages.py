@@ -17,27 +17,13 @@ import torch
 from tqdm import tqdm
 
 from ..architectures import SmallConvNet
-from ..training import TrainRecipe, to_model_input, train_and_export
-from .classes import GLYPH_CLASSES, GlyphClass
+from ..training import to_model_input, train_and_export
+from .classes import GlyphClass
+from .config import GlyphWorldConfig
 from .coverage import font_coverage
 from .data import DatasetSpec, FontTable, GlyphSet, load_glyph_set, render_dataset, save_glyph_set
 from .fonts import font_inventory
-from .models import BASE_VIT_KWARGS, IMAGE_SIZE, STRONGER_CNN_KWARGS
-from .render import RenderRanges
 
-RENDER_RANGES = RenderRanges()
-#: The base model's training renderings: common styles, rare styles at 3% of each class.
-BASE_TRAIN = DatasetSpec("base-train", 150_000, seed=1, mix="base", rare_share=0.03)
-#: The stronger model's training renderings: every style at its natural share.
-STRONGER_TRAIN = DatasetSpec("stronger-train", 100_000, seed=2, mix="natural")
-#: In-distribution test renderings (common styles) and held-out-style test renderings.
-TEST_COMMON = DatasetSpec("test-common", 10_000, seed=3, mix="common")
-TEST_RARE = DatasetSpec("test-rare", 5_000, seed=4, mix="rare")
-
-BASE_RECIPE = TrainRecipe(epochs=4, batch_size=128, lr=1e-3, weight_decay=0.05, warmup_epochs=0.25, crop_padding=0,
-                          hflip=False, seed=0, bf16=True)
-STRONGER_RECIPE = TrainRecipe(epochs=3, batch_size=128, lr=2e-3, weight_decay=5e-4, warmup_epochs=0.25,
-                              crop_padding=0, hflip=False, seed=1, bf16=True)
 FONTS_FILE = "fonts.json"
 
 
@@ -46,10 +32,10 @@ def classes_fingerprint(classes: tuple[GlyphClass, ...]) -> str:
     return hashlib.sha256(json.dumps([[c.slug, c.codepoints] for c in classes]).encode()).hexdigest()
 
 
-def stage_fonts(work: Path, packages: tuple[str, ...] | None = None,
-                classes: tuple[GlyphClass, ...] = GLYPH_CLASSES) -> FontTable:
-    """The installed fonts of ``packages`` and what each draws (coverage cached by file sha256)."""
-    fonts = font_inventory(packages)
+def stage_fonts(work: Path, config: GlyphWorldConfig) -> FontTable:
+    """The installed fonts of the world's packages and what each draws (coverage cached by file sha256)."""
+    fonts = font_inventory(config.packages)
+    classes = config.classes
     cache_path = work / FONTS_FILE
     fingerprint = classes_fingerprint(classes)
     cached: dict[str, list[str]] = {}
@@ -72,15 +58,15 @@ def fonts_fingerprint(table: FontTable) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
-def stage_dataset(work: Path, table: FontTable, spec: DatasetSpec, ranges: RenderRanges = RENDER_RANGES) -> GlyphSet:
+def stage_dataset(work: Path, table: FontTable, spec: DatasetSpec, config: GlyphWorldConfig) -> GlyphSet:
     """Render ``spec`` once and cache it as ``data/<name>.safetensors``."""
-    key = {"spec": asdict(spec), "ranges": asdict(ranges), "size": IMAGE_SIZE, "fonts": fonts_fingerprint(table),
-           "classes": classes_fingerprint(table.classes)}
+    key = {"spec": asdict(spec), "ranges": asdict(config.ranges), "size": config.image_size,
+           "fonts": fonts_fingerprint(table), "classes": classes_fingerprint(table.classes)}
     path = work / "data" / f"{spec.name}.safetensors"
     cached = load_glyph_set(path, key)
     if cached is not None:
         return cached
-    data = render_dataset(table, spec, ranges, IMAGE_SIZE)
+    data = render_dataset(table, spec, config.ranges, config.image_size)
     save_glyph_set(path, data, key)
     return data
 
@@ -92,26 +78,33 @@ def normalisation(images: np.ndarray) -> tuple[float, float]:
 
 
 def _train(model: torch.nn.Module, name: str, work: Path, data: GlyphSet, evaluation: GlyphSet,
-           mean: float, std: float, recipe: TrainRecipe) -> Path:
+           mean: float, std: float, recipe) -> Path:
     return train_and_export(
         model, to_model_input(data.images, mean, std), torch.from_numpy(data.labels.astype(np.int64)), recipe,
         work / name, to_model_input(evaluation.images, mean, std), torch.from_numpy(evaluation.labels.astype(np.int64)),
     )
 
 
-def stage_train_base(work: Path, table: FontTable, recipe: TrainRecipe = BASE_RECIPE) -> Path:
-    """Train the base ViT on :data:`BASE_TRAIN` (evaluated on in-distribution test renderings)."""
-    data = stage_dataset(work, table, BASE_TRAIN)
+def base_normalisation(work: Path, table: FontTable, config: GlyphWorldConfig) -> tuple[float, float]:
+    """Pixel mean and standard deviation of the base model's training renderings."""
+    return normalisation(stage_dataset(work, table, config.base_train, config).images)
+
+
+def stage_train_base(work: Path, table: FontTable, config: GlyphWorldConfig) -> Path:
+    """Train the base ViT on the base training renderings (evaluated on in-distribution test renderings)."""
+    data = stage_dataset(work, table, config.base_train, config)
     mean, std = normalisation(data.images)
-    torch.manual_seed(recipe.seed)
-    model = vit.VisionTransformer(**BASE_VIT_KWARGS)
-    return _train(model, "base", work, data, stage_dataset(work, table, TEST_COMMON), mean, std, recipe)
+    torch.manual_seed(config.base_recipe.seed)
+    model = vit.VisionTransformer(**config.base_vit_kwargs)
+    evaluation = stage_dataset(work, table, config.test_common, config)
+    return _train(model, "base", work, data, evaluation, mean, std, config.base_recipe)
 
 
-def stage_train_stronger(work: Path, table: FontTable, recipe: TrainRecipe = STRONGER_RECIPE) -> Path:
-    """Train the stronger CNN on :data:`STRONGER_TRAIN` (evaluated on held-out-style test renderings)."""
-    mean, std = normalisation(stage_dataset(work, table, BASE_TRAIN).images)
-    torch.manual_seed(recipe.seed)
-    model = SmallConvNet(**STRONGER_CNN_KWARGS)
-    data = stage_dataset(work, table, STRONGER_TRAIN)
-    return _train(model, "stronger", work, data, stage_dataset(work, table, TEST_RARE), mean, std, recipe)
+def stage_train_stronger(work: Path, table: FontTable, config: GlyphWorldConfig) -> Path:
+    """Train the stronger CNN on every style (evaluated on held-out-style test renderings)."""
+    mean, std = base_normalisation(work, table, config)
+    torch.manual_seed(config.stronger_recipe.seed)
+    model = SmallConvNet(**config.stronger_cnn_kwargs)
+    data = stage_dataset(work, table, config.stronger_train, config)
+    evaluation = stage_dataset(work, table, config.test_rare, config)
+    return _train(model, "stronger", work, data, evaluation, mean, std, config.stronger_recipe)

@@ -1,0 +1,58 @@
+"""Everything that fixes a glyph world: fonts, classes, rendering, data sets, models, recipes.
+
+:data:`GLYPH_WORLD` is the shipped world; tests build a small slice of it with fewer
+packages, classes and images through the same stages.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..training import TrainRecipe
+from .classes import GLYPH_CLASSES, GlyphClass
+from .data import DatasetSpec
+from .render import RenderRanges
+
+
+@dataclass(frozen=True)
+class GlyphWorldConfig:
+    """A glyph world's settings (recorded in its manifest)."""
+
+    #: Debian font packages to draw from (``None``: every package of the style table).
+    packages: tuple[str, ...] | None = None
+    classes: tuple[GlyphClass, ...] = GLYPH_CLASSES
+    ranges: RenderRanges = RenderRanges()
+    image_size: int = 28
+    #: The base model's training renderings: common styles, rare styles at 3% of each class.
+    base_train: DatasetSpec = DatasetSpec("base-train", 150_000, seed=1, mix="base", rare_share=0.03)
+    #: The stronger model's training renderings: every style at its natural share.
+    stronger_train: DatasetSpec = DatasetSpec("stronger-train", 100_000, seed=2, mix="natural")
+    #: In-distribution test renderings (common styles) and held-out-style test renderings.
+    test_common: DatasetSpec = DatasetSpec("test-common", 10_000, seed=3, mix="common")
+    test_rare: DatasetSpec = DatasetSpec("test-rare", 5_000, seed=4, mix="rare")
+    #: timm ``VisionTransformer`` settings of the base model (classes and image size are added).
+    base_vit: dict = field(default_factory=lambda: {"patch_size": 4, "in_chans": 1, "embed_dim": 192, "depth": 12,
+                                                    "num_heads": 3, "mlp_ratio": 4.0, "global_pool": "token"})
+    stronger_widths: tuple[int, ...] = (64, 128, 256)
+    base_recipe: TrainRecipe = TrainRecipe(epochs=4, batch_size=128, lr=1e-3, weight_decay=0.05, warmup_epochs=0.25,
+                                           crop_padding=0, hflip=False, seed=0, bf16=True)
+    stronger_recipe: TrainRecipe = TrainRecipe(epochs=3, batch_size=128, lr=2e-3, weight_decay=5e-4,
+                                               warmup_epochs=0.25, crop_padding=0, hflip=False, seed=1, bf16=True)
+
+    @property
+    def base_vit_kwargs(self) -> dict:
+        """Keyword arguments of the base ``VisionTransformer``."""
+        return {"img_size": self.image_size, "num_classes": len(self.classes), **self.base_vit}
+
+    @property
+    def stronger_cnn_kwargs(self) -> dict:
+        """Keyword arguments of the stronger ``SmallConvNet``."""
+        return {"in_chans": 1, "num_classes": len(self.classes), "widths": list(self.stronger_widths)}
+
+    def to_dict(self) -> dict:
+        """JSON-ready settings (classes as slug and code points)."""
+        record = asdict(self)
+        record["classes"] = [{"slug": c.slug, "codepoints": c.codepoints, "script": c.script} for c in self.classes]
+        return record
+
+
+GLYPH_WORLD = GlyphWorldConfig()
