@@ -15,11 +15,11 @@ from w2e.worlds.fashion.benchmark import (
     assemble_benchmark,
     load_base_model,
     load_stronger_model,
-    write_examples,
 )
 from w2e.worlds.architectures import SmallConvNet
 from w2e.worlds.fashion.data import DEFAULT_DATA_DIR, FASHION_CLASSES, FashionSplit, load_fashion_split, semantic_distance
 from w2e.worlds.fashion.models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS
+from w2e.worlds.examples import write_examples
 from w2e.worlds.locality import select_near_boundary, top2_gap
 from w2e.worlds.mad import mad_groups, mad_order
 from w2e.worlds.predictions import predict_probs

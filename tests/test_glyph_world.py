@@ -15,7 +15,7 @@ from w2e.worlds.glyphs.classes import DROPPED_LOOKALIKES, GLYPH_CLASSES, GlyphCl
 from w2e.worlds.glyphs.config import GlyphWorldConfig
 from w2e.worlds.glyphs.coverage import font_coverage
 from w2e.worlds.glyphs.data import DatasetSpec, FontTable, balanced_labels, render_dataset
-from w2e.worlds.glyphs.fonts import (FILE_RULES, PACKAGE_STYLES, RARE_STYLES, STYLES, FontFile,
+from w2e.worlds.glyphs.fonts import (FILE_RULES, PACKAGE_STYLES, RARE_STYLES, STYLES,
                                      FontInventoryError, file_style, font_inventory)
 from w2e.worlds.glyphs.render import RenderRanges, draw_params, render_glyph
 from w2e.worlds.glyphs.world import build_glyphs_world

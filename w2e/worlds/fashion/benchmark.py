@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import timm.models.vision_transformer as vit
 import torch
-from PIL import Image
 
 from ...benchmark_data import BenchmarkData, save_benchmark
 from ...models import file_sha256
 from ..architectures import SmallConvNet
 from ..locality import select_near_boundary
+from ..examples import write_examples
 from ..mad import mad_groups
 from ..predictions import cached_arrays, load_trained, predict_probs
 from ..shifts import SHIFT_NAMES, render_shift
@@ -294,36 +294,6 @@ def assemble_benchmark(
         },
     }
     return data, figures
-
-
-def write_examples(data: BenchmarkData, out_dir: Path, count: int, scale: int) -> list[Path]:
-    """Save ``count`` example failures as PNGs named ``<group>__<true label>__<n>.png``.
-
-    Examples are taken round-robin over the groups (the n-th image of each group), the
-    shifted groups before the natural ones so that every kind of failure is shown. Each PNG is the 28 px image upscaled ``scale`` times with nearest neighbour, so
-    the original pixels are every ``scale``-th pixel; the exact images are in the benchmark
-    file. Earlier example PNGs in ``out_dir`` are removed first.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("*__*__*.png"):
-        old.unlink()
-    kinds = data.info["group_kinds"]
-    order = sorted(range(len(kinds)), key=lambda g: (kinds[g] == "natural", g))
-    members = {g: np.flatnonzero(data.groups == g) for g in order}
-    written: list[Path] = []
-    rank = 0
-    while len(written) < count and any(rank < len(m) for m in members.values()):
-        for group, indices in members.items():
-            if len(written) == count or rank >= len(indices):
-                continue
-            row = indices[rank]
-            label = data.info["class_names"][int(data.labels[row])]
-            path = out_dir / f"{data.info['group_names'][group]}__{label}__{rank}.png"
-            image = Image.fromarray(data.images[row])
-            image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST).save(path)
-            written.append(path)
-        rank += 1
-    return written
 
 
 def stage_benchmark(
