@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from w2e.benchmark_data import load_benchmark, save_benchmark
 from w2e.labels import resolve_label
+from w2e.mask_search import MaskSearchConfig
+from w2e.meta import MetaTrainConfig
+from w2e.models import file_sha256, load_model
+from w2e.worlds.glyphs.benchmark import GlyphBenchmarkConfig
 from w2e.worlds.glyphs.classes import DROPPED_LOOKALIKES, GLYPH_CLASSES, GlyphClass, class_names
 from w2e.worlds.glyphs.config import GlyphWorldConfig
 from w2e.worlds.glyphs.coverage import font_coverage
@@ -19,6 +24,7 @@ from w2e.worlds.glyphs.fonts import (FILE_RULES, PACKAGE_STYLES, RARE_STYLES, ST
                                      FontInventoryError, file_style, font_inventory)
 from w2e.worlds.glyphs.render import RenderRanges, draw_params, render_glyph
 from w2e.worlds.glyphs.world import build_glyphs_world
+from w2e.worlds.registry import WorldBuildError
 from w2e.worlds.training import TrainRecipe
 
 torch.set_num_threads(1)
@@ -182,29 +188,89 @@ def test_balanced_labels_need_a_drawable_class() -> None:
 def slice_config() -> GlyphWorldConfig:
     """Five classes, two font packages, a few hundred 16 px images, tiny models, one epoch."""
     recipe = TrainRecipe(epochs=1, batch_size=64, lr=1e-3, crop_padding=0, hflip=False, bf16=True)
+    benchmark = GlyphBenchmarkConfig(mad_min_group_size=2, min_natural_groups=1, shift_min_group_size=3,
+                                     shift_max_group_size=20, locality_min_count=5, locality_min_classes=2,
+                                     locality_max_count=40, in_distribution_count=10, n_examples=4, example_scale=2)
+    meta = MetaTrainConfig(iterations=2, batch_size=2, checkpoint_every=1,
+                           search=MaskSearchConfig(inner_steps=1, outer_steps=1))
     return GlyphWorldConfig(
         packages=TEST_PACKAGES, classes=SLICE_CLASSES, image_size=16,
         base_train=DatasetSpec("base-train", 300, seed=1, mix="base", rare_share=0.03),
         stronger_train=DatasetSpec("stronger-train", 200, seed=2, mix="natural"),
         test_common=DatasetSpec("test-common", 100, seed=3, mix="common"),
         test_rare=DatasetSpec("test-rare", 60, seed=4, mix="rare"),
+        pool=DatasetSpec("pool", 200, seed=5, mix="natural"),
+        locality_pool=DatasetSpec("locality-pool", 150, seed=6, mix="common"), meta_images=50,
         base_vit={"patch_size": 4, "in_chans": 1, "embed_dim": 16, "depth": 12, "num_heads": 2, "mlp_ratio": 4.0,
                   "global_pool": "token"},
-        stronger_widths=(8, 8, 16), base_recipe=recipe, stronger_recipe=recipe,
+        stronger_widths=(8, 8, 16), base_recipe=recipe, stronger_recipe=recipe, benchmark=benchmark, meta=meta,
     )
 
 
-@needs_fonts
-def test_builder_on_a_small_slice_trains_both_models_and_resumes(tmp_path) -> None:
-    summary = build_glyphs_world(root=tmp_path, config=slice_config())
-    work = tmp_path / ".build" / "glyphs"
-    fonts = json.loads((work / "fonts.json").read_text())
-    assert {f["package"] for f in fonts["fonts"]} == set(TEST_PACKAGES)
+@pytest.fixture(scope="module")
+def slice_world(tmp_path_factory) -> tuple:
+    """A glyph world built from :func:`slice_config` under a temporary root."""
+    if not all(_installed(p) for p in TEST_PACKAGES):
+        pytest.skip(f"font packages {TEST_PACKAGES} not installed")
+    root = tmp_path_factory.mktemp("glyph-slice")
+    return root, build_glyphs_world(root=root, config=slice_config())
+
+
+def test_slice_build_ships_a_loadable_world_with_its_fonts_and_benchmark(slice_world) -> None:
+    root, manifest = slice_world
+    work = root / ".build" / "glyphs"
     for name in ("base", "stronger"):
         log = json.loads((work / name / "train_log.json").read_text())
         assert len(log) == 1 and 0.0 <= log[0]["eval_accuracy"] <= 1.0
-        assert (work / name / "model.safetensors").is_file()
+    assert {f["package"] for f in manifest["fonts"]} == set(TEST_PACKAGES)
+    assert {f["split"] for f in manifest["fonts"]} == {"common", "rare"}
+    bundle = load_model(str(root / "checkpoints" / "glyphs"))
+    assert bundle.class_names == class_names(SLICE_CLASSES) and bundle.hypernetwork_path.is_file()
+    bench = load_benchmark(bundle.benchmark_path)
+    assert bench.images.shape[1:] == (16, 16) and set(bench.columns) == {"dataset", "index", "shift", "font",
+                                                                         "codepoint"}
+    assert len(bench.locality_indices) == manifest["figures"]["locality"]["size"] >= 5
+    assert len(bench.in_distribution_indices) == 10
+    for row in range(len(bench.labels)):
+        font = manifest["fonts"][int(bench.columns["font"][row])]
+        assert font["split"] in ("common", "rare") and chr(int(bench.columns["codepoint"][row])) in \
+            SLICE_CLASSES[int(bench.labels[row])].codepoints
+    examples = sorted((root / "assets" / "glyphs" / "examples").glob("*.png"))
+    assert len(examples) == 4 and all("," not in p.name for p in examples)
+
+
+def test_slice_build_resumes_without_rebuilding(slice_world) -> None:
+    root, manifest = slice_world
+    work = root / ".build" / "glyphs"
     stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*.safetensors")}
-    again = build_glyphs_world(root=tmp_path, config=slice_config())
-    assert again["base"] == summary["base"]
-    assert {p: p.stat().st_mtime_ns for p in work.rglob("*.safetensors")} == stamps  # nothing rebuilt
+    again = build_glyphs_world(root=root, config=slice_config())
+    assert again["files"] == manifest["files"]
+    assert {p: p.stat().st_mtime_ns for p in work.rglob("*.safetensors")} == stamps
+
+
+def test_slice_check_passes_and_catches_a_changed_image(slice_world) -> None:
+    root, manifest = slice_world
+    assert build_glyphs_world(check=True, root=root, config=slice_config())["status"] == "ok"
+    path = root / "assets" / "glyphs" / "benchmark.safetensors"
+    manifest_path = root / "checkpoints" / "glyphs" / "manifest.json"
+    originals = {p: p.read_bytes() for p in (path, manifest_path)}
+    bench = load_benchmark(path)
+    row = len(bench.labels) - 1  # always among the re-rendered rows
+    bench.images[row] = 255 - bench.images[row]
+    save_benchmark(path, bench)
+    try:
+        with pytest.raises(WorldBuildError, match="sha256 mismatch"):
+            build_glyphs_world(check=True, root=root, config=slice_config())
+        rehashed = json.loads(manifest_path.read_text())
+        rehashed["files"]["../../assets/glyphs/benchmark.safetensors"] = file_sha256(path)
+        manifest_path.write_text(json.dumps(rehashed))
+        with pytest.raises(WorldBuildError, match=f"row {row} does not re-render"):
+            build_glyphs_world(check=True, root=root, config=slice_config())
+    finally:
+        for original_path, content in originals.items():
+            original_path.write_bytes(content)
+
+
+def test_checking_a_world_that_was_never_built_is_a_clear_error(tmp_path) -> None:
+    with pytest.raises(WorldBuildError, match="build it with"):
+        build_glyphs_world(check=True, root=tmp_path, config=slice_config())

@@ -222,11 +222,11 @@ def _meta_source(data: str, bundle: ModelBundle):
 
 def cmd_world(args: argparse.Namespace) -> None:
     """Build or check a bundled world."""
-    from .worlds.registry import UnknownWorldError, build_world
+    from .worlds.registry import UnknownWorldError, WorldBuildError, build_world
 
     try:
         build_world(args.name, check=args.check)
-    except (UnknownWorldError, NotImplementedError) as error:
+    except (UnknownWorldError, WorldBuildError) as error:
         raise CliError(str(error)) from None
 
 

@@ -18,6 +18,10 @@ class UnknownWorldError(ValueError):
     """A world name the registry does not know (the message lists the known ones)."""
 
 
+class WorldBuildError(RuntimeError):
+    """A world cannot be built or fails its check (missing fonts, too few benchmark images, ...)."""
+
+
 @dataclass(frozen=True)
 class WorldEntry:
     """Where a world's builder and its meta-training data live."""
@@ -38,7 +42,7 @@ WORLDS: dict[str, WorldEntry] = {
     for entry in (
         WorldEntry("fashion", ".fashion.world", "build_fashion_world", "meta_training_source",
                    "Fashion-MNIST ViT with held-out subpopulations"),
-        WorldEntry("glyphs", ".glyphs.world", "build_glyphs_world", None,
+        WorldEntry("glyphs", ".glyphs.world", "build_glyphs_world", "meta_training_source",
                    "132 glyph classes rendered from Debian fonts, rare font styles held out"),
     )
 }

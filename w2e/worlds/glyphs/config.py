@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ...mask_search import MaskSearchConfig
+from ...meta import MetaTrainConfig
 from ..training import TrainRecipe
+from .benchmark import GlyphBenchmarkConfig
 from .classes import GLYPH_CLASSES, GlyphClass
 from .data import DatasetSpec
 from .render import RenderRanges
@@ -29,6 +32,12 @@ class GlyphWorldConfig:
     #: In-distribution test renderings (common styles) and held-out-style test renderings.
     test_common: DatasetSpec = DatasetSpec("test-common", 10_000, seed=3, mix="common")
     test_rare: DatasetSpec = DatasetSpec("test-rare", 5_000, seed=4, mix="rare")
+    #: The unlabelled pool of the MAD competition: every style at its natural share.
+    pool: DatasetSpec = DatasetSpec("pool", 60_000, seed=5, mix="natural")
+    #: In-distribution candidates of the locality sets (shifted renderings of them are added).
+    locality_pool: DatasetSpec = DatasetSpec("locality-pool", 30_000, seed=6, mix="common")
+    #: How many of the base model's training renderings (the first ones) meta-training uses.
+    meta_images: int = 20_000
     #: timm ``VisionTransformer`` settings of the base model (classes and image size are added).
     base_vit: dict = field(default_factory=lambda: {"patch_size": 4, "in_chans": 1, "embed_dim": 192, "depth": 12,
                                                     "num_heads": 3, "mlp_ratio": 4.0, "global_pool": "token"})
@@ -37,6 +46,12 @@ class GlyphWorldConfig:
                                            crop_padding=0, hflip=False, seed=0, bf16=True)
     stronger_recipe: TrainRecipe = TrainRecipe(epochs=3, batch_size=128, lr=2e-3, weight_decay=5e-4,
                                                warmup_epochs=0.25, crop_padding=0, hflip=False, seed=1, bf16=True)
+    benchmark: GlyphBenchmarkConfig = GlyphBenchmarkConfig()
+    #: Edit learning rate (RMSProp) of the base ViT.
+    edit_lr: float = 1e-4
+    #: Meta-training of the hypernetwork (the fashion world's scaled-down recipe).
+    meta: MetaTrainConfig = MetaTrainConfig(iterations=200, batch_size=8, hyper_lr=1e-3, checkpoint_every=25,
+                                            search=MaskSearchConfig(inner_lr=0.1, inner_steps=3, outer_steps=5))
 
     @property
     def base_vit_kwargs(self) -> dict:

@@ -15,6 +15,8 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..registry import WorldBuildError
+
 COMMON_STYLES: tuple[str, ...] = ("serif", "sans", "mono", "pixel")
 RARE_STYLES: tuple[str, ...] = ("handwriting", "script", "blackletter", "decorative")
 STYLES: tuple[str, ...] = COMMON_STYLES + RARE_STYLES
@@ -98,7 +100,7 @@ FILE_RULES: tuple[tuple[str, str, str | None], ...] = (
 )
 
 
-class FontInventoryError(RuntimeError):
+class FontInventoryError(WorldBuildError):
     """A font package named by the world is not installed (the message says which)."""
 
 

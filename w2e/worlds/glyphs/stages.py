@@ -16,15 +16,22 @@ import timm.models.vision_transformer as vit
 import torch
 from tqdm import tqdm
 
+from ...benchmark_data import save_benchmark
+from ...models import file_sha256
 from ..architectures import SmallConvNet
+from ..examples import write_examples
+from ..predictions import cached_arrays, load_trained
 from ..training import to_model_input, train_and_export
-from .classes import GlyphClass
+from .benchmark import BenchmarkSources, assemble_glyph_benchmark, compute_predictions
+from .classes import GlyphClass, class_names
 from .config import GlyphWorldConfig
 from .coverage import font_coverage
 from .data import DatasetSpec, FontTable, GlyphSet, load_glyph_set, render_dataset, save_glyph_set
 from .fonts import font_inventory
 
 FONTS_FILE = "fonts.json"
+PREDICTIONS_FILE = "benchmark_predictions.safetensors"
+BENCHMARK_FILE = "benchmark.safetensors"
 
 
 def classes_fingerprint(classes: tuple[GlyphClass, ...]) -> str:
@@ -58,10 +65,15 @@ def fonts_fingerprint(table: FontTable) -> str:
     return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
 
 
+def dataset_key(table: FontTable, spec: DatasetSpec, config: GlyphWorldConfig) -> dict:
+    """Everything a rendered data set depends on."""
+    return {"spec": asdict(spec), "ranges": asdict(config.ranges), "size": config.image_size,
+            "fonts": fonts_fingerprint(table), "classes": classes_fingerprint(table.classes)}
+
+
 def stage_dataset(work: Path, table: FontTable, spec: DatasetSpec, config: GlyphWorldConfig) -> GlyphSet:
     """Render ``spec`` once and cache it as ``data/<name>.safetensors``."""
-    key = {"spec": asdict(spec), "ranges": asdict(config.ranges), "size": config.image_size,
-           "fonts": fonts_fingerprint(table), "classes": classes_fingerprint(table.classes)}
+    key = dataset_key(table, spec, config)
     path = work / "data" / f"{spec.name}.safetensors"
     cached = load_glyph_set(path, key)
     if cached is not None:
@@ -108,3 +120,60 @@ def stage_train_stronger(work: Path, table: FontTable, config: GlyphWorldConfig)
     data = stage_dataset(work, table, config.stronger_train, config)
     evaluation = stage_dataset(work, table, config.test_rare, config)
     return _train(model, "stronger", work, data, evaluation, mean, std, config.stronger_recipe)
+
+
+def load_base(path: Path, config: GlyphWorldConfig) -> torch.nn.Module:
+    """The trained base ViT (strict weights)."""
+    return load_trained(vit.VisionTransformer(**config.base_vit_kwargs), path)
+
+
+def load_stronger(path: Path, config: GlyphWorldConfig) -> torch.nn.Module:
+    """The trained stronger CNN (strict weights)."""
+    return load_trained(SmallConvNet(**config.stronger_cnn_kwargs), path)
+
+
+def benchmark_sources(work: Path, table: FontTable, config: GlyphWorldConfig) -> BenchmarkSources:
+    """The rendered pool, test and locality sets (rendered once, cached)."""
+    specs = (config.pool, config.test_common, config.locality_pool)
+    pool, test, locality = (stage_dataset(work, table, spec, config) for spec in specs)
+    rare = stage_dataset(work, table, config.test_rare, config)
+    return BenchmarkSources(pool, test, rare, locality, tuple(spec.name for spec in specs))
+
+
+def stage_predictions(work: Path, table: FontTable, config: GlyphWorldConfig, base_path: Path,
+                      stronger_path: Path) -> dict[str, np.ndarray]:
+    """Both models' probabilities on the benchmark's sources (cached, keyed by model and data hashes)."""
+    specs = (config.pool, config.test_common, config.test_rare, config.locality_pool)
+    key = {"base": file_sha256(base_path), "stronger": file_sha256(stronger_path),
+           "shift_seed": config.benchmark.shift_seed, "data": [dataset_key(table, s, config) for s in specs]}
+
+    def compute() -> dict[str, np.ndarray]:
+        mean, std = base_normalisation(work, table, config)
+        return compute_predictions(load_base(base_path, config), load_stronger(stronger_path, config),
+                                   benchmark_sources(work, table, config), mean, std, config.benchmark.shift_seed)
+
+    return cached_arrays(work / PREDICTIONS_FILE, key, compute)
+
+
+def stage_benchmark(work: Path, assets: Path, table: FontTable, config: GlyphWorldConfig, base_path: Path,
+                    stronger_path: Path) -> dict:
+    """Write ``assets/benchmark.safetensors`` and example PNGs; return the figures."""
+    predictions = stage_predictions(work, table, config, base_path, stronger_path)
+    data, figures = assemble_glyph_benchmark(benchmark_sources(work, table, config), predictions, config.classes,
+                                             class_names(config.classes), config.benchmark)
+    save_benchmark(assets / BENCHMARK_FILE, data)
+    examples = write_examples(data, assets / "examples", config.benchmark.n_examples, config.benchmark.example_scale,
+                              label_names=[c.slug for c in config.classes])
+    figures["examples"] = [path.name for path in examples]
+    figures["models_sha256"] = {"base": file_sha256(base_path), "stronger": file_sha256(stronger_path)}
+    return figures
+
+
+def meta_training_images(work: Path, table: FontTable, config: GlyphWorldConfig) -> GlyphSet:
+    """The first ``config.meta_images`` of the base model's training renderings (cached set or re-rendered)."""
+    key = dataset_key(table, config.base_train, config)
+    cached = load_glyph_set(work / "data" / f"{config.base_train.name}.safetensors", key)
+    rows = np.arange(min(config.meta_images, config.base_train.size))
+    if cached is not None:
+        return GlyphSet(cached.images[rows], cached.labels[rows], cached.fonts[rows], cached.codepoints[rows])
+    return render_dataset(table, config.base_train, config.ranges, config.image_size, indices=rows)
