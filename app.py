@@ -272,7 +272,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
 def launch(demo: gr.Blocks, config: logic.AppConfig, **options):
     """Start serving ``demo`` with the app's upload and session limits."""
     folders = [spec for spec in config.models if Path(spec).is_dir()]  # model folders may hold example PNGs
-    folders += [str(e.path.parent) for e in demo.w2e_hub.get().examples[:1]]
+    folders += [str(folder) for folder in logic.world_example_folders(config.models)]
     return demo.launch(max_file_size=config.max_bytes, state_session_capacity=config.max_sessions,
                        allowed_paths=folders, footer_links=["api", "gradio"], **options)
 
