@@ -25,7 +25,7 @@ from w2e.worlds.glyphs.fonts import (FILE_RULES, PACKAGE_STYLES, RARE_STYLES, ST
 from w2e.worlds.glyphs.render import RenderRanges, draw_params, render_glyph
 from w2e.worlds.glyphs.world import build_glyphs_world
 from w2e.worlds.registry import WorldBuildError
-from w2e.worlds.training import TrainRecipe
+from w2e.worlds.training import TrainRecipe, train_and_export
 
 torch.set_num_threads(1)
 
@@ -274,3 +274,14 @@ def test_slice_check_passes_and_catches_a_changed_image(slice_world) -> None:
 def test_checking_a_world_that_was_never_built_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(WorldBuildError, match="build it with"):
         build_glyphs_world(check=True, root=tmp_path, config=slice_config())
+
+
+def test_a_training_run_is_not_resumed_on_other_data(tmp_path) -> None:
+    model = torch.nn.Linear(4, 3)
+    inputs, labels = torch.randn(8, 1, 2, 2), torch.randint(0, 3, (8,))
+    flat = torch.nn.Sequential(torch.nn.Flatten(), model)
+    recipe = TrainRecipe(epochs=1, batch_size=4, crop_padding=0, hflip=False)
+    path = train_and_export(flat, inputs, labels, recipe, tmp_path / "run", data_key="first")
+    assert train_and_export(flat, inputs, labels, recipe, tmp_path / "run", data_key="first") == path
+    with pytest.raises(WorldBuildError, match="other training data"):
+        train_and_export(flat, inputs, labels, recipe, tmp_path / "run", data_key="second")

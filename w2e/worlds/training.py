@@ -13,8 +13,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from .registry import WorldBuildError
+
 #: Each epoch's shuffle seed is ``seed * EPOCH_SEED_STRIDE + epoch`` (keeps the shipped runs' order).
 EPOCH_SEED_STRIDE = 1000
+#: File in a training run folder naming the data the run trains on.
+DATA_KEY_FILE = "data_key.txt"
 
 
 @dataclass(frozen=True)
@@ -179,12 +183,21 @@ def train_and_export(
     run_dir: Path,
     eval_inputs: torch.Tensor | None = None,
     eval_labels: torch.Tensor | None = None,
+    data_key: str | None = None,
 ) -> Path:
     """Train ``model`` (resuming from ``run_dir``) and export its weights; reuse an earlier export.
 
-    Returns ``run_dir / "model.safetensors"``.
+    ``data_key`` names the training data (e.g. a hash of how it was made); it is stored in
+    ``run_dir`` and a run started on other data is refused instead of resumed. Returns
+    ``run_dir / "model.safetensors"``.
     """
     final = run_dir / "model.safetensors"
+    key_path = run_dir / DATA_KEY_FILE
+    if data_key is not None:
+        if key_path.is_file() and key_path.read_text() != data_key:
+            raise WorldBuildError(f"{run_dir} holds a run on other training data; delete the folder to train anew")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        key_path.write_text(data_key)
     if final.exists():
         return final
     torch.manual_seed(recipe.seed)

@@ -21,7 +21,7 @@ from ...models import file_sha256
 from ..architectures import SmallConvNet
 from ..examples import write_examples
 from ..predictions import cached_arrays, load_trained
-from ..training import to_model_input, train_and_export
+from ..training import TrainRecipe, to_model_input, train_and_export
 from .benchmark import BenchmarkSources, assemble_glyph_benchmark, compute_predictions
 from .classes import GlyphClass, class_names
 from .config import GlyphWorldConfig
@@ -90,10 +90,11 @@ def normalisation(images: np.ndarray) -> tuple[float, float]:
 
 
 def _train(model: torch.nn.Module, name: str, work: Path, data: GlyphSet, evaluation: GlyphSet,
-           mean: float, std: float, recipe) -> Path:
+           mean: float, std: float, recipe: TrainRecipe, data_key: dict) -> Path:
     return train_and_export(
         model, to_model_input(data.images, mean, std), torch.from_numpy(data.labels.astype(np.int64)), recipe,
         work / name, to_model_input(evaluation.images, mean, std), torch.from_numpy(evaluation.labels.astype(np.int64)),
+        data_key=hashlib.sha256(json.dumps(data_key, sort_keys=True).encode()).hexdigest(),
     )
 
 
@@ -109,7 +110,8 @@ def stage_train_base(work: Path, table: FontTable, config: GlyphWorldConfig) -> 
     torch.manual_seed(config.base_recipe.seed)
     model = vit.VisionTransformer(**config.base_vit_kwargs)
     evaluation = stage_dataset(work, table, config.test_common, config)
-    return _train(model, "base", work, data, evaluation, mean, std, config.base_recipe)
+    key = {"train": dataset_key(table, config.base_train, config), "normalisation": [mean, std]}
+    return _train(model, "base", work, data, evaluation, mean, std, config.base_recipe, key)
 
 
 def stage_train_stronger(work: Path, table: FontTable, config: GlyphWorldConfig) -> Path:
@@ -119,7 +121,8 @@ def stage_train_stronger(work: Path, table: FontTable, config: GlyphWorldConfig)
     model = SmallConvNet(**config.stronger_cnn_kwargs)
     data = stage_dataset(work, table, config.stronger_train, config)
     evaluation = stage_dataset(work, table, config.test_rare, config)
-    return _train(model, "stronger", work, data, evaluation, mean, std, config.stronger_recipe)
+    key = {"train": dataset_key(table, config.stronger_train, config), "normalisation": [mean, std]}
+    return _train(model, "stronger", work, data, evaluation, mean, std, config.stronger_recipe, key)
 
 
 def load_base(path: Path, config: GlyphWorldConfig) -> torch.nn.Module:
