@@ -43,7 +43,7 @@ WORLDS: dict[str, WorldEntry] = {
         WorldEntry("fashion", ".fashion.world", "build_fashion_world", "meta_training_source",
                    "Fashion-MNIST ViT with held-out subpopulations"),
         WorldEntry("glyphs", ".glyphs.world", "build_glyphs_world", "meta_training_source",
-                   "132 glyph classes rendered from Debian fonts, rare font styles held out"),
+                   "glyph classes of many scripts rendered from Debian fonts, rare font styles held out"),
     )
 }
 

@@ -39,7 +39,7 @@ def _manifest(config: GlyphWorldConfig, fonts: list[dict], mean: float, std: flo
     return {
         "format": "w2e.model/1",
         "name": WORLD,
-        "description": "ViT on 132 glyph classes rendered from Debian fonts, rare font styles held out; "
+        "description": f"ViT on {len(names)} glyph classes rendered from Debian fonts, rare font styles held out; "
                        "its editing benchmark and hypernetwork",
         "architecture": {"family": "vit", "kwargs": config.base_vit_kwargs},
         "weights": "base.safetensors",
