@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 
 from .training import to_model_input
 
@@ -29,11 +30,15 @@ def load_trained(model: torch.nn.Module, path: Path) -> torch.nn.Module:
 
 @torch.no_grad()
 def predict_probs(model: torch.nn.Module, images: np.ndarray, mean: float, std: float,
-                  batch_size: int = 500) -> np.ndarray:
-    """Softmax probabilities (float64, (N, C)) of ``model`` on uint8 gray images, normalised as in training."""
+                  batch_size: int = 500, desc: str | None = None) -> np.ndarray:
+    """Softmax probabilities (float64, (N, C)) of ``model`` on uint8 gray images, normalised as in training.
+
+    ``desc`` shows a progress bar with that title.
+    """
     model.eval()
     chunks = []
-    for start in range(0, len(images), batch_size):
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc=desc, disable=desc is None, leave=False):
         inputs = to_model_input(np.array(images[start : start + batch_size]), mean, std)
         chunks.append(torch.softmax(model(inputs).double(), dim=-1).numpy())
     if chunks:

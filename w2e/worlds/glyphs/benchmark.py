@@ -97,12 +97,13 @@ def compute_predictions(base: torch.nn.Module, stronger: torch.nn.Module, source
     predictions = {}
     for model_name, model in (("base", base), ("stronger", stronger)):
         for role in ("pool", "test", "rare"):
-            predictions[f"{model_name}.{role}"] = predict_probs(model, getattr(sources, role).images, mean, std)
+            images = getattr(sources, role).images
+            predictions[f"{model_name}.{role}"] = predict_probs(model, images, mean, std, desc=f"{model_name} on {role}")
     for name, images in shifted(sources.test.images, "test", shift_seed).items():
-        predictions[f"base.test.{name}"] = predict_probs(base, images, mean, std)
-    predictions["base.locality"] = predict_probs(base, sources.locality.images, mean, std)
+        predictions[f"base.test.{name}"] = predict_probs(base, images, mean, std, desc=f"base on test {name}")
+    predictions["base.locality"] = predict_probs(base, sources.locality.images, mean, std, desc="base on locality")
     for name, images in shifted(sources.locality.images, "locality", shift_seed).items():
-        predictions[f"base.locality.{name}"] = predict_probs(base, images, mean, std)
+        predictions[f"base.locality.{name}"] = predict_probs(base, images, mean, std, desc=f"base on locality {name}")
     return predictions
 
 
