@@ -19,8 +19,8 @@ import torch
 from ...benchmark_data import BenchmarkData, save_benchmark
 from ...models import file_sha256
 from ..architectures import SmallConvNet
-from ..locality import select_near_boundary
 from ..examples import write_examples
+from ..locality import select_near_boundary
 from ..mad import mad_groups
 from ..predictions import cached_arrays, load_trained, predict_probs
 from ..shifts import SHIFT_NAMES, render_shift
