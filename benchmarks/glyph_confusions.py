@@ -47,7 +47,8 @@ def main() -> None:
                         if a != b and rate[a, b] >= args.min_rate), reverse=True)
         for value, a, b in pairs[:25]:
             print(f"  {classes[a].slug:>18} -> {classes[b].slug:<18} {value:.2f} (reverse {rate[b, a]:.2f})")
-        worst = np.argsort(np.diag(rate))[:10]
+        drawn = np.flatnonzero(counts.sum(1) > 0)
+        worst = drawn[np.argsort(np.diag(rate)[drawn])[:10]]
         print("  worst: " + ", ".join(f"{classes[k].slug} {rate[k, k]:.2f}" for k in worst))
 
 
