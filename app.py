@@ -458,7 +458,7 @@ def launch(demo: gr.Blocks, config: logic.AppConfig, **options):
         root.mkdir(parents=True, exist_ok=True)
     gr.set_static_paths([IMAGE_ROOT, EXPORT_ROOT])  # never rewritten while served: Gradio needs no copies
     folders = [spec for spec in config.models if Path(spec).is_dir()]  # model folders may hold example PNGs
-    folders += [str(e.path.parent) for e in demo.w2e_hub.get().examples[:1]]
+    folders += [str(folder) for folder in logic.world_example_folders(config.models)]
     return demo.launch(max_file_size=config.max_bytes, state_session_capacity=config.max_sessions,
                        max_threads=config.worker_threads, allowed_paths=folders, footer_links=["api", "gradio"], css=CSS,
                        **options)

@@ -28,7 +28,7 @@ from w2e.app_files import ExportFolders
 from w2e.editor import AlreadyCorrectError
 from w2e.hypernet import new_hypernetwork
 from w2e.images import ImageInputError
-from w2e.models import load_local_model, state_dict_sha256
+from w2e.models import bundled_worlds, load_local_model, state_dict_sha256, world_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ["banana-apple", "lighting-stagelight"]
@@ -116,7 +116,11 @@ def test_config_from_flags_and_env(tmp_path):
     assert config.models == ("a", "b") and config.default_model == "a" and config.edit_concurrency == 2
     config, _ = logic.parse_app_args(["--models", "x", "--locality-dir", str(tmp_path), "--queue-size", "3"], env={})
     assert config.models == ("x",) and config.locality_dir == tmp_path and config.queue_size == 3
-    assert logic.parse_app_args([], env={})[0].models == logic.DEFAULT_APP_MODELS
+    assert logic.parse_app_args([], env={})[0].models == logic.default_app_models()
+    assert logic.default_app_models()[0] == "fashion" and logic.default_app_models()[-1] == logic.PAPER_MODEL
+    assert set(logic.default_app_models()[:-1]) == set(bundled_worlds())
+    assert logic.world_example_folders(["fashion", "not-a-world"]) == [world_dir("fashion").parent.parent
+                                                                       / "assets" / "fashion" / "examples"]
     assert logic.display_names(["crane", "tench", "crane"]) == ["crane (#0)", "tench", "crane (#2)"]
 
 
