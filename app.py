@@ -157,7 +157,8 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
 
     def stack_view(bench, session, message, evaluation=None):
         evaluation = evaluation or bench.evaluate(session.sample, session.edits)
-        out = {edit_md: message, locality_md: logic.describe_evaluation(bench, evaluation, len(session.edits)),
+        locality = logic.describe_evaluation(bench, evaluation, len(session.edits))
+        out = {edit_md: message, locality_md: "\n\n".join(filter(None, [logic.describe_earlier_fixes(bench, session), locality])),
                flipped: bench.flipped(evaluation.localities), table: logic.edit_table(session),
                details: {"edits_in_session": len(session.edits), **evaluation.to_json()}, notice: cleared}
         if session.sample is not None:

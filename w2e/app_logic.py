@@ -34,6 +34,7 @@ from .editor import DEFAULT_RHO, IN_DISTRIBUTION, NEAR_BOUNDARY, Editor, Localit
 from .hypernet import load_hypernetwork
 from .images import MAX_FILE_BYTES, MAX_PIXELS, ImageInputError, read_image
 from .labels import echo, resolve_label
+from .lifelong import check_fixes
 from .masks import binarize
 from .models import (DEFAULT_MODEL, ModelBundle, best_device, bundled_worlds, cached_hub_weights, hub_reachable,
                      is_hub_model, load_model, read_manifest, world_dir)
@@ -976,6 +977,18 @@ def describe_evaluation(bench: Workbench, evaluation: Evaluation, stack: int) ->
         text += (f"\n\n{GENERALIZATION} **{evaluation.generalization:.1%}** of the {evaluation.group_size} other "
                  f"images of group *{evaluation.group_name}* are classified right{before}.")
     return text
+
+
+def describe_earlier_fixes(bench: Workbench, session: Session) -> str:
+    """Whether the session's earlier fixes still hold with its whole stack applied, e.g.
+    "Earlier fixes still right: 4 of 5 (lost: boot.png, now 'sandal')"; empty below two edits."""
+    if len(session.edits) < 2:
+        return ""
+    earlier = session.sources[:-1]
+    check = check_fixes(bench.editor, torch.cat([source.inputs for source in earlier]),
+                        [edit.label for edit in session.edits[:-1]], session.edits,
+                        [echo(source.name) for source in earlier])
+    return "**" + check.describe(bench.bundle.class_names, "Earlier fixes") + "** with all your edits applied."
 
 
 def describe_tradeoff(points: Sequence[TradeoffPoint]) -> str:
