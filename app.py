@@ -157,7 +157,8 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
 
     def stack_view(bench, session, message, evaluation=None):
         evaluation = evaluation or bench.evaluate(session.sample, session.edits)
-        out = {edit_md: message, locality_md: logic.describe_evaluation(bench, evaluation, len(session.edits)),
+        locality = logic.describe_evaluation(bench, evaluation, len(session.edits))
+        out = {edit_md: message, locality_md: "\n\n".join(filter(None, [logic.describe_earlier_fixes(bench, session), locality])),
                flipped: bench.flipped(evaluation.localities), table: logic.edit_table(session),
                details: {"edits_in_session": len(session.edits), **evaluation.to_json()}, notice: cleared}
         if session.sample is not None:
@@ -458,7 +459,7 @@ def launch(demo: gr.Blocks, config: logic.AppConfig, **options):
         root.mkdir(parents=True, exist_ok=True)
     gr.set_static_paths([IMAGE_ROOT, EXPORT_ROOT])  # never rewritten while served: Gradio needs no copies
     folders = [spec for spec in config.models if Path(spec).is_dir()]  # model folders may hold example PNGs
-    folders += [str(e.path.parent) for e in demo.w2e_hub.get().examples[:1]]
+    folders += [str(folder) for folder in logic.world_example_folders(config.models)]
     return demo.launch(max_file_size=config.max_bytes, state_session_capacity=config.max_sessions,
                        max_threads=config.worker_threads, allowed_paths=folders, footer_links=["api", "gradio"], css=CSS,
                        **options)

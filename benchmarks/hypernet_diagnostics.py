@@ -15,7 +15,7 @@ import json
 from w2e.hypernet import load_hypernetwork
 from w2e.mask_diagnostics import benchmark_probe
 from w2e.models import load_model
-from w2e.worlds.fashion_world import meta_probe
+from w2e.worlds.fashion.world import meta_probe
 
 
 def main() -> None:

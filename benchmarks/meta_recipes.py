@@ -24,7 +24,7 @@ from w2e.mask_diagnostics import benchmark_probe
 from w2e.mask_search import MaskSearchConfig
 from w2e.meta import LOG_FILE, MetaTrainConfig, meta_train
 from w2e.models import load_model
-from w2e.worlds.fashion_world import FASHION_META, meta_probe, meta_training_source
+from w2e.worlds.fashion.world import FASHION_META, meta_probe, meta_training_source
 
 SHIPPED_SEARCH = FASHION_META.search
 

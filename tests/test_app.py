@@ -25,10 +25,11 @@ from PIL import Image
 from tests.conftest import tiny_model, write_benchmark, write_model_dir
 from w2e import app_logic as logic
 from w2e.app_files import ExportFolders
+from w2e.edit import edits_applied
 from w2e.editor import AlreadyCorrectError
 from w2e.hypernet import new_hypernetwork
 from w2e.images import ImageInputError
-from w2e.models import load_local_model, state_dict_sha256
+from w2e.models import bundled_worlds, load_local_model, state_dict_sha256, world_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ["banana-apple", "lighting-stagelight"]
@@ -116,7 +117,11 @@ def test_config_from_flags_and_env(tmp_path):
     assert config.models == ("a", "b") and config.default_model == "a" and config.edit_concurrency == 2
     config, _ = logic.parse_app_args(["--models", "x", "--locality-dir", str(tmp_path), "--queue-size", "3"], env={})
     assert config.models == ("x",) and config.locality_dir == tmp_path and config.queue_size == 3
-    assert logic.parse_app_args([], env={})[0].models == logic.DEFAULT_APP_MODELS
+    assert logic.parse_app_args([], env={})[0].models == logic.default_app_models()
+    assert logic.default_app_models()[0] == "fashion" and logic.default_app_models()[-1] == logic.PAPER_MODEL
+    assert set(logic.default_app_models()[:-1]) == set(bundled_worlds())
+    assert logic.world_example_folders(["fashion", "not-a-world"]) == [world_dir("fashion").parent.parent
+                                                                       / "assets" / "fashion" / "examples"]
     assert logic.display_names(["crane", "tench", "crane"]) == ["crane (#0)", "tench", "crane (#2)"]
 
 
@@ -182,6 +187,23 @@ def test_session_edit_undo_reset_export_never_touch_the_base(bench, tmp_path):
     session.reset()
     assert session.edits == [] and session.log == []
     assert state_dict_sha256(bench.bundle.model) == base
+
+
+def test_the_session_stack_says_whether_earlier_fixes_still_hold(bench):
+    session = logic.Session(bench.spec)
+    assert logic.describe_earlier_fixes(bench, session) == ""
+    session.set_sample(bench.sample_from_file(bench.examples[0].path))
+    first, label = session.sample, session.sample.true_label
+    assert logic.apply_edit(bench, session, label, 0.25, max_edits=5).edit.success
+    other = int(bench.benchmark.locality_indices[0])  # an image the model gets right, pushed to another class
+    session.set_sample(bench.sample_from_row(other, "other.png"))
+    target = (int(bench.probabilities(session.sample, session.edits).argmax()) + 1) % len(bench.bundle.class_names)
+    assert logic.apply_edit(bench, session, target, 1.0, max_edits=5).edit.success
+    with torch.no_grad(), edits_applied(bench.bundle.model, bench.bundle.site, session.edits):
+        still = int(bench.bundle.model(first.inputs).argmax()) == label
+    text = logic.describe_earlier_fixes(bench, session)
+    assert text.startswith(f"**Earlier fixes still right: {int(still)} of 1")
+    assert ("lost:" in text) != still
 
 
 def test_heatmap_colours_span_the_mask_and_the_average_mask_shows_what_is_specific(bench):

@@ -165,3 +165,11 @@ def test_meta_train_with_an_unknown_data_source_exits_2(tiny_dir, tmp_path, caps
     code, _, err = _run(capsys, "meta-train", "--model", tiny_dir, "--data", "nowhere", "--out", tmp_path / "h",
                         "--iterations", 1)
     assert code == 2 and "nowhere" in err
+
+
+def test_world_build_names_unknown_worlds_and_unbuilt_checks(tmp_path, monkeypatch, capsys):
+    code, _, err = _run(capsys, "world", "build", "atlantis")
+    assert code == 2 and "unknown world 'atlantis'" in err and "fashion" in err and "glyphs" in err
+    monkeypatch.setenv("W2E_HOME", str(tmp_path))  # a checkout where nothing was built
+    code, _, err = _run(capsys, "world", "build", "glyphs", "--check")
+    assert code == 2 and "build it with `w2e world build glyphs`" in err

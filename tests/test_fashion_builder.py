@@ -10,19 +10,20 @@ from safetensors.torch import save_file
 
 from w2e.photo import fit_photo_to_frame
 from w2e.benchmark_data import BenchmarkData, load_benchmark, save_benchmark
-from w2e.worlds.fashion_benchmark import (
+from w2e.worlds.fashion.benchmark import (
     BenchmarkConfig,
     assemble_benchmark,
     load_base_model,
     load_stronger_model,
-    predict_probs,
     with_in_distribution_set,
-    write_examples,
 )
-from w2e.worlds.fashion_data import DEFAULT_DATA_DIR, FASHION_CLASSES, FashionSplit, load_fashion_split
-from w2e.worlds.fashion_models import BASE_VIT_KWARGS, STRONGER_CNN_KWARGS, SmallConvNet
+from w2e.worlds.architectures import SmallConvNet
+from w2e.worlds.fashion.data import DEFAULT_DATA_DIR, FASHION_CLASSES, FashionSplit, load_fashion_split, semantic_distance
+from w2e.worlds.fashion.models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS
+from w2e.worlds.examples import write_examples
 from w2e.worlds.locality import select_near_boundary, select_random, top2_gap
 from w2e.worlds.mad import mad_groups, mad_order
+from w2e.worlds.predictions import predict_probs
 from w2e.worlds.shifts import SHIFT_NAMES, render_shift, render_sketch, render_stage_light
 
 torch.set_num_threads(1)
@@ -54,7 +55,7 @@ def blob_images(n: int, seed: int = 0) -> np.ndarray:
 def test_mad_order_sorts_by_distance_then_confidence_then_position() -> None:
     stronger = one_hot_probs([SHIRT, COAT, DRESS, BAG, SNEAKER, SHIRT], [0.9, 0.9, 0.6, 0.9, 0.9, 0.9])
     base = one_hot_probs([T_SHIRT, DRESS, COAT, BAG, SANDAL, T_SHIRT], [0.9, 0.5, 0.9, 0.9, 0.9, 0.9])
-    order, dist = mad_order(base, stronger)
+    order, dist = mad_order(base, stronger, semantic_distance)
     # distance 2: images 1 (0.45) and 2 (0.54) -> 2 first; distance 1: 0, 4, 5 tie -> position.
     assert order.tolist() == [2, 1, 0, 4, 5]
     assert dist.tolist() == [2, 2, 1, 1, 1]
@@ -64,13 +65,14 @@ def test_mad_groups_verify_with_labels_and_apply_min_size() -> None:
     stronger = one_hot_probs([SHIRT, SHIRT, SHIRT, COAT, COAT, SNEAKER, BAG])
     base = one_hot_probs([T_SHIRT, T_SHIRT, T_SHIRT, PULLOVER, PULLOVER, SANDAL, BAG])
     labels = np.array([SHIRT, SHIRT, T_SHIRT, COAT, COAT, SNEAKER, BAG])
-    result = mad_groups(base, stronger, labels, FASHION_CLASSES, min_group_size=2)
+    result = mad_groups(base, stronger, labels, FASHION_CLASSES, min_group_size=2, distance=semantic_distance)
     assert [g.name for g in result.groups] == ["coat-pullover", "shirt-t-shirt"]
     assert result.groups[0].pool_indices.tolist() == [3, 4]
     assert result.groups[1].pool_indices.tolist() == [0, 1]  # image 2 fails verification
     assert result.discarded_groups == {"sneaker-sandal": 1}
     assert 6 not in result.selected  # agreement is never picked
-    budgeted = mad_groups(base, stronger, labels, FASHION_CLASSES, min_group_size=1, budget=2)
+    budgeted = mad_groups(base, stronger, labels, FASHION_CLASSES, min_group_size=1, budget=2,
+                          distance=semantic_distance)
     assert [g.name for g in budgeted.groups] == ["coat-pullover"]
 
 
@@ -215,10 +217,10 @@ def test_base_model_loads_from_training_state_and_predicts(tmp_path) -> None:
     state["optim.0.step"] = torch.tensor(1.0)
     save_file(state, str(tmp_path / "state.safetensors"))
     loaded = load_base_model(tmp_path / "state.safetensors")
-    probs = predict_probs(loaded, blob_images(3), batch_size=2)
+    probs = predict_probs(loaded, blob_images(3), FASHION_MEAN, FASHION_STD, batch_size=2)
     assert probs.shape == (3, 10)
     np.testing.assert_allclose(probs.sum(1), 1.0)
-    np.testing.assert_allclose(probs, predict_probs(model, blob_images(3)), atol=1e-6)
+    np.testing.assert_allclose(probs, predict_probs(model, blob_images(3), FASHION_MEAN, FASHION_STD), atol=1e-6)
 
 
 def test_stronger_model_loads_strictly(tmp_path) -> None:
@@ -226,7 +228,8 @@ def test_stronger_model_loads_strictly(tmp_path) -> None:
     model = SmallConvNet(**STRONGER_CNN_KWARGS)
     weights = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(tmp_path / "model.safetensors"))
-    assert predict_probs(load_stronger_model(tmp_path / "model.safetensors"), blob_images(2)).shape == (2, 10)
+    stronger = load_stronger_model(tmp_path / "model.safetensors")
+    assert predict_probs(stronger, blob_images(2), FASHION_MEAN, FASHION_STD).shape == (2, 10)
     del weights["head.bias"]
     save_file(weights, str(tmp_path / "partial.safetensors"))
     with pytest.raises(RuntimeError):

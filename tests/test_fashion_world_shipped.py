@@ -56,7 +56,7 @@ def test_locality_set_is_near_the_boundary_with_true_label_on_top(editor):
 
 
 def test_random_in_distribution_set_is_ordinary_unused_test_images(editor):
-    from w2e.worlds.fashion_stages import in_distribution_test_indices
+    from w2e.worlds.fashion.stages import in_distribution_test_indices
 
     bench = editor.benchmark
     recorded = json.loads(MANIFEST.read_text())["figures"]["in_distribution"]
@@ -109,7 +109,7 @@ def staged_photo(item: np.ndarray, rng: np.random.Generator) -> bytes:
 
 def test_phone_photo_preprocessing_keeps_the_base_models_accuracy(editor):
     from w2e.images import read_image
-    from w2e.worlds.fashion_data import load_fashion_split
+    from w2e.worlds.fashion.data import load_fashion_split
 
     test = load_fashion_split("test")
     rng = np.random.default_rng(0)

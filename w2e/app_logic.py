@@ -34,14 +34,36 @@ from .editor import DEFAULT_RHO, IN_DISTRIBUTION, NEAR_BOUNDARY, Editor, Localit
 from .hypernet import load_hypernetwork
 from .images import MAX_FILE_BYTES, MAX_PIXELS, ImageInputError, read_image
 from .labels import echo, resolve_label
+from .lifelong import check_fixes
 from .masks import binarize
-from .models import DEFAULT_MODEL, ModelBundle, best_device, cached_hub_weights, hub_reachable, is_hub_model, load_model
+from .models import (DEFAULT_MODEL, ModelBundle, best_device, bundled_worlds, cached_hub_weights, hub_reachable,
+                     is_hub_model, load_model, read_manifest, world_dir)
 from .preprocess import model_view, normalise_array
 
 #: The paper's ImageNet base model (needs internet the first time it is loaded).
 PAPER_MODEL = "vit_base_patch16_224.augreg_in21k_ft_in1k"
-#: Models the app offers by default: the bundled offline world first, then the paper's ViT-B/16.
-DEFAULT_APP_MODELS = (DEFAULT_MODEL, PAPER_MODEL)
+
+
+def default_app_models() -> tuple[str, ...]:
+    """Models the app offers by default: the bundled offline worlds (the default one first), then
+    the paper's ViT-B/16."""
+    worlds = bundled_worlds()
+    return (*sorted(worlds, key=lambda name: name != DEFAULT_MODEL), PAPER_MODEL)
+
+
+def world_example_folders(models: Sequence[str]) -> list[Path]:
+    """The gallery folders of the offered bundled worlds (read from their manifests, no model loaded)."""
+    folders = []
+    for spec in models:
+        if spec not in bundled_worlds():
+            continue
+        manifest = read_manifest(world_dir(spec))
+        benchmark = manifest.get("benchmark")
+        folder = manifest.get("examples") or (str(Path(benchmark).parent / "examples") if benchmark else None)
+        if folder and (world_dir(spec) / folder).is_dir():
+            folders.append((world_dir(spec) / folder).resolve())
+    return folders
+
 #: Densities of the trade-off explorer (the paper's sparsity levels 0.25 ... 0.95).
 RHO_GRID = (0.75, 0.5, 0.25, 0.1, 0.05)
 TOP_K = 5
@@ -79,7 +101,7 @@ class AppConfig:
     ``W2E_APP_MAX_EDIT_MB``, ``W2E_APP_MAX_EXPORT_MB``, ``W2E_APP_IDLE_MINUTES``, ``W2E_APP_EDITED_IDLE_HOURS``,
     ``W2E_APP_HYPERNETWORK``."""
 
-    models: tuple[str, ...] = DEFAULT_APP_MODELS
+    models: tuple[str, ...] = field(default_factory=default_app_models)
     locality_dir: Path | None = None
     device: str | None = None  # None: best available (CUDA, else CPU)
     edit_concurrency: int = 1  # heavy requests (edits, sweeps, searches, exports, loads) running at once
@@ -117,7 +139,7 @@ def parse_app_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | N
     """App configuration from command-line flags, falling back to env vars, then defaults."""
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(prog="app.py", description="w2e web app: see where to edit a ViT, edit it, check locality.")
-    parser.add_argument("--models", default=env.get("W2E_APP_MODELS", ",".join(DEFAULT_APP_MODELS)),
+    parser.add_argument("--models", default=env.get("W2E_APP_MODELS", ",".join(default_app_models())),
                         help="comma-separated model specs (bundled world, model folder, hf://OWNER/NAME or timm name); "
                              "first is the default")
     parser.add_argument("--hypernetwork", default=env.get("W2E_APP_HYPERNETWORK") or None,
@@ -955,6 +977,18 @@ def describe_evaluation(bench: Workbench, evaluation: Evaluation, stack: int) ->
         text += (f"\n\n{GENERALIZATION} **{evaluation.generalization:.1%}** of the {evaluation.group_size} other "
                  f"images of group *{evaluation.group_name}* are classified right{before}.")
     return text
+
+
+def describe_earlier_fixes(bench: Workbench, session: Session) -> str:
+    """Whether the session's earlier fixes still hold with its whole stack applied, e.g.
+    "Earlier fixes still right: 4 of 5 (lost: boot.png, now 'sandal')"; empty below two edits."""
+    if len(session.edits) < 2:
+        return ""
+    earlier = session.sources[:-1]
+    check = check_fixes(bench.editor, torch.cat([source.inputs for source in earlier]),
+                        [edit.label for edit in session.edits[:-1]], session.edits,
+                        [echo(source.name) for source in earlier])
+    return "**" + check.describe(bench.bundle.class_names, "Earlier fixes") + "** with all your edits applied."
 
 
 def describe_tradeoff(points: Sequence[TradeoffPoint]) -> str:

@@ -278,20 +278,27 @@ def _meta_source(data: str, bundle: ModelBundle, probe_size: int):
         if held_out is None:
             return train, None
         return train, MaskProbe.from_images("held-out", bundle.model, bundle.site.start, held_out.to(bundle.device))
-    if data == "fashion":
-        from .worlds.fashion_world import meta_probe, meta_training_source
+    from .worlds.registry import UnknownWorldError, meta_training_source
 
-        return meta_training_source(bundle), meta_probe(bundle)
-    raise CliError(f"--data {data!r}: not a folder of images and not a bundled data set ('fashion')")
+    try:
+        source = meta_training_source(data, bundle)
+    except UnknownWorldError as error:
+        raise CliError(f"--data {data!r}: not a folder of images and not a bundled world's data ({error})") from None
+    if data == "fashion":
+        from .worlds.fashion.world import meta_probe
+
+        return source, meta_probe(bundle)
+    return source, None
 
 
 def cmd_world(args: argparse.Namespace) -> None:
     """Build or check a bundled world."""
-    from .worlds.fashion_world import build_fashion_world
+    from .worlds.registry import UnknownWorldError, WorldBuildError, build_world
 
-    if args.name != "fashion":
-        raise CliError(f"unknown world {args.name!r}; available: fashion")
-    build_fashion_world(check=args.check)
+    try:
+        build_world(args.name, check=args.check)
+    except (UnknownWorldError, WorldBuildError) as error:
+        raise CliError(str(error)) from None
 
 
 def cmd_push(args: argparse.Namespace) -> None:

@@ -145,7 +145,7 @@ def _build_architecture(architecture: dict) -> nn.Module:
 
         return VisionTransformer(**kwargs)
     if family == "small_cnn":
-        from .worlds.fashion_models import SmallConvNet
+        from .worlds.architectures import SmallConvNet
 
         return SmallConvNet(**kwargs)
     raise CheckpointError(f"unknown architecture {architecture!r}: give 'timm_model' or family 'vit'")

@@ -82,7 +82,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: best available)")
     p.add_argument("--train-data", default="auto",
                    help="training images for KE/MEND meta-training, T-Patcher's memory, ROME's key covariance and "
-                        "the CutMix/PGD ablation: an image folder, 'fashion', or 'none' (default: the world's own)")
+                        "the CutMix/PGD ablation: an image folder, a world's name, or 'none' (default: the world's own)")
     p.add_argument("--out", default=None, help="output folder (default: runs/bench-<model>)")
     p.add_argument("--quick", action="store_true", help="the documented quick subset (see below)")
     p.add_argument("--seed", type=int, default=0)
@@ -149,23 +149,24 @@ def _bundle(args):
 
 
 def resolve_train_source(spec: str | None, model_spec: str, bundle):
-    """Training images ("seen data"): a folder, the fashion world's, or ``None``."""
+    """Training images ("seen data"): a folder, a bundled world's (``auto``: the model's own world), or ``None``."""
     from ..data import FolderSource
+    from ..worlds.registry import WORLDS, meta_training_source
 
     if spec in (None, "none"):
         return None
-    if spec not in ("auto", "fashion"):
+    if spec != "auto" and spec not in WORLDS:
         if Path(spec).is_dir():
             return FolderSource(spec, bundle.preprocessing)
-        raise _cli_error(f"--train-data {spec!r}: not a folder of images, 'fashion', 'auto' or 'none'")
-    if spec == "fashion" or model_spec == "fashion":
+        raise _cli_error(f"--train-data {spec!r}: not a folder of images, a world ({', '.join(WORLDS)}), "
+                         "'auto' or 'none'")
+    world = model_spec if spec == "auto" else spec
+    if world in WORLDS:
         try:
-            from ..worlds.fashion_world import meta_training_source
-
-            return meta_training_source(bundle)
-        except (ImportError, FileNotFoundError, OSError) as error:
-            if spec == "fashion":
-                raise _cli_error(f"fashion training images unavailable: {error}") from None
+            return meta_training_source(world, bundle)
+        except (ImportError, FileNotFoundError, OSError, RuntimeError) as error:
+            if spec != "auto":
+                raise _cli_error(f"{world} training images unavailable: {error}") from None
             print(f"w2e bench: no training images ({error}); methods that need them are skipped", file=sys.stderr)
     return None
 

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .fashion_data import semantic_distance
-
 
 @dataclass(frozen=True)
 class MadGroup:
@@ -46,7 +44,7 @@ class MadResult:
 def mad_order(
     base_probs: np.ndarray,
     stronger_probs: np.ndarray,
-    distance: Callable[[int, int], int] = semantic_distance,
+    distance: Callable[[int, int], int],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Greedy MAD order of every pool image with nonzero prediction distance.
 
@@ -72,7 +70,8 @@ def mad_groups(
     class_names: Sequence[str],
     min_group_size: int = 25,
     budget: int | None = None,
-    distance: Callable[[int, int], int] = semantic_distance,
+    *,
+    distance: Callable[[int, int], int],
 ) -> MadResult:
     """Run MAD over a pool and group the verified failures of the base model.
 

@@ -13,11 +13,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from .registry import WorldBuildError
+
 #: Each epoch's shuffle seed is ``seed * EPOCH_SEED_STRIDE + epoch`` (keeps the shipped runs' order).
 EPOCH_SEED_STRIDE = 1000
 #: CutMix draws from its own generator, seeded ``epoch seed + CUTMIX_SEED_OFFSET``, so a run with
 #: CutMix sees the same batches, crops and flips as the same run without it.
 CUTMIX_SEED_OFFSET = 500
+#: File in a training run folder naming the data the run trains on.
+DATA_KEY_FILE = "data_key.txt"
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,8 @@ class TrainRecipe:
     hflip: bool = True
     seed: int = 0
     cutmix: float = 0.0  # probability that a batch is CutMix-ed (0: never)
+    #: Forward and backward under bfloat16 autocast (weights and optimiser stay float32).
+    bf16: bool = False
 
 
 def augment(batch: torch.Tensor, recipe: TrainRecipe, generator: torch.Generator) -> torch.Tensor:
@@ -164,17 +170,19 @@ def train_classifier(
                 group["lr"] = _lr_at(step, total_steps, warmup_steps, recipe.lr)
             index = order[step_in_epoch * recipe.batch_size : (step_in_epoch + 1) * recipe.batch_size]
             batch, targets = augment(inputs[index], recipe, generator), labels[index]
-            if recipe.cutmix > 0 and float(torch.rand(1, generator=mixing)) < recipe.cutmix:
-                batch, partner, own_share = cutmix_batch(batch, mixing)
-                logits = model(batch)
-                loss = own_share * F.cross_entropy(logits, targets) + (1 - own_share) * F.cross_entropy(logits, targets[partner])
-            else:
-                loss = F.cross_entropy(model(batch), targets)
+            with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=recipe.bf16):
+                if recipe.cutmix > 0 and float(torch.rand(1, generator=mixing)) < recipe.cutmix:
+                    batch, partner, own_share = cutmix_batch(batch, mixing)
+                    logits = model(batch).float()
+                    loss = (own_share * F.cross_entropy(logits, targets)
+                            + (1 - own_share) * F.cross_entropy(logits, targets[partner]))
+                else:
+                    loss = F.cross_entropy(model(batch).float(), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total_loss += float(loss)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            total_loss += float(loss.detach())
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         entry = {
             "epoch": epoch + 1,
             "train_loss": total_loss / steps_per_epoch,
@@ -198,3 +206,34 @@ def recipe_dict(recipe: TrainRecipe) -> dict:
 def to_model_input(images: np.ndarray, mean: float, std: float) -> torch.Tensor:
     """uint8 (N, 28, 28) images -> normalised float (N, 1, 28, 28) tensor."""
     return ((torch.from_numpy(images).float() / 255.0 - mean) / std).unsqueeze(1)
+
+
+def train_and_export(
+    model: torch.nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: TrainRecipe,
+    run_dir: Path,
+    eval_inputs: torch.Tensor | None = None,
+    eval_labels: torch.Tensor | None = None,
+    data_key: str | None = None,
+) -> Path:
+    """Train ``model`` (resuming from ``run_dir``) and export its weights; reuse an earlier export.
+
+    ``data_key`` names the training data (e.g. a hash of how it was made); it is stored in
+    ``run_dir`` and a run started on other data is refused instead of resumed. Returns
+    ``run_dir / "model.safetensors"``.
+    """
+    final = run_dir / "model.safetensors"
+    key_path = run_dir / DATA_KEY_FILE
+    if data_key is not None:
+        if key_path.is_file() and key_path.read_text() != data_key:
+            raise WorldBuildError(f"{run_dir} holds a run on other training data; delete the folder to train anew")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        key_path.write_text(data_key)
+    if final.exists():
+        return final
+    torch.manual_seed(recipe.seed)
+    train_classifier(model, inputs, labels, recipe, run_dir, eval_inputs, eval_labels)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(final))
+    return final

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import timm.models.vision_transformer as vit
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from .fashion_data import FASHION_CLASSES, load_fashion_split
-from .fashion_models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS, SmallConvNet
-from .subpopulations import SubpopulationConfig, find_subpopulations
-from .training import TrainRecipe, to_model_input, train_classifier
+from .data import FASHION_CLASSES, load_fashion_split
+from .models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS
+from ..architectures import SmallConvNet
+from ..subpopulations import SubpopulationConfig, find_subpopulations
+from ..training import TrainRecipe, to_model_input, train_and_export
 
 BASE_RECIPE = TrainRecipe(epochs=12, batch_size=256, lr=1e-3, weight_decay=0.05, seed=0)
 #: A warm restart after the first run: the 12-epoch model still underfits (train loss 0.32, no
@@ -68,18 +69,18 @@ def in_distribution_test_indices(subpops: dict) -> np.ndarray:
 
 
 def _train_and_export(model: torch.nn.Module, name: str, work: Path, train_index: np.ndarray, recipe: TrainRecipe) -> Path:
-    final = work / name / "model.safetensors"
-    if final.exists():
-        return final
-    torch.manual_seed(recipe.seed)
+    if (work / name / "model.safetensors").exists():
+        return work / name / "model.safetensors"
     train, test = load_fashion_split("train"), load_fashion_split("test")
-    inputs = to_model_input(train.images[train_index], FASHION_MEAN, FASHION_STD)
-    labels = torch.from_numpy(train.labels[train_index])
-    eval_inputs = to_model_input(test.images, FASHION_MEAN, FASHION_STD)
-    eval_labels = torch.from_numpy(test.labels)
-    train_classifier(model, inputs, labels, recipe, work / name, eval_inputs, eval_labels)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(final))
-    return final
+    return train_and_export(
+        model,
+        to_model_input(train.images[train_index], FASHION_MEAN, FASHION_STD),
+        torch.from_numpy(train.labels[train_index]),
+        recipe,
+        work / name,
+        to_model_input(test.images, FASHION_MEAN, FASHION_STD),
+        torch.from_numpy(test.labels),
+    )
 
 
 def stage_train_base(work: Path, recipe: TrainRecipe = BASE_RECIPE) -> Path:

@@ -11,26 +11,24 @@ random in-distribution images (added by :func:`stage_in_distribution`).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import timm.models.vision_transformer as vit
 import torch
-from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
-from .fashion_data import FASHION_CLASSES, FashionSplit, load_fashion_split
-from .fashion_models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS, SmallConvNet
-from .fashion_stages import in_distribution_test_indices, left_out_indices, stage_subpopulations
-from .locality import select_near_boundary, select_random
-from .mad import mad_groups
-from .shifts import SHIFT_NAMES, render_shift
-from ..benchmark_data import IN_DISTRIBUTION_GROUP, BenchmarkData, load_benchmark, save_benchmark
-from ..models import file_sha256
-from .training import to_model_input
+from ...benchmark_data import IN_DISTRIBUTION_GROUP, BenchmarkData, load_benchmark, save_benchmark
+from ...models import file_sha256
+from ..architectures import SmallConvNet
+from ..examples import write_examples
+from ..locality import select_near_boundary, select_random
+from ..mad import mad_groups
+from ..predictions import cached_arrays, load_trained, predict_probs
+from ..shifts import SHIFT_NAMES, render_shift
+from .data import FASHION_CLASSES, FashionSplit, load_fashion_split, semantic_distance
+from .models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS
+from .stages import in_distribution_test_indices, left_out_indices, stage_subpopulations
 
 SOURCE_NAMES: tuple[str, ...] = ("test", "left_out_train", "shifted_test")
 SHIFT_GROUP_NAMES: dict[str, tuple[str, str]] = {
@@ -62,37 +60,19 @@ class BenchmarkConfig:
     in_distribution_seed: int = 0
 
 
-def read_model_weights(path: Path) -> dict[str, torch.Tensor]:
-    """Model weights from an exported model file or from a training state (``model.`` keys)."""
-    tensors = load_file(str(path))
-    if any(key.startswith("optim.") for key in tensors):
-        return {key[len("model.") :]: value for key, value in tensors.items() if key.startswith("model.")}
-    return tensors
-
-
 def load_base_model(path: Path) -> torch.nn.Module:
     """The base ViT with weights from ``path`` (strict: every weight must be present)."""
-    model = vit.VisionTransformer(**BASE_VIT_KWARGS)
-    model.load_state_dict(read_model_weights(path))
-    return model.eval()
+    return load_trained(vit.VisionTransformer(**BASE_VIT_KWARGS), path)
 
 
 def load_stronger_model(path: Path) -> torch.nn.Module:
     """The stronger CNN with weights from ``path`` (strict)."""
-    model = SmallConvNet(**STRONGER_CNN_KWARGS)
-    model.load_state_dict(read_model_weights(path))
-    return model.eval()
+    return load_trained(SmallConvNet(**STRONGER_CNN_KWARGS), path)
 
 
-@torch.no_grad()
-def predict_probs(model: torch.nn.Module, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    """Softmax probabilities (float64, (N, C)) of ``model`` on uint8 images, as in training."""
-    model.eval()
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        inputs = to_model_input(np.array(images[start : start + batch_size]), FASHION_MEAN, FASHION_STD)
-        chunks.append(torch.softmax(model(inputs).double(), dim=-1).numpy())
-    return np.concatenate(chunks) if chunks else np.zeros((0, len(FASHION_CLASSES)))
+def fashion_probs(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    """Softmax probabilities of ``model`` on Fashion-MNIST-normalised uint8 images."""
+    return predict_probs(model, images, FASHION_MEAN, FASHION_STD)
 
 
 def render_test_shifts(test_images: np.ndarray, seed: int) -> dict[str, np.ndarray]:
@@ -113,35 +93,29 @@ def compute_predictions(
     ``base.<shift>`` for every shift name.
     """
     predictions = {
-        "base.test": predict_probs(base, test.images),
-        "base.left_out": predict_probs(base, left_out_images),
-        "stronger.test": predict_probs(stronger, test.images),
-        "stronger.left_out": predict_probs(stronger, left_out_images),
+        "base.test": fashion_probs(base, test.images),
+        "base.left_out": fashion_probs(base, left_out_images),
+        "stronger.test": fashion_probs(stronger, test.images),
+        "stronger.left_out": fashion_probs(stronger, left_out_images),
     }
     for name, rendered in render_test_shifts(test.images, shift_seed).items():
-        predictions[f"base.{name}"] = predict_probs(base, rendered)
+        predictions[f"base.{name}"] = fashion_probs(base, rendered)
     return predictions
 
 
 def stage_predictions(work: Path, base_path: Path, stronger_path: Path, shift_seed: int = 0) -> dict[str, np.ndarray]:
     """Run both models over the pool (cached in ``work``, keyed by model hashes and seed)."""
-    key = json.dumps({"base": file_sha256(base_path), "stronger": file_sha256(stronger_path), "shift_seed": shift_seed})
-    cache = work / PREDICTIONS_FILE
-    if cache.exists():
-        with safe_open(str(cache), "np") as handle:
-            if handle.metadata().get("key") == key:
-                return {name: handle.get_tensor(name) for name in handle.keys()}
-    subpops = stage_subpopulations(work)
-    test, train = load_fashion_split("test"), load_fashion_split("train")
-    left_out = train.images[left_out_indices(subpops)]
-    predictions = compute_predictions(
-        load_base_model(base_path), load_stronger_model(stronger_path), test, left_out, shift_seed
-    )
-    work.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    save_file({k: torch.from_numpy(v) for k, v in predictions.items()}, str(tmp), metadata={"key": key})
-    tmp.replace(cache)
-    return predictions
+
+    def compute() -> dict[str, np.ndarray]:
+        subpops = stage_subpopulations(work)
+        test, train = load_fashion_split("test"), load_fashion_split("train")
+        left_out = train.images[left_out_indices(subpops)]
+        return compute_predictions(
+            load_base_model(base_path), load_stronger_model(stronger_path), test, left_out, shift_seed
+        )
+
+    key = {"base": file_sha256(base_path), "stronger": file_sha256(stronger_path), "shift_seed": shift_seed}
+    return cached_arrays(work / PREDICTIONS_FILE, key, compute)
 
 
 def _accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
@@ -189,6 +163,7 @@ def _natural_blocks(
         FASHION_CLASSES,
         min_group_size=config.mad_min_group_size,
         budget=config.mad_budget,
+        distance=semantic_distance,
     )
     blocks = []
     for number, group in enumerate(mad.groups):
@@ -325,36 +300,6 @@ def assemble_benchmark(
     return data, figures
 
 
-def write_examples(data: BenchmarkData, out_dir: Path, count: int, scale: int) -> list[Path]:
-    """Save ``count`` example failures as PNGs named ``<group>__<true label>__<n>.png``.
-
-    Examples are taken round-robin over the groups (the n-th image of each group), the
-    shifted groups before the natural ones so that every kind of failure is shown. Each PNG is the 28 px image upscaled ``scale`` times with nearest neighbour, so
-    the original pixels are every ``scale``-th pixel; the exact images are in the benchmark
-    file. Earlier example PNGs in ``out_dir`` are removed first.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("*__*__*.png"):
-        old.unlink()
-    kinds = data.info["group_kinds"]
-    order = sorted(range(len(kinds)), key=lambda g: (kinds[g] == "natural", g))
-    members = {g: np.flatnonzero(data.groups == g) for g in order}
-    written: list[Path] = []
-    rank = 0
-    while len(written) < count and any(rank < len(m) for m in members.values()):
-        for group, indices in members.items():
-            if len(written) == count or rank >= len(indices):
-                continue
-            row = indices[rank]
-            label = data.info["class_names"][int(data.labels[row])]
-            path = out_dir / f"{data.info['group_names'][group]}__{label}__{rank}.png"
-            image = Image.fromarray(data.images[row])
-            image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST).save(path)
-            written.append(path)
-        rank += 1
-    return written
-
-
 def stage_benchmark(
     work: Path,
     assets_dir: Path,
@@ -423,5 +368,5 @@ def stage_in_distribution(assets_dir: Path, base_path: Path, subpops: dict,
                                     in_distribution_test_indices(subpops), config)
     save_benchmark(path, data)
     rows = data.in_distribution_indices
-    probs = predict_probs(load_base_model(base_path), data.images[rows])
+    probs = fashion_probs(load_base_model(base_path), data.images[rows])
     return {**data.info["in_distribution"], "base_accuracy": _accuracy(probs, data.labels[rows])}

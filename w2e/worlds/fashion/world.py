@@ -3,29 +3,30 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..benchmark_data import IN_DISTRIBUTION_GROUP, load_benchmark
-from ..data import TensorSource
-from ..mask_diagnostics import MaskProbe
-from ..mask_search import MaskSearchConfig
-from ..meta import LOG_FILE, MetaTrainConfig, meta_train
-from ..models import ModelBundle, file_sha256, load_local_model, project_root
-from ..preprocess import normalise_array
-from .fashion_benchmark import (SOURCE_NAMES, BenchmarkConfig, load_base_model, predict_probs, stage_benchmark,
-                                stage_in_distribution)
-from .fashion_data import FASHION_CLASSES, FASHION_SUPERCLASSES, load_fashion_split
-from .fashion_models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS
-from .fashion_stages import (BASE_CONTINUE_RECIPE, BASE_RECIPE, STRONGER_RECIPE, base_training_indices,
-                             in_distribution_test_indices, stage_continue_base, stage_subpopulations, stage_train_base,
-                             stage_train_stronger)
-from .subpopulations import SubpopulationConfig
-from .training import evaluate_accuracy
+from ...benchmark_data import IN_DISTRIBUTION_GROUP, load_benchmark
+from ...data import TensorSource
+from ...mask_diagnostics import MaskProbe
+from ...mask_search import MaskSearchConfig
+from ...meta import LOG_FILE, MetaTrainConfig
+from ...models import ModelBundle, load_local_model
+from ...preprocess import normalise_array
+from ..shipping import (StageClock, count_misclassified_editing_samples, file_problems, stage_meta_train,
+                        write_manifest)
+from ..shipping import world_paths as shared_world_paths
+from ..subpopulations import SubpopulationConfig
+from ..training import evaluate_accuracy
+from .benchmark import SOURCE_NAMES, BenchmarkConfig, fashion_probs, load_base_model, stage_benchmark, stage_in_distribution
+from .data import FASHION_CLASSES, FASHION_SUPERCLASSES, load_fashion_split
+from .models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS
+from .stages import (BASE_CONTINUE_RECIPE, BASE_RECIPE, STRONGER_RECIPE, base_training_indices,
+                     in_distribution_test_indices, stage_continue_base, stage_subpopulations, stage_train_base,
+                     stage_train_stronger)
 
 WORLD = "fashion"
 #: Edit learning rate for the fashion ViT (RMSProp; the paper's 2e-5 is for ViT-B/16).
@@ -37,8 +38,7 @@ FASHION_META = MetaTrainConfig(iterations=200, batch_size=8, hyper_lr=1e-3, chec
 
 def world_paths(root: Path | None = None) -> dict[str, Path]:
     """Where the world's build work and shipped files live."""
-    root = root or project_root()
-    return {"work": root / ".build" / WORLD, "checkpoints": root / "checkpoints" / WORLD, "assets": root / "assets" / WORLD}
+    return shared_world_paths(WORLD, root)
 
 
 def _manifest(figures: dict, hypernet: bool, meta_config: MetaTrainConfig) -> dict:
@@ -76,15 +76,7 @@ def _shipped_files(paths: dict[str, Path], manifest: dict) -> list[Path]:
 
 
 def _write_manifest(paths: dict[str, Path], manifest: dict) -> None:
-    ckpt = paths["checkpoints"]
-    manifest["files"] = {str(Path(_relative(p, ckpt))): file_sha256(p) for p in _shipped_files(paths, manifest)}
-    (ckpt / "manifest.json").write_text(json.dumps(manifest, indent=1))
-
-
-def _relative(path: Path, start: Path) -> str:
-    import os
-
-    return os.path.relpath(path, start)
+    write_manifest(paths["checkpoints"], manifest, _shipped_files(paths, manifest))
 
 
 def meta_training_source(bundle: ModelBundle) -> TensorSource:
@@ -124,20 +116,13 @@ def build_fashion_world(check: bool = False, root: Path | None = None, meta_conf
     work, ckpt, assets = paths["work"], paths["checkpoints"], paths["assets"]
     ckpt.mkdir(parents=True, exist_ok=True)
     assets.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-
-    def timed(name: str, fn):
-        started = time.time()
-        result = fn()
-        timings[name] = round(time.time() - started, 1)
-        return result
-
-    subpops = timed("subpopulations", lambda: stage_subpopulations(work))
-    timed("train_base", lambda: stage_train_base(work))
-    base_path = timed("continue_base", lambda: stage_continue_base(work))
-    stronger_path = timed("train_stronger", lambda: stage_train_stronger(work))
-    figures = timed("benchmark", lambda: stage_benchmark(work, assets, base_path=base_path))
-    figures["in_distribution"] = timed("in_distribution", lambda: stage_in_distribution(assets, base_path, subpops))
+    clock = StageClock()
+    subpops = clock.run("subpopulations", lambda: stage_subpopulations(work))
+    clock.run("train_base", lambda: stage_train_base(work))
+    base_path = clock.run("continue_base", lambda: stage_continue_base(work))
+    stronger_path = clock.run("train_stronger", lambda: stage_train_stronger(work))
+    figures = clock.run("benchmark", lambda: stage_benchmark(work, assets, base_path=base_path))
+    figures["in_distribution"] = clock.run("in_distribution", lambda: stage_in_distribution(assets, base_path, subpops))
     shutil.copyfile(base_path, ckpt / "base.safetensors")
     shutil.copyfile(stronger_path, ckpt / "stronger.safetensors")
     (ckpt / "subpopulations.json").write_text(json.dumps(subpops))
@@ -149,11 +134,8 @@ def build_fashion_world(check: bool = False, root: Path | None = None, meta_conf
     manifest = _manifest(figures, hypernet=False, meta_config=meta_config)
     _write_manifest(paths, manifest)
     bundle = load_local_model(ckpt)
-    hyper = timed("meta_train", lambda: meta_train(bundle, meta_training_source(bundle), work / "meta", meta_config))
-    shutil.copyfile(hyper, ckpt / "hypernet.safetensors")
-    shutil.copyfile(hyper.with_suffix(".json"), ckpt / "hypernet.json")
-    shutil.copyfile(work / "meta" / LOG_FILE, ckpt / LOG_FILE)
-    figures["build_seconds"] = timings
+    clock.run("meta_train", lambda: stage_meta_train(bundle, meta_training_source(bundle), work, ckpt, meta_config))
+    figures["build_seconds"] = clock.seconds
     manifest = _manifest(figures, hypernet=True, meta_config=meta_config)
     _write_manifest(paths, manifest)
     print(json.dumps({k: v for k, v in figures.items() if k != "train_logs"}, indent=1))
@@ -181,13 +163,7 @@ def check_fashion_world(paths: dict[str, Path]) -> dict:
     """
     ckpt = paths["checkpoints"]
     manifest = json.loads((ckpt / "manifest.json").read_text())
-    problems = []
-    for name, digest in manifest["files"].items():
-        path = (ckpt / name).resolve()
-        if not path.is_file():
-            problems.append(f"missing: {path}")
-        elif file_sha256(path) != digest:
-            problems.append(f"sha256 mismatch: {path}")
+    problems = file_problems(ckpt, manifest)
     subpops = json.loads((ckpt / "subpopulations.json").read_text())
     rebuilt = stage_subpopulations_fresh()
     if [s["left_out"] for s in rebuilt["subpopulations"]] != [s["left_out"] for s in subpops["subpopulations"]]:
@@ -200,13 +176,10 @@ def check_fashion_world(paths: dict[str, Path]) -> dict:
     recorded = manifest["figures"]["accuracy"]["base_in_distribution_test"]
     if abs(accuracy - recorded) > 1e-4:
         problems.append(f"base in-distribution accuracy {accuracy:.4f} != manifest {recorded:.4f}")
+    wrong, samples = count_misclassified_editing_samples(bundle)
+    if wrong != samples:
+        problems.append(f"{samples - wrong} editing samples are classified correctly by the base model")
     bench = load_benchmark(bundle.benchmark_path)
-    groups = bench.groups >= 0
-    with torch.no_grad():
-        preds = bundle.model(normalise_array(bench.images[groups], bundle.preprocessing)).argmax(-1).numpy()
-    wrong = int((preds != bench.labels[groups]).sum())
-    if wrong != int(groups.sum()):
-        problems.append(f"{int(groups.sum()) - wrong} editing samples are classified correctly by the base model")
     problems += _check_in_distribution_set(bench, inside, manifest["figures"].get("in_distribution"), bundle)
     if problems:
         raise RuntimeError("fashion world check failed:\n  " + "\n  ".join(problems))
@@ -227,7 +200,7 @@ def _check_in_distribution_set(bench, in_distribution, recorded: dict | None, bu
     others = index[(bench.groups != IN_DISTRIBUTION_GROUP) & (source != SOURCE_NAMES.index("left_out_train"))]
     if not np.isin(index[rows], in_distribution).all() or np.isin(index[rows], others).any():
         problems.append("in-distribution set is not made of unused in-distribution test images")
-    probs = predict_probs(load_base_model(bundle.directory / bundle.manifest["weights"]), bench.images[rows])
+    probs = fashion_probs(load_base_model(bundle.directory / bundle.manifest["weights"]), bench.images[rows])
     accuracy = float((probs.argmax(1) == bench.labels[rows]).mean())
     if abs(accuracy - recorded["base_accuracy"]) > 1e-4:
         problems.append(f"base accuracy on the in-distribution set {accuracy:.4f} != manifest {recorded['base_accuracy']:.4f}")

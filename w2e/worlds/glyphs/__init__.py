@@ -1,0 +1,1 @@
+"""The glyph world: characters of many scripts rendered from Debian font packages."""

@@ -1,0 +1,73 @@
+"""Everything that fixes a glyph world: fonts, classes, rendering, data sets, models, recipes.
+
+:data:`GLYPH_WORLD` is the shipped world; tests build a small slice of it with fewer
+packages, classes and images through the same stages.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ...mask_search import MaskSearchConfig
+from ...meta import MetaTrainConfig
+from ..training import TrainRecipe
+from .benchmark import GlyphBenchmarkConfig
+from .classes import GLYPH_CLASSES, GlyphClass
+from .data import DatasetSpec
+from .render import RenderRanges
+
+
+@dataclass(frozen=True)
+class GlyphWorldConfig:
+    """A glyph world's settings (recorded in its manifest)."""
+
+    #: Debian font packages to draw from (``None``: every package of the style table).
+    packages: tuple[str, ...] | None = None
+    classes: tuple[GlyphClass, ...] = GLYPH_CLASSES
+    ranges: RenderRanges = RenderRanges()
+    image_size: int = 28
+    #: The base model's training renderings: common styles, rare styles at 3% of each class.
+    base_train: DatasetSpec = DatasetSpec("base-train", 150_000, seed=1, mix="base", rare_share=0.03)
+    #: The stronger model's training renderings: every style at its natural share.
+    stronger_train: DatasetSpec = DatasetSpec("stronger-train", 100_000, seed=2, mix="natural")
+    #: In-distribution test renderings (common styles) and held-out-style test renderings.
+    test_common: DatasetSpec = DatasetSpec("test-common", 10_000, seed=3, mix="common")
+    test_rare: DatasetSpec = DatasetSpec("test-rare", 5_000, seed=4, mix="rare")
+    #: The unlabelled pool of the MAD competition: every style at its natural share.
+    pool: DatasetSpec = DatasetSpec("pool", 60_000, seed=5, mix="natural")
+    #: In-distribution candidates of the locality sets (shifted renderings of them are added).
+    locality_pool: DatasetSpec = DatasetSpec("locality-pool", 30_000, seed=6, mix="common")
+    #: How many of the base model's training renderings (the first ones) meta-training uses.
+    meta_images: int = 20_000
+    #: timm ``VisionTransformer`` settings of the base model (classes and image size are added).
+    base_vit: dict = field(default_factory=lambda: {"patch_size": 4, "in_chans": 1, "embed_dim": 192, "depth": 12,
+                                                    "num_heads": 3, "mlp_ratio": 4.0, "global_pool": "token"})
+    stronger_widths: tuple[int, ...] = (64, 128, 256)
+    base_recipe: TrainRecipe = TrainRecipe(epochs=4, batch_size=128, lr=1e-3, weight_decay=0.05, warmup_epochs=0.25,
+                                           crop_padding=0, hflip=False, seed=0, bf16=True)
+    stronger_recipe: TrainRecipe = TrainRecipe(epochs=3, batch_size=128, lr=2e-3, weight_decay=5e-4,
+                                               warmup_epochs=0.25, crop_padding=0, hflip=False, seed=1, bf16=True)
+    benchmark: GlyphBenchmarkConfig = GlyphBenchmarkConfig()
+    #: Edit learning rate (RMSProp) of the base ViT.
+    edit_lr: float = 1e-4
+    #: Meta-training of the hypernetwork (the fashion world's scaled-down recipe).
+    meta: MetaTrainConfig = MetaTrainConfig(iterations=200, batch_size=8, hyper_lr=1e-3, checkpoint_every=25,
+                                            search=MaskSearchConfig(inner_lr=0.1, inner_steps=3, outer_steps=5))
+
+    @property
+    def base_vit_kwargs(self) -> dict:
+        """Keyword arguments of the base ``VisionTransformer``."""
+        return {"img_size": self.image_size, "num_classes": len(self.classes), **self.base_vit}
+
+    @property
+    def stronger_cnn_kwargs(self) -> dict:
+        """Keyword arguments of the stronger ``SmallConvNet``."""
+        return {"in_chans": 1, "num_classes": len(self.classes), "widths": list(self.stronger_widths)}
+
+    def to_dict(self) -> dict:
+        """JSON-ready settings (classes as slug and code points)."""
+        record = asdict(self)
+        record["classes"] = [{"slug": c.slug, "codepoints": c.codepoints, "script": c.script} for c in self.classes]
+        return record
+
+
+GLYPH_WORLD = GlyphWorldConfig()

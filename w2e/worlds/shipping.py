@@ -1,0 +1,77 @@
+"""Stages every world shares at its end: meta-training, the manifest with file hashes, the check."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import numpy as np
+import torch
+
+from ..benchmark_data import load_benchmark
+from ..data import TensorSource
+from ..meta import LOG_FILE, MetaTrainConfig, meta_train
+from ..models import ModelBundle, file_sha256, project_root
+from ..preprocess import normalise_array
+
+T = TypeVar("T")
+
+
+def world_paths(name: str, root: Path | None = None) -> dict[str, Path]:
+    """Where world ``name``'s build work (``.build/``) and shipped files (``checkpoints/``, ``assets/``) live."""
+    root = root or project_root()
+    return {"work": root / ".build" / name, "checkpoints": root / "checkpoints" / name, "assets": root / "assets" / name}
+
+
+class StageClock:
+    """Runs stages and records how many seconds each took."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, stage: Callable[[], T]) -> T:
+        """Run ``stage`` and record its duration under ``name``."""
+        started = time.time()
+        result = stage()
+        self.seconds[name] = round(time.time() - started, 1)
+        return result
+
+
+def stage_meta_train(bundle: ModelBundle, source: TensorSource, work: Path, checkpoints: Path,
+                     config: MetaTrainConfig) -> Path:
+    """Meta-train the world's hypernetwork (resumes from ``work/meta``) and copy it with its log to ``checkpoints``."""
+    hypernet = meta_train(bundle, source, work / "meta", config)
+    shutil.copyfile(hypernet, checkpoints / "hypernet.safetensors")
+    shutil.copyfile(hypernet.with_suffix(".json"), checkpoints / "hypernet.json")
+    shutil.copyfile(work / "meta" / LOG_FILE, checkpoints / LOG_FILE)
+    return checkpoints / "hypernet.safetensors"
+
+
+def write_manifest(checkpoints: Path, manifest: dict, files: list[Path]) -> None:
+    """Write ``manifest.json`` with the sha256 of every shipped file (paths relative to ``checkpoints``)."""
+    manifest["files"] = {os.path.relpath(path, checkpoints): file_sha256(path) for path in files}
+    (checkpoints / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
+def file_problems(checkpoints: Path, manifest: dict) -> list[str]:
+    """Shipped files that are missing or whose sha256 differs from the manifest's."""
+    problems = []
+    for name, digest in manifest["files"].items():
+        path = (checkpoints / name).resolve()
+        if not path.is_file():
+            problems.append(f"missing: {path}")
+        elif file_sha256(path) != digest:
+            problems.append(f"sha256 mismatch: {path}")
+    return problems
+
+
+def count_misclassified_editing_samples(bundle: ModelBundle) -> tuple[int, int]:
+    """How many of the benchmark's editing samples the base model gets wrong, out of how many."""
+    bench = load_benchmark(bundle.benchmark_path)
+    groups = bench.groups >= 0
+    with torch.no_grad():
+        preds = bundle.model(normalise_array(bench.images[groups], bundle.preprocessing)).argmax(-1).numpy()
+    return int((preds != bench.labels[groups]).sum()), int(np.count_nonzero(groups))
