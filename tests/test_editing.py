@@ -129,3 +129,21 @@ def test_changed_parameters_counts_only_weights_that_moved(tiny_bundle):
     none = editor.edit(image, wrong_label(editor, image), rho=0.25, mask=torch.rand(tiny_bundle.site.mask_shape),
                        config=EditConfig(lr=1e-2, max_steps=0))
     assert none.steps == 0 and none.num_parameters > 0 and none.changed_parameters == 0
+
+
+def test_an_edit_runs_the_prefix_once_for_the_check_the_hypernetwork_and_the_fine_tuning(tiny_bundle):
+    from w2e.hypernet import new_hypernetwork
+
+    hyper = new_hypernetwork(tiny_bundle.site, tiny_bundle.name, tiny_bundle.sha256, depth=1)
+    editor = Editor(tiny_bundle, hyper)
+    image = torch.randn(1, 3, 16, 16)
+    label = wrong_label(editor, image)
+    calls = []
+    handle = tiny_bundle.model.patch_embed.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        edit = editor.edit(image, label, rho=0.25, config=EditConfig(lr=1e-2))
+    finally:
+        handle.remove()
+    assert len(calls) == 1 and edit.success and edit.info["mask_source"] == "hypernetwork"
+    with pytest.raises(AlreadyCorrectError):
+        editor.edit(image, label, rho=0.25, prior_edits=[edit])

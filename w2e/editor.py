@@ -126,8 +126,14 @@ class Editor:
     @torch.no_grad()
     def features(self, images) -> torch.Tensor:
         """The frozen model's final [cls] feature, the hypernetwork's input."""
-        x = self.inputs(images)
-        tokens = cached_prefix(self.bundle.model, x, self.bundle.site.start)
+        return self._features(self._prefix(self.inputs(images)))
+
+    def _prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens entering the edit site for model inputs ``x`` (one prefix pass)."""
+        return cached_prefix(self.bundle.model, x, self.bundle.site.start)
+
+    @torch.no_grad()
+    def _features(self, tokens: torch.Tensor) -> torch.Tensor:
         return forward_suffix(self.bundle.model, tokens, self.bundle.site.start, pre_logits=True)
 
     def continuous_mask(self, images, label: int | None = None) -> torch.Tensor:
@@ -136,10 +142,13 @@ class Editor:
         Uses the hypernetwork when there is one, else the test-time mask search, which needs
         ``label``.
         """
-        x = self.inputs(images)
+        return self._continuous_mask(self.inputs(images), label)
+
+    def _continuous_mask(self, x: torch.Tensor, label: int | None, tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`continuous_mask` of model inputs ``x``, reusing their prefix ``tokens`` when given."""
         if self.hypernetwork is not None:
             with torch.no_grad():
-                masks = self.hypernetwork.mask(self.features(x)).cpu()
+                masks = self.hypernetwork.mask(self._features(self._prefix(x) if tokens is None else tokens)).cpu()
             return ensemble(masks)
         if label is None:
             raise ValueError("the test-time mask search needs the right label of the image")
@@ -167,11 +176,11 @@ class Editor:
         """
         x = self.inputs(images)
         labels = torch.as_tensor([label] * len(x) if isinstance(label, int) else list(label), device=x.device)
+        tokens = self._prefix(x)  # one prefix pass: the check, the hypernetwork and the fine-tuning share it
         if not allow_correct:
-            self.check_needs_edit(x, labels, prior_edits)
-        continuous = mask if mask is not None else self.continuous_mask(x, int(labels[0]))
+            self._refuse_if_right(tokens, labels, prior_edits)
+        continuous = mask if mask is not None else self._continuous_mask(x, int(labels[0]), tokens)
         binary = binarize(continuous, rho, mode)
-        tokens = cached_prefix(self.bundle.model, x, self.bundle.site.start)
         edit = masked_fine_tune(self.bundle.model, self.bundle.site, tokens, labels, binary, config or self.edit_config,
                                 prior_edits, progress)
         edit.info.update({"rho": rho, "mode": mode, "mask_source": "given" if mask is not None else self.mask_source,
@@ -181,8 +190,13 @@ class Editor:
     def check_needs_edit(self, images, labels: torch.Tensor, prior_edits: Sequence[Edit] = ()) -> None:
         """Raise :class:`AlreadyCorrectError` when the model with ``prior_edits`` already
         predicts ``labels`` for every one of ``images``."""
-        predicted = self.probabilities(images, prior_edits).argmax(-1)
-        if bool((predicted == labels.cpu()).all()):
+        self._refuse_if_right(self._prefix(self.inputs(images)), labels, prior_edits)
+
+    @torch.no_grad()
+    def _refuse_if_right(self, tokens: torch.Tensor, labels: torch.Tensor, prior_edits: Sequence[Edit]) -> None:
+        with edits_applied(self.bundle.model, self.bundle.site, prior_edits):
+            predicted = forward_suffix(self.bundle.model, tokens, self.bundle.site.start).argmax(-1)
+        if bool((predicted.cpu() == labels.cpu()).all()):
             names = dict.fromkeys(self.bundle.class_names[int(i)] for i in labels)
             raise AlreadyCorrectError(", ".join(names))
 
