@@ -147,8 +147,7 @@ def run_bench(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path, opt
     records = list(store.select(hashes))
     results = {
         "format": RESULTS_FORMAT,
-        "model": {"name": bundle.name, "sha256": base_sha, "site": bundle.site.to_dict(), "edit_lr": bundle.edit_lr,
-                  "classes": len(bundle.class_names), "parameters": sum(p.numel() for p in bundle.model.parameters())},
+        "model": model_info(bundle, base_sha),
         "benchmark": {"path": benchmark_path, "fingerprint": common["benchmark"], "groups": _group_table(ctx),
                       "locality_images": int(len(data.locality_indices)),
                       "locality_images_evaluated": int(len(ctx.locality_rows)), "editing_samples": len(ctx.samples)},
@@ -169,16 +168,38 @@ def run_bench(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path, opt
         "timing": timing_by_method(records),
         "iou": iou,
         "base_model_unchanged": True,
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(bundle.device),
-                        "python": platform.python_version(), "machine": platform.machine()},
+        "environment": environment(bundle),
         "seconds": time.perf_counter() - started,
     }
+    return write_results(results, out_dir, _report_writer, log)
+
+
+def _report_writer():
+    from .report import write_report
+
+    return write_report
+
+
+def model_info(bundle: ModelBundle, sha256: str) -> dict:
+    """The edited model as results record it: name, weights' sha256, site, edit lr, size."""
+    return {"name": bundle.name, "sha256": sha256, "site": bundle.site.to_dict(), "edit_lr": bundle.edit_lr,
+            "classes": len(bundle.class_names), "parameters": sum(p.numel() for p in bundle.model.parameters())}
+
+
+def environment(bundle: ModelBundle) -> dict:
+    """Where a run ran: torch version, threads, device, Python, machine."""
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(bundle.device),
+            "python": platform.python_version(), "machine": platform.machine()}
+
+
+def write_results(results: dict, out_dir: Path, report_writer: Callable[[], Callable[[dict, Path], None]],
+                  log: Callable[[str], None]) -> dict:
+    """Write ``results.json`` (strict JSON) and, when Plotly is installed, ``report.html`` with the
+    writer ``report_writer()`` returns (it imports Plotly); returns the cleaned results."""
     results = clean_json(results)
     (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=1, allow_nan=False))
     try:
-        from .report import write_report
-
-        write_report(results, out_dir / REPORT_FILE)
+        report_writer()(results, out_dir / REPORT_FILE)
     except ImportError as error:  # plotly missing
         log(f"report.html not written: {error} (pip install plotly)")
     return results

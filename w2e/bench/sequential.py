@@ -32,8 +32,6 @@ last saved state; the settings hash includes the stream, the checkpoints and
 """
 from __future__ import annotations
 
-import json
-import platform
 import re
 import statistics
 import sys
@@ -51,14 +49,12 @@ from ..models import ModelBundle, state_dict_sha256
 from .data import BenchContext, EditSample, EvalLimits, benchmark_fingerprint
 from .methods import Resources, registry
 from .records import RecordStore, settings_hash
-from .runner import check_base_unchanged, clean_json
+from .runner import check_base_unchanged, environment, model_info, write_results
 from .state import EditState, read_state, save_state
 
 SEQUENTIAL_PROTOCOL_VERSION = 1
 RESULTS_FORMAT = "w2e.bench.sequential/1"
 RECORDS_FILE = "steps.jsonl"
-RESULTS_FILE = "results.json"
-REPORT_FILE = "report.html"
 STATES_DIR = "states"
 #: Methods run by default: the issue's w2e, FT and FT-L1, T-Patcher, GRACE and WISE.
 DEFAULT_METHODS = ("w2e", "ft", "ft-l1", "tpatcher", "grace", "wise")
@@ -241,8 +237,7 @@ def run_sequential(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path
                  for t in checkpoints]
     results = {
         "format": RESULTS_FORMAT,
-        "model": {"name": bundle.name, "sha256": base_sha, "site": bundle.site.to_dict(), "edit_lr": bundle.edit_lr,
-                  "classes": len(bundle.class_names), "parameters": sum(p.numel() for p in bundle.model.parameters())},
+        "model": model_info(bundle, base_sha),
         "benchmark": {"path": benchmark_path, "fingerprint": common["benchmark"],
                       "groups_edited": len({s.group for s in stream}), "groups": len(data.group_names),
                       "locality_images_evaluated": int(len(ctx.locality_rows)),
@@ -260,19 +255,16 @@ def run_sequential(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path
         "curves": base_rows + sequential_curves(records, checkpoints),
         "retention_by_step": retention_by_step(records),
         "base_model_unchanged": True,
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": str(bundle.device),
-                        "python": platform.python_version(), "machine": platform.machine()},
+        "environment": environment(bundle),
         "seconds": time.perf_counter() - started,
     }
-    results = clean_json(results)
-    (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=1, allow_nan=False))
-    try:
-        from .sequential_report import write_sequential_report
+    return write_results(results, out_dir, _report_writer, log)
 
-        write_sequential_report(results, out_dir / REPORT_FILE)
-    except ImportError as error:  # plotly missing
-        log(f"report.html not written: {error} (pip install plotly)")
-    return results
+
+def _report_writer():
+    from .sequential_report import write_sequential_report
+
+    return write_sequential_report
 
 
 def _run_stream(ctx: BenchContext, method, value, stream: Sequence[EditSample], checkpoints: Sequence[int],
