@@ -161,8 +161,7 @@ class Editor:
         ``cache`` (what it selects for an ordinary image); ``None`` without a hypernetwork."""
         if self.hypernetwork is None:
             return None
-        features = forward_suffix(self.bundle.model, cache.tokens[:limit], self.bundle.site.start, pre_logits=True)
-        return self.hypernetwork.mask(features).mean(0).cpu()
+        return self.hypernetwork.mask(self._features(cache.tokens[:limit])).mean(0).cpu()
 
     def edit(self, images, label: int | Sequence[int], rho: float = DEFAULT_RHO, mode: str = "topk",
              mask: torch.Tensor | None = None, prior_edits: Sequence[Edit] = (), progress: ProgressFn | None = None,
