@@ -5,10 +5,10 @@ see locality at once.
     python app.py --models path/to/model_folder     # any w2e model folder (or W2E_APP_MODELS)
     python app.py --help                            # locality folder, device, limits
 
-This file is the page and its wiring only: the logic is in ``w2e.app_logic`` (models, sessions'
-images and edits, text), ``w2e.app_sessions`` (which sessions are kept), ``w2e.app_gate``
-(compute slots for heavy requests), ``w2e.app_files`` (served images and downloads) and the
-figures in ``w2e.plots``. The limits and what each protects are in the README ("Running it in
+This file is the page and its wiring only: the logic is in ``w2e.app.workbench`` (models, sessions'
+images and edits, text), ``w2e.app.sessions`` (which sessions are kept), ``w2e.app.gate``
+(compute slots for heavy requests), ``w2e.app.uploads`` (served images and downloads) and the
+figures in ``w2e.viz.charts``. The limits and what each protects are in the README ("Running it in
 public").
 """
 from __future__ import annotations
@@ -22,14 +22,15 @@ import gradio as gr
 from gradio.exceptions import InvalidPathError
 from pydantic import ValidationError
 
-from w2e import app_logic as logic
-from w2e import attention_plots, plots
-from w2e.app_files import EXPORT_ROOT, IMAGE_ROOT, ExportFolders, discard_upload, image_file
-from w2e.app_gate import ComputeGate
-from w2e.app_sessions import SessionStore
-from w2e.images import ImageInputError
-from w2e.labels import UnknownLabelError, echo
-from w2e.models import CheckpointError
+from w2e.app import workbench as logic
+from w2e.viz import attention_charts as attention_plots
+from w2e.viz import charts as plots
+from w2e.app.uploads import EXPORT_ROOT, IMAGE_ROOT, ExportFolders, discard_upload, image_file
+from w2e.app.gate import ComputeGate
+from w2e.app.sessions import SessionStore
+from w2e.inputs.images import ImageInputError
+from w2e.inputs.labels import UnknownLabelError, echo
+from w2e.models.loading import CheckpointError
 
 
 #: Galleries with whole captions under the images (3 columns on phones); the notice bar floats
@@ -414,7 +415,7 @@ def build_app(config: logic.AppConfig) -> gr.Blocks:
         stack_out = [edit_md, locality_md, flipped, table, top5, pred_md, details, notice]
         compute = dict(concurrency_limit=None)  # heavy requests queue in the gate, not in Gradio's queue
         # Inputs reach the handlers as sent, and the handlers check them (logic.parse_*, upload_source,
-        # Hub.get): every image goes through w2e.images.read_image, every bad value gets a clear message.
+        # Hub.get): every image goes through w2e.inputs.images.read_image, every bad value gets a clear message.
         unchecked = dict(preprocess=False)
 
         model_dd.input(on_model, [model_dd], every, api_name="model", show_progress_on=[model_md], **unchecked,

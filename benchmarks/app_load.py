@@ -64,8 +64,8 @@ def decode_case(reduced: bool, at_once: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from w2e import app_logic as logic
-    from w2e import images
+    from w2e.app import workbench as logic
+    from w2e.inputs import images
 
     bench = logic.Hub(logic.AppConfig(models=("fashion",), device="cpu")).get()
     data = huge_png()
@@ -98,7 +98,7 @@ def measure_sessions(count: int = 200) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from w2e import app_logic as logic
+    from w2e.app import workbench as logic
 
     bench = logic.Hub(logic.AppConfig(models=("fashion",), device="cpu")).get()
     rows = bench.benchmark.group_indices(0)
@@ -193,7 +193,7 @@ def measure_load(seconds: float = 30.0, fresh: int = 100) -> dict:
 
     torch.set_num_threads(1)
     import app
-    from w2e import app_logic as logic
+    from w2e.app import workbench as logic
 
     config, _ = logic.parse_app_args([], env={"W2E_APP_MODELS": "fashion", "W2E_APP_DEVICE": "cpu",
                                               "W2E_APP_QUEUE_SIZE": "8"})

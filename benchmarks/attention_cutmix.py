@@ -26,7 +26,7 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 
 from w2e.attention import AttentionStats, attention_statistics, patch_grid
-from w2e.models import load_model
+from w2e.models.loading import load_model
 from w2e.worlds.fashion.data import load_fashion_split
 from w2e.worlds.fashion.models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD
 from w2e.worlds.training import TrainRecipe, evaluate_accuracy, to_model_input, train_classifier

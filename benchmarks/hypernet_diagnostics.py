@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from w2e.hypernet import load_hypernetwork
-from w2e.mask_diagnostics import benchmark_probe
-from w2e.models import load_model
+from w2e.where.hypernet import load_hypernetwork
+from w2e.where.diagnostics import benchmark_probe
+from w2e.models.loading import load_model
 from w2e.worlds.fashion.world import meta_probe
 
 

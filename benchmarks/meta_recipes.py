@@ -4,7 +4,7 @@
         --out runs/meta-recipes --results benchmarks/results/meta-recipes.jsonl
 
 Each recipe meta-trains a hypernetwork for ``--iterations`` (resumable, one folder per recipe
-under ``--out``) with the input-dependence diagnostics of :mod:`w2e.mask_diagnostics`
+under ``--out``) with the input-dependence diagnostics of :mod:`w2e.where.diagnostics`
 logged on the held-out probe (in-distribution test images outside the benchmark, grouped by
 class) every ``--probe-every`` iterations. One JSON line per recipe goes to ``--results``:
 the settings, minutes, and the final diagnostics on the held-out probe and, for reference
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from w2e.mask_diagnostics import benchmark_probe
-from w2e.mask_search import MaskSearchConfig
-from w2e.meta import LOG_FILE, MetaTrainConfig, meta_train
-from w2e.models import load_model
+from w2e.where.diagnostics import benchmark_probe
+from w2e.where.mask_search import MaskSearchConfig
+from w2e.where.meta_train import LOG_FILE, MetaTrainConfig, meta_train
+from w2e.models.loading import load_model
 from w2e.worlds.fashion.world import FASHION_META, meta_probe, meta_training_source
 
 SHIPPED_SEARCH = FASHION_META.search

@@ -20,9 +20,9 @@ import time
 import torch
 
 from speed import GEOMETRIES, _bundle
-from w2e.editing import EditConfig
-from w2e.editor import Editor
-from w2e.hypernet import new_hypernetwork
+from w2e.engine.fine_tune import EditConfig
+from w2e.editor.editor import Editor
+from w2e.where.hypernet import new_hypernetwork
 
 EDIT_STEPS = 20
 

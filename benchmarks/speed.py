@@ -22,16 +22,16 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
-from w2e.cutmix import cutmix
-from w2e.editing import EditConfig, masked_fine_tune
-from w2e.editor import PrefixCache
-from w2e.masks import topk_mask
-from w2e.mask_search import MaskSearchConfig, distillation_kl, optimise_aux_masks
-from w2e.meta import MetaTrainConfig, episode_batch
-from w2e.models import ModelBundle
-from w2e.preprocess import PreprocessConfig
-from w2e.runner import cached_prefix, patch_size
-from w2e.site import site_for_model
+from w2e.where.cutmix import cutmix
+from w2e.engine.fine_tune import EditConfig, masked_fine_tune
+from w2e.editor.editor import PrefixCache
+from w2e.engine.masks import topk_mask
+from w2e.where.mask_search import MaskSearchConfig, distillation_kl, optimise_aux_masks
+from w2e.where.meta_train import MetaTrainConfig, episode_batch
+from w2e.models.loading import ModelBundle
+from w2e.inputs.preprocess import PreprocessConfig
+from w2e.engine.forward import cached_prefix, patch_size
+from w2e.engine.site import site_for_model
 
 GEOMETRIES = {
     "vit_base_patch16_224": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, num_classes=1000),

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from w2e.bench.cli import resolve_train_source
+from w2e.cli.bench import resolve_train_source
 from w2e.bench.data import BenchContext, EvalLimits, load_any_benchmark
 from w2e.bench.methods import Resources, capture_input, registry
 from w2e.bench.sequential import RESULTS_FILE, edit_stream, fixes_held, predict_rows, state_path
 from w2e.bench.state import read_state
 from w2e.bench.wise import activation_scores
-from w2e.models import load_model
+from w2e.models.loading import load_model
 
 
 def main() -> None:

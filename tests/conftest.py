@@ -11,7 +11,7 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
-from w2e.models import ModelBundle, file_sha256, load_local_model
+from w2e.models.loading import ModelBundle, file_sha256, load_local_model
 
 TINY_KWARGS = {"img_size": 16, "patch_size": 4, "in_chans": 3, "num_classes": 5, "embed_dim": 32, "depth": 6,
                "num_heads": 2, "mlp_ratio": 4.0}
@@ -73,7 +73,7 @@ def write_benchmark(model_dir: Path, group_names: list[str], group_size: int, lo
     images = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
     groups = np.concatenate([np.repeat(np.arange(len(group_names)), group_size), np.full(locality_size, -1),
                              np.full(in_distribution_size, -2)]).astype(np.int64)
-    from w2e.preprocess import normalise_array
+    from w2e.inputs.preprocess import normalise_array
 
     with torch.no_grad():
         predictions = bundle.model(normalise_array(images, bundle.preprocessing)).argmax(-1).numpy()

@@ -1,4 +1,4 @@
-"""The web app: logic (w2e.app_logic), its API through gradio_client, sessions, bad uploads.
+"""The web app: logic (w2e.app.workbench), its API through gradio_client, sessions, bad uploads.
 
 Runs against a tiny random ViT with a fake tiny benchmark (two failure groups, a locality set,
 example PNGs) and a random hypernetwork, so it needs neither the fashion world nor internet.
@@ -23,13 +23,13 @@ import torch
 from PIL import Image
 
 from tests.conftest import tiny_model, write_benchmark, write_model_dir
-from w2e import app_logic as logic
-from w2e.app_files import ExportFolders
-from w2e.edit import edits_applied
-from w2e.editor import AlreadyCorrectError
-from w2e.hypernet import new_hypernetwork
-from w2e.images import ImageInputError
-from w2e.models import bundled_worlds, load_local_model, state_dict_sha256, world_dir
+from w2e.app import workbench as logic
+from w2e.app.uploads import ExportFolders
+from w2e.engine.edits import edits_applied
+from w2e.editor.editor import AlreadyCorrectError
+from w2e.where.hypernet import new_hypernetwork
+from w2e.inputs.images import ImageInputError
+from w2e.models.loading import bundled_worlds, load_local_model, state_dict_sha256, world_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ["banana-apple", "lighting-stagelight"]
@@ -207,7 +207,7 @@ def test_the_session_stack_says_whether_earlier_fixes_still_hold(bench):
 
 
 def test_heatmap_colours_span_the_mask_and_the_average_mask_shows_what_is_specific(bench):
-    from w2e import plots
+    from w2e.viz import charts as plots
 
     session = logic.Session(bench.spec)
     session.set_sample(bench.sample_from_file(bench.examples[0].path))
@@ -225,7 +225,7 @@ def test_heatmap_colours_span_the_mask_and_the_average_mask_shows_what_is_specif
 
 
 def test_tradeoff_plot_fits_its_axes_and_plots_against_rho_without_a_group():
-    from w2e import plots
+    from w2e.viz import charts as plots
 
     rhos = [0.75, 0.5, 0.25, 0.1, 0.05]
     sets = {"near-boundary": [0.55, 0.56, 0.58, 0.6, 0.63], "in-distribution": [0.95, 0.955, 0.96, 0.97, 0.975]}
@@ -425,7 +425,7 @@ def test_one_progress_indicator_per_event_and_controls_explain_themselves(app_ur
 
 
 def test_loss_axis_reads_in_plain_numbers():
-    from w2e import plots
+    from w2e.viz import charts as plots
 
     figure = plots.loss_curve([4.1, 1.2, 0.3, 0.05, 0.009], loss_stop=0.01)
     assert figure.layout.yaxis.type == "log"
@@ -553,7 +553,7 @@ def test_two_concurrent_sessions_do_not_leak(app_url, app_world):
 
 
 def test_files_are_written_whole_while_others_read_them(tmp_path):
-    from w2e.app_files import image_file, write_atomically
+    from w2e.app.uploads import image_file, write_atomically
 
     path, contents = tmp_path / "shared.bin", [b"a" * 300_000, b"b" * 200_000]
     write_atomically(path, contents[0])

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from w2e.app_gate import BusyError, ComputeGate
+from w2e.app.gate import BusyError, ComputeGate
 
 
 def hold(gate: ComputeGate, owner: str, release: threading.Event, log: list, waits: list | None = None) -> threading.Thread:

@@ -21,9 +21,9 @@ from w2e.attention import (
     patch_grid,
     recorded_attention,
 )
-from w2e.cli import main
-from w2e.edit import Edit
-from w2e.site import UnsupportedModelError
+from w2e.cli.commands import main
+from w2e.engine.edits import Edit
+from w2e.engine.site import UnsupportedModelError
 from w2e.worlds.training import cutmix_batch
 
 torch.set_num_threads(1)
@@ -264,8 +264,8 @@ def test_cli_attention_user_errors_exit_2(tiny_dir, tiny_bundle, image_file, tmp
 
 
 def test_app_attention_view_and_figures(tiny_dir, tiny_bundle, image_file):
-    from w2e import app_logic as logic
-    from w2e.attention_plots import attention_heatmaps, attention_map_figure
+    from w2e.app import workbench as logic
+    from w2e.viz.attention_charts import attention_heatmaps, attention_map_figure
 
     bench = logic.Hub(logic.AppConfig(models=(str(tiny_dir),), device="cpu")).get()
     session = logic.Session(str(tiny_dir))

@@ -19,15 +19,15 @@ from w2e.bench.hooks import has_hooks
 from w2e.bench.methods import Resources, registry
 from w2e.bench.metrics import (at_stop, group_generalization, locality_rate, paired_sign_tests, pareto_front, sign_test,
                                success_rate, summarise_records)
-from w2e.mask_diagnostics import iou_matrix
+from w2e.where.diagnostics import iou_matrix
 from w2e.bench.pgd import PGDConfig, pgd_pseudo_samples
 from w2e.bench.records import RecordStore
 from w2e.bench.report import format_markdown, format_sign_tests
-from w2e.data import TensorSource
-from w2e.editing import fit_until_correct, masked_fine_tune
-from w2e.hypernet import new_hypernetwork
-from w2e.models import load_local_model
-from w2e.preprocess import normalise_array
+from w2e.inputs.sources import TensorSource
+from w2e.engine.fine_tune import fit_until_correct, masked_fine_tune
+from w2e.where.hypernet import new_hypernetwork
+from w2e.models.loading import load_local_model
+from w2e.inputs.preprocess import normalise_array
 
 GROUP_NAMES = ["apple-banana", "cherry-damson", "style"]
 
@@ -293,7 +293,7 @@ def test_masked_fine_tune_keeps_a_snapshot_only_when_asked(world):
     sample = ctx.samples[0]
     tokens, labels = ctx.sample_tokens(sample, bundle.site.start), ctx.sample_labels(sample)
     everything = torch.ones(bundle.site.mask_shape, dtype=torch.bool)
-    from w2e.editing import EditConfig
+    from w2e.engine.fine_tune import EditConfig
 
     config = EditConfig(lr=1e-2, max_steps=8, loss_stop=-1.0)
     plain = masked_fine_tune(bundle.model, bundle.site, tokens, labels, everything, config)
@@ -307,7 +307,7 @@ def test_masked_fine_tune_keeps_a_snapshot_only_when_asked(world):
 
 
 def test_w2e_mean_gives_every_image_one_mask_unlike_w2e(world, tmp_path):
-    from w2e.masks import binarize
+    from w2e.engine.masks import binarize
 
     ctx, bundle = world["ctx"], world["bundle"]
     mean = _method(world, "w2e-mean", tmp_path)
@@ -352,7 +352,7 @@ def test_lora_rank_is_the_knob(world, tmp_path):
         assert edit.level == 0
         qkv = model.blocks[0].attn.qkv
         with torch.no_grad(), edit.apply():
-            from w2e.overrides import _ACTIVE
+            from w2e.engine.overrides import _ACTIVE
 
             weight = _ACTIVE.get()[id(qkv)]
         delta = weight - qkv.weight
@@ -441,7 +441,7 @@ def test_run_writes_outputs_and_resumes_after_a_kill(world, tmp_path):
     timing = ("median_seconds",)
     strip = lambda rows: [{k: v for k, v in row.items() if k not in timing} for row in rows]  # noqa: E731
     assert strip(second["summary"]) == strip(first["summary"])  # resumed results equal an uninterrupted run
-    from w2e.bench.runner import reaggregate
+    from w2e.bench.protocol import reaggregate
 
     assert reaggregate(tmp_path / "b") == second["summary"]
     # a rerun has nothing left to do
@@ -450,7 +450,7 @@ def test_run_writes_outputs_and_resumes_after_a_kill(world, tmp_path):
 
 
 def test_run_scores_both_stops_and_sign_tests_w2e(world, tmp_path, monkeypatch):
-    from w2e.bench import runner
+    from w2e.bench import protocol as runner
 
     steps = {**FAST, "max_steps": 10}
     opts = BenchOptions(methods=["w2e", "w2e-mean", "ft", "random", "ke"], quick=True, ablations=(),
@@ -503,7 +503,7 @@ def test_image_folder_benchmark(world, tmp_path):
 
 
 def test_cli_parser_and_run(world, tmp_path, capsys):
-    from w2e.bench.cli import add_bench_parser
+    from w2e.cli.bench import add_bench_parser
 
     parser = argparse.ArgumentParser()
     add_bench_parser(parser.add_subparsers(dest="command"))
@@ -517,7 +517,7 @@ def test_cli_parser_and_run(world, tmp_path, capsys):
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["protocol"]["seed"] == 3 and results["methods"]["ft"]["settings"]["max_steps"] == 3
     assert results["methods"]["rome"]["settings"]["covariance"] is False
-    from w2e.cli import CliError
+    from w2e.cli.commands import CliError
 
     bad = parser.parse_args(["bench", "--model", str(world["root"] / "tiny"), "--benchmark", str(world["bench"]),
                              "--methods", "ft", "--out", str(tmp_path / "bad"), "--set", "ft.max_stepz=3"])
@@ -558,7 +558,7 @@ def test_edit_budget_is_spread_over_groups():
 
 
 def test_bench_train_command(world, tmp_path, capsys):
-    from w2e.bench.cli import add_bench_parser
+    from w2e.cli.bench import add_bench_parser
     from w2e.bench.hyperedit import default_hyper_settings, hyper_editor_path
 
     rng = np.random.default_rng(1)

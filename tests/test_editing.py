@@ -2,11 +2,11 @@ import pytest
 import torch
 
 from tests.conftest import wrong_label
-from w2e.edit import Edit, edited_state_dict, edits_applied
-from w2e.editing import EditConfig
-from w2e.editor import AlreadyCorrectError, Editor
-from w2e.masks import topk_mask
-from w2e.models import load_local_model
+from w2e.engine.edits import Edit, edited_state_dict, edits_applied
+from w2e.engine.fine_tune import EditConfig
+from w2e.editor.editor import AlreadyCorrectError, Editor
+from w2e.engine.masks import topk_mask
+from w2e.models.loading import load_local_model
 
 
 def _snapshot(model):
@@ -72,7 +72,7 @@ def test_save_load_and_export_round_trip(tiny_bundle, tmp_path):
     loaded = Edit.load(tmp_path / "edit.safetensors")
     assert loaded.site == edit.site and loaded.steps == edit.steps and loaded.success == edit.success
     assert all(torch.equal(a, b) for a, b in zip(loaded.deltas, edit.deltas))
-    from w2e.cli import _export
+    from w2e.cli.commands import _export
 
     _export(tiny_bundle, loaded, tmp_path / "exported")
     reloaded = load_local_model(tmp_path / "exported")
@@ -91,7 +91,7 @@ def test_failed_edit_is_reported_as_failed(tiny_bundle):
 
 
 def test_bf16_autocast_edit_and_mask_search_keep_float32_state(tiny_bundle):
-    from w2e.mask_search import MaskSearchConfig, search_mask
+    from w2e.where.mask_search import MaskSearchConfig, search_mask
 
     editor = Editor(tiny_bundle)
     image = torch.randn(1, 3, 16, 16)
@@ -132,7 +132,7 @@ def test_changed_parameters_counts_only_weights_that_moved(tiny_bundle):
 
 
 def test_an_edit_runs_the_prefix_once_for_the_check_the_hypernetwork_and_the_fine_tuning(tiny_bundle):
-    from w2e.hypernet import new_hypernetwork
+    from w2e.where.hypernet import new_hypernetwork
 
     hyper = new_hypernetwork(tiny_bundle.site, tiny_bundle.name, tiny_bundle.sha256, depth=1)
     editor = Editor(tiny_bundle, hyper)

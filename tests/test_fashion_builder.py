@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from w2e.photo import fit_photo_to_frame
-from w2e.benchmark_data import BenchmarkData, load_benchmark, save_benchmark
+from w2e.inputs.photo import fit_photo_to_frame
+from w2e.formats.benchmark_file import BenchmarkData, load_benchmark, save_benchmark
 from w2e.worlds.fashion.benchmark import (
     BenchmarkConfig,
     assemble_benchmark,
@@ -17,7 +17,7 @@ from w2e.worlds.fashion.benchmark import (
     load_stronger_model,
     with_in_distribution_set,
 )
-from w2e.worlds.architectures import SmallConvNet
+from w2e.models.architectures import SmallConvNet
 from w2e.worlds.fashion.data import DEFAULT_DATA_DIR, FASHION_CLASSES, FashionSplit, load_fashion_split, semantic_distance
 from w2e.worlds.fashion.models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS
 from w2e.worlds.examples import write_examples

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from w2e import Editor, load_model
-from w2e.benchmark_data import load_benchmark
-from w2e.models import file_sha256, world_dir
-from w2e.preprocess import normalise_array
+from w2e.formats.benchmark_file import load_benchmark
+from w2e.models.loading import file_sha256, world_dir
+from w2e.inputs.preprocess import normalise_array
 
 pytestmark = pytest.mark.integration
 MANIFEST = world_dir("fashion") / "manifest.json"
@@ -108,7 +108,7 @@ def staged_photo(item: np.ndarray, rng: np.random.Generator) -> bytes:
 
 
 def test_phone_photo_preprocessing_keeps_the_base_models_accuracy(editor):
-    from w2e.images import read_image
+    from w2e.inputs.images import read_image
     from w2e.worlds.fashion.data import load_fashion_split
 
     test = load_fashion_split("test")

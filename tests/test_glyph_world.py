@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from w2e.benchmark_data import load_benchmark, save_benchmark
-from w2e.labels import resolve_label
-from w2e.mask_search import MaskSearchConfig
-from w2e.meta import MetaTrainConfig
-from w2e.models import file_sha256, load_model
+from w2e.formats.benchmark_file import load_benchmark, save_benchmark
+from w2e.inputs.labels import resolve_label
+from w2e.where.mask_search import MaskSearchConfig
+from w2e.where.meta_train import MetaTrainConfig
+from w2e.models.loading import file_sha256, load_model
 from w2e.worlds.glyphs.benchmark import GlyphBenchmarkConfig
 from w2e.worlds.glyphs.classes import DROPPED_LOOKALIKES, GLYPH_CLASSES, GlyphClass, class_names
 from w2e.worlds.glyphs.config import GlyphWorldConfig

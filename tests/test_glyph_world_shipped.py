@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from w2e import Editor, load_model
-from w2e.benchmark_data import load_benchmark
-from w2e.models import file_sha256, world_dir
-from w2e.preprocess import normalise_array
+from w2e.formats.benchmark_file import load_benchmark
+from w2e.models.loading import file_sha256, world_dir
+from w2e.inputs.preprocess import normalise_array
 from w2e.worlds.locality import top2_gap
 
 MANIFEST = world_dir("glyphs") / "manifest.json"

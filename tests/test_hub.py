@@ -15,16 +15,16 @@ from huggingface_hub import HfApi, ModelCard
 from PIL import Image
 
 from tests.conftest import tiny_model, write_model_dir
-from w2e import app_logic as logic
-from w2e.cli import _export, main
-from w2e.edit import Edit
-from w2e.editor import Editor
-from w2e.hub import HubError, HubSpec, parse_hub_spec
-from w2e.hypernet import HypernetworkMismatchError, load_hypernetwork, new_hypernetwork
-from w2e.meta import LOG_FILE
-from w2e.model_card import CardError
-from w2e.models import load_local_model, load_model
-from w2e.push import CardOptions, push
+from w2e.app import workbench as logic
+from w2e.cli.commands import _export, main
+from w2e.engine.edits import Edit
+from w2e.editor.editor import Editor
+from w2e.formats.hub import HubError, HubSpec, parse_hub_spec
+from w2e.where.hypernet import HypernetworkMismatchError, load_hypernetwork, new_hypernetwork
+from w2e.where.meta_train import LOG_FILE
+from w2e.publish.model_card import CardError
+from w2e.models.loading import load_local_model, load_model
+from w2e.publish.push import CardOptions, push
 
 COMMIT = "c" * 40
 TIMM_NAME = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"

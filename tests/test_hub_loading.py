@@ -8,8 +8,8 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from w2e import models
-from w2e.models import CheckpointError, hub_reachable, load_model
+from w2e.models import loading as models
+from w2e.models.loading import CheckpointError, hub_reachable, load_model
 
 NAME = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
 

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from tests.conftest import tiny_model, wrong_label, write_model_dir
-from w2e.data import TensorSource
-from w2e.editor import Editor
-from w2e.hypernet import HypernetworkMismatchError, load_hypernetwork, new_hypernetwork
-from w2e.mask_search import MaskSearchConfig, distillation_kl, inner_loop, search_mask
-from w2e.meta import LOG_FILE, MetaTrainConfig, meta_train
-from w2e.models import load_local_model
-from w2e.overrides import make_overridable, weight_overrides
-from w2e.runner import forward_prefix, forward_suffix
+from w2e.inputs.sources import TensorSource
+from w2e.editor.editor import Editor
+from w2e.where.hypernet import HypernetworkMismatchError, load_hypernetwork, new_hypernetwork
+from w2e.where.mask_search import MaskSearchConfig, distillation_kl, inner_loop, search_mask
+from w2e.where.meta_train import LOG_FILE, MetaTrainConfig, meta_train
+from w2e.models.loading import load_local_model
+from w2e.engine.overrides import make_overridable, weight_overrides
+from w2e.engine.forward import forward_prefix, forward_suffix
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,7 @@ def test_hypernetwork_refuses_another_base_model(tiny_bundle, tmp_path):
     with pytest.raises(HypernetworkMismatchError, match="trained for base model"):
         load_hypernetwork(tmp_path / "h.safetensors", other.site, other.sha256)
     with pytest.raises(HypernetworkMismatchError, match="edit site"):
-        from w2e.site import site_for_model
+        from w2e.engine.site import site_for_model
 
         load_hypernetwork(tmp_path / "h.safetensors", site_for_model(tiny_bundle.model, [1, 2]), tiny_bundle.sha256)
 
@@ -62,7 +62,7 @@ def test_meta_training_fits_and_resumes(tiny_bundle, tmp_path):
 
 
 def test_meta_training_logs_probe_diagnostics_and_stores_them_with_the_hypernetwork(tiny_bundle, tmp_path):
-    from w2e.mask_diagnostics import MaskProbe
+    from w2e.where.diagnostics import MaskProbe
 
     source = TensorSource(torch.randn(16, 3, 16, 16))
     probe = MaskProbe.from_images("held-out", tiny_bundle.model, tiny_bundle.site.start, torch.randn(6, 3, 16, 16),
@@ -79,7 +79,7 @@ def test_meta_training_logs_probe_diagnostics_and_stores_them_with_the_hypernetw
 
 
 def _episode_targets(bundle, inits: int, seed: int) -> torch.Tensor:
-    from w2e.meta import episode_batch
+    from w2e.where.meta_train import episode_batch
 
     images = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(5))
     config = MetaTrainConfig(search=MaskSearchConfig(outer_steps=2, inner_steps=2, inner_lr=0.5, aux_inits=inits))
@@ -89,7 +89,7 @@ def _episode_targets(bundle, inits: int, seed: int) -> torch.Tensor:
 def test_several_init_targets_are_deterministic_and_reduce_to_plain_targets(tiny_bundle):
     import dataclasses
 
-    from w2e.mask_search import aux_mask_target, optimise_aux_masks
+    from w2e.where.mask_search import aux_mask_target, optimise_aux_masks
 
     four = _episode_targets(tiny_bundle, 4, seed=1)
     assert four.shape == (3, *tiny_bundle.site.mask_shape)
@@ -138,10 +138,10 @@ DDP_JOB = """
 import sys
 import torch
 import torch.distributed as dist
-from w2e.data import TensorSource
-from w2e.mask_search import MaskSearchConfig
-from w2e.meta import MetaTrainConfig, init_distributed_from_env, meta_train
-from w2e.models import load_local_model
+from w2e.inputs.sources import TensorSource
+from w2e.where.mask_search import MaskSearchConfig
+from w2e.where.meta_train import MetaTrainConfig, init_distributed_from_env, meta_train
+from w2e.models.loading import load_local_model
 
 torch.set_num_threads(1)
 model_dir, out_dir, device, backend = sys.argv[1:5]
@@ -247,7 +247,7 @@ def test_default_inner_step_moves_each_weight_by_lr_times_mask_times_gradient(ti
 
 
 def test_distributed_start_picks_the_device_and_refuses_missing_gpus(monkeypatch):
-    from w2e.meta import init_distributed_from_env
+    from w2e.where.meta_train import init_distributed_from_env
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert init_distributed_from_env("cpu") == torch.device("cpu")

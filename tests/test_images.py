@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from w2e.images import ImageInputError, read_image
-from w2e.preprocess import PreprocessConfig, model_view, preprocess
+from w2e.inputs.images import ImageInputError, read_image
+from w2e.inputs.preprocess import PreprocessConfig, model_view, preprocess
 
 
 def _encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -72,7 +72,7 @@ def test_exact_upscales_are_undone_before_photo_fitting():
 def test_large_images_decode_reduced_upright_and_within_a_shared_pixel_budget():
     import threading
 
-    from w2e import images
+    from w2e.inputs import images
 
     exif = Image.Exif()
     exif[274] = 6  # rotated 90 degrees

@@ -1,7 +1,7 @@
 """Label resolution: exact names win, spelling variants resolve, substrings never do."""
 import pytest
 
-from w2e.labels import UnknownLabelError, resolve_label
+from w2e.inputs.labels import UnknownLabelError, resolve_label
 
 FASHION = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from w2e.mask_diagnostics import MaskProbe, input_dependence, iou_matrix, pairwise_iou
+from w2e.where.diagnostics import MaskProbe, input_dependence, iou_matrix, pairwise_iou
 
 
 def _continuous(*selected: list[int], size: int = 8) -> torch.Tensor:
@@ -47,7 +47,7 @@ def test_group_matrix_and_bad_shapes():
 
 
 def test_probe_of_a_hypernetwork_that_ignores_its_input(tiny_bundle):
-    from w2e.hypernet import new_hypernetwork
+    from w2e.where.hypernet import new_hypernetwork
 
     hyper = new_hypernetwork(tiny_bundle.site, tiny_bundle.name, tiny_bundle.sha256, depth=1)
     torch.nn.init.zeros_(hyper.head_weight)

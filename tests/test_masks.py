@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from w2e.masks import binarize, ensemble, mask_iou, threshold_mask, topk_mask
+from w2e.engine.masks import binarize, ensemble, mask_iou, threshold_mask, topk_mask
 
 
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0])

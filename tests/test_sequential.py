@@ -18,14 +18,14 @@ from w2e.bench.sequential import (BaseState, SequentialInputError, SequentialOpt
                                   checkpoint_metrics, edit_stream, fixes_held, resolve_checkpoints, run_sequential)
 from w2e.bench.state import read_state, save_state
 from w2e.bench.wise import activation_scores, ties_merge
-from w2e.benchmark_data import BenchmarkData
-from w2e.edit import dense_sum, edits_applied
-from w2e.editing import EditConfig, masked_fine_tune
-from w2e.data import TensorSource
-from w2e.editor import Editor
-from w2e.hypernet import new_hypernetwork
-from w2e.lifelong import check_fixes, stack_report
-from w2e.models import load_local_model
+from w2e.formats.benchmark_file import BenchmarkData
+from w2e.engine.edits import dense_sum, edits_applied
+from w2e.engine.fine_tune import EditConfig, masked_fine_tune
+from w2e.inputs.sources import TensorSource
+from w2e.editor.editor import Editor
+from w2e.where.hypernet import new_hypernetwork
+from w2e.editor.stacking import check_fixes, stack_report
+from w2e.models.loading import load_local_model
 
 #: Enough steps for every method to fix a tiny-model sample; no early stop on the loss.
 SETTINGS = {
@@ -394,8 +394,8 @@ def test_sequential_run_skips_methods_without_a_sequential_form(world, tmp_path)
 
 
 def test_cli_sequential(world, tmp_path, capsys):
-    from w2e.bench.cli import add_bench_parser
-    from w2e.cli import CliError
+    from w2e.cli.bench import add_bench_parser
+    from w2e.cli.commands import CliError
 
     parser = argparse.ArgumentParser()
     add_bench_parser(parser.add_subparsers(dest="command"))

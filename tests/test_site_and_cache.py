@@ -3,9 +3,9 @@ import torch
 from torch import nn
 
 from tests.conftest import tiny_model
-from w2e.overrides import make_overridable, weight_overrides
-from w2e.runner import cached_prefix, forward_prefix, forward_suffix, reads_class_token_only
-from w2e.site import UnsupportedModelError, default_site_blocks, site_for_model
+from w2e.engine.overrides import make_overridable, weight_overrides
+from w2e.engine.forward import cached_prefix, forward_prefix, forward_suffix, reads_class_token_only
+from w2e.engine.site import UnsupportedModelError, default_site_blocks, site_for_model
 
 
 def test_default_site_is_papers_relative_position():

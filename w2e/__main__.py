@@ -1,6 +1,6 @@
 """``python -m w2e``: the w2e command line."""
 import sys
 
-from .cli import main
+from w2e.cli import main
 
 sys.exit(main())

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from ..site import UnsupportedModelError
+from w2e.engine.site import UnsupportedModelError
 
 #: What an attention module must have for its scores to be read (timm's ``Attention``).
 _REQUIRED = ("qkv", "num_heads", "head_dim", "scale", "q_norm", "k_norm")

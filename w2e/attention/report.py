@@ -18,12 +18,12 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from ..edit import Edit, edits_applied
-from ..models import ModelBundle
-from ..runner import forward_prefix
-from ..site import EditSite, UnsupportedModelError
-from .metrics import PatchGrid, mean_attention_distance, normalised_entropy, patch_grid
-from .probe import attention_modules, recorded_attention
+from w2e.engine.edits import Edit, edits_applied
+from w2e.models.loading import ModelBundle
+from w2e.engine.forward import forward_prefix
+from w2e.engine.site import EditSite, UnsupportedModelError
+from w2e.attention.metrics import PatchGrid, mean_attention_distance, normalised_entropy, patch_grid
+from w2e.attention.probe import attention_modules, recorded_attention
 
 ProgressFn = Callable[[int, int], None]
 _DIGITS = 6

@@ -3,7 +3,7 @@
 Protocol (METHOD.md sections 6-8)
 ---------------------------------
 - Benchmark: failure groups plus a locality set, from a benchmark file
-  (:func:`w2e.benchmark_data.load_benchmark`: uint8 images at the model's input size, labels,
+  (:func:`w2e.formats.benchmark_file.load_benchmark`: uint8 images at the model's input size, labels,
   groups with -1 for the locality set, group names) or an image folder with one folder per
   group named ``<class index>_<name>`` and a ``locality/`` folder, read with the model's own
   preprocessing.
@@ -47,7 +47,7 @@ samples edited one after another, each edit on the model the previous ones left;
 GR over the touched groups, LR and accuracy after T edits, curves against T in report.html.
 
 Ablations: w2e with 1, 2 and 3 samples of a group (masks averaged by
-:func:`w2e.masks.ensemble`); mask specificity (IoU of rho = 0.05 masks within and across
+:func:`w2e.engine.masks.ensemble`); mask specificity (IoU of rho = 0.05 masks within and across
 groups); hypernetworks meta-trained on CutMix vs PGD pseudo-samples (same short budget).
 
 Paired sign tests: w2e against every other method edit by edit (same editing sample), at the
@@ -58,7 +58,7 @@ Outputs in ``--out`` (default ``runs/bench-<model>``): ``edits.jsonl`` (one reco
 its counts at the stop rule and under ``first_right``, flushed as soon as it is evaluated;
 rerunning the same command skips recorded edits, so an interrupted run resumes; the settings
 hash includes a protocol version, so records of an older protocol are redone, never mixed in;
-records can be re-aggregated with :func:`w2e.bench.runner.reaggregate` or
+records can be re-aggregated with :func:`w2e.bench.protocol.reaggregate` or
 :func:`w2e.bench.metrics.summarise_records`), ``results.json`` (``summary`` at the stop rule,
 ``summary_first_right``, ``sign_tests``), and a self-contained ``report.html`` (plotly.js
 inlined): GR-LR curves at both stops and per group, the SR table, the sign tests, the IoU
@@ -81,12 +81,12 @@ and shared by all methods editing at or after that block; methods that edit late
 changes every MSA, runs batched full forwards from block 0's tokens. Evaluation of one edit
 is one batched pass over its group's images and the locality set.
 """
-from .data import BenchContext, EditSample, EvalLimits, load_any_benchmark, load_image_folder
-from ..mask_diagnostics import iou_matrix
-from .metrics import group_generalization, locality_rate, paired_sign_tests, sign_test, success_rate, summarise_records
-from .methods import BenchEdit, Method, Resources, registry
-from .runner import BenchOptions, run_bench
-from .sequential import SequentialOptions, run_sequential
+from w2e.bench.data import BenchContext, EditSample, EvalLimits, load_any_benchmark, load_image_folder
+from w2e.where.diagnostics import iou_matrix
+from w2e.bench.metrics import group_generalization, locality_rate, paired_sign_tests, sign_test, success_rate, summarise_records
+from w2e.bench.methods import BenchEdit, Method, Resources, registry
+from w2e.bench.protocol import BenchOptions, run_bench
+from w2e.bench.sequential import SequentialOptions, run_sequential
 
 __all__ = [
     "BenchContext", "BenchEdit", "BenchOptions", "EditSample", "EvalLimits", "Method", "Resources",

@@ -6,15 +6,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..masks import binarize, ensemble
-from ..meta import MetaTrainConfig
-from ..preprocess import normalise_array
-from ..runner import cached_prefix, forward_suffix
-from .data import BenchContext, EditSample
-from .methods import MaskMethod, SearchMethod, W2EMethod
-from ..mask_diagnostics import iou_matrix
-from .pgd import PGDConfig, meta_train_pseudo
-from .records import settings_hash
+from w2e.engine.masks import binarize, ensemble
+from w2e.where.meta_train import MetaTrainConfig
+from w2e.inputs.preprocess import normalise_array
+from w2e.engine.forward import cached_prefix, forward_suffix
+from w2e.bench.data import BenchContext, EditSample
+from w2e.bench.methods import MaskMethod, SearchMethod, W2EMethod
+from w2e.where.diagnostics import iou_matrix
+from w2e.bench.pgd import PGDConfig, meta_train_pseudo
+from w2e.bench.records import settings_hash
 
 ENSEMBLE_RHO = 0.1
 IOU_RHO = 0.05

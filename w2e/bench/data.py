@@ -17,12 +17,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..benchmark_data import IN_DISTRIBUTION_GROUP, LOCALITY_GROUP, BenchmarkData, load_benchmark
-from ..data import IMAGE_SUFFIXES
-from ..images import read_image
-from ..models import ModelBundle
-from ..preprocess import PreprocessConfig, model_view, normalise_array
-from ..runner import cached_prefix, forward_suffix
+from w2e.formats.benchmark_file import IN_DISTRIBUTION_GROUP, LOCALITY_GROUP, BenchmarkData, load_benchmark
+from w2e.inputs.sources import IMAGE_SUFFIXES
+from w2e.inputs.images import read_image
+from w2e.models.loading import ModelBundle
+from w2e.inputs.preprocess import PreprocessConfig, model_view, normalise_array
+from w2e.engine.forward import cached_prefix, forward_suffix
 
 LOCALITY_FOLDER_NAMES = ("locality", "_locality")
 _GROUP_FOLDER = re.compile(r"^(\d+)_(.+)$")
@@ -32,7 +32,7 @@ def load_image_folder(root: str | Path, preprocessing: PreprocessConfig) -> Benc
     """An image-folder benchmark: ``<class index>_<name>/`` per group plus ``locality/``.
 
     Every image is read and brought to the model's input size with the model's own
-    preprocessing (:func:`w2e.preprocess.model_view`), then stored as uint8 pixels, so the
+    preprocessing (:func:`w2e.inputs.preprocess.model_view`), then stored as uint8 pixels, so the
     result is interchangeable with a benchmark file. Folders and files are taken in sorted
     order. Locality images may sit directly in ``locality/`` or in subfolders of it.
     """

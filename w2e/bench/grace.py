@@ -34,11 +34,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..editing import FirstRightSnapshot, fit_until_correct
-from ..runner import forward_suffix
-from .data import EditSample
-from .hooks import scoped_forward_hook
-from .methods import BenchEdit, Method, with_first_right
+from w2e.engine.fine_tune import FirstRightSnapshot, fit_until_correct
+from w2e.engine.forward import forward_suffix
+from w2e.bench.data import EditSample
+from w2e.bench.hooks import scoped_forward_hook
+from w2e.bench.methods import BenchEdit, Method, with_first_right
 
 #: GRACE's edited layer in GPT2-XL (layer 35 of 48) as a fraction of the depth.
 PAPER_BLOCK_FRACTION = 35 / 48

@@ -4,7 +4,7 @@ Baselines that are not site-structured (T-Patcher's extra neuron, KN's activatio
 ROME's hidden-state search) change a module's output. :func:`scoped_forward_hook` registers a
 hook only for the duration of a ``with`` block, and the hook acts only in the context (thread)
 that entered the block, so other users of the shared model never see it. LoRA uses the core
-per-thread weight override (:mod:`w2e.overrides`) on timm's fused ``attn.qkv`` layers.
+per-thread weight override (:mod:`w2e.engine.overrides`) on timm's fused ``attn.qkv`` layers.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 from torch import nn
 
-from ..overrides import OverridableLinear
+from w2e.engine.overrides import OverridableLinear
 
 _ACTIVE: ContextVar[frozenset[int]] = ContextVar("w2e_bench_hooks", default=frozenset())
 

@@ -1,7 +1,7 @@
 """KE and MEND baselines: hypernetworks that turn an editing sample into weight updates.
 
-Both edit the six FC layers of the model's last three FFNs (an :class:`~w2e.site.EditSite`
-over those blocks, so an edit is a dense core :class:`~w2e.edit.Edit` applied per thread).
+Both edit the six FC layers of the model's last three FFNs (an :class:`~w2e.engine.site.EditSite`
+over those blocks, so an edit is a dense core :class:`~w2e.engine.edits.Edit` applied per thread).
 Both start from the gradient of the edit loss, which for a linear layer is
 ``sum_t delta_t u_t^T`` (``u`` = layer input, ``delta`` = gradient at its output, per token):
 
@@ -33,15 +33,15 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..edit import Edit
-from ..models import ModelBundle
-from ..overrides import make_overridable, weight_overrides
-from ..runner import cached_prefix, forward_suffix
-from ..site import EditSite, site_for_model
-from .data import EditSample
-from .hooks import scoped_forward_hook
-from .methods import BenchEdit, Method
-from .records import settings_hash
+from w2e.engine.edits import Edit
+from w2e.models.loading import ModelBundle
+from w2e.engine.overrides import make_overridable, weight_overrides
+from w2e.engine.forward import cached_prefix, forward_suffix
+from w2e.engine.site import EditSite, site_for_model
+from w2e.bench.data import EditSample
+from w2e.bench.hooks import scoped_forward_hook
+from w2e.bench.methods import BenchEdit, Method
+from w2e.bench.records import settings_hash
 
 
 def last_ffns_site(model: nn.Module, count: int = 3) -> EditSite:
@@ -281,7 +281,7 @@ class HyperEditorMethod(Method):
         edit = Edit(site, full, [(-u).cpu() for u in updates], sample.label, success, 1, [],
                     time.perf_counter() - started)
         model = self.model
-        from ..edit import edits_applied
+        from w2e.engine.edits import edits_applied
 
         bench_edit = BenchEdit(level=site.start, apply=lambda: edits_applied(model, site, [edit]), success=success,
                                steps=1, seconds=edit.seconds, num_parameters=edit.num_parameters,

@@ -5,8 +5,8 @@ description of the edit plus ``apply()``, a context manager that makes the model
 edited *for the current thread only*. Nothing ever writes the shared base weights:
 
 - site-structured methods (w2e, search, FT, FT-L1/L2, random, KN, SPT) and KE/MEND/ROME
-  produce a core :class:`w2e.edit.Edit` (sparse or dense deltas on an
-  :class:`~w2e.site.EditSite`), applied with :func:`w2e.edit.edits_applied`;
+  produce a core :class:`w2e.engine.edits.Edit` (sparse or dense deltas on an
+  :class:`~w2e.engine.site.EditSite`), applied with :func:`w2e.engine.edits.edits_applied`;
 - LoRA overrides the fused ``attn.qkv`` weights through the same per-thread override mechanism;
 - T-Patcher adds a neuron through a thread-scoped forward hook removed in ``finally``;
 - GRACE (:mod:`w2e.bench.grace`) and WISE (:mod:`w2e.bench.wise`) hook one block / one FC layer.
@@ -22,7 +22,7 @@ too.
 tokens entering that block (site methods: ``site.start``; T-Patcher/ROME: the last block;
 KE/MEND: the third-last; LoRA: block 0, i.e. full forwards of all blocks, batched).
 
-Two stopping points: every edit made by the shared loop :func:`w2e.editing.fit_until_correct`
+Two stopping points: every edit made by the shared loop :func:`w2e.engine.fine_tune.fit_until_correct`
 (all methods but KE and MEND) also keeps ``BenchEdit.first_right``, the edit as it was at the
 first optimiser step where every editing sample was predicted right (``None`` if never), so it
 is scored both there and at the stop rule. KE and MEND make one update: both stops are that
@@ -41,16 +41,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..edit import Edit, dense_sum, edits_applied
-from ..editing import EditConfig, FirstRightSnapshot, fit_until_correct, masked_fine_tune
-from ..mask_search import MaskSearchConfig, search_mask
-from ..masks import binarize, ensemble
-from ..overrides import make_overridable, weight_overrides
-from ..runner import cached_prefix, forward_prefix, forward_suffix
-from ..site import EditSite, site_for_model
-from .data import BenchContext, EditSample
-from .hooks import make_linear_overridable, scoped_forward_hook
-from .state import EditState
+from w2e.engine.edits import Edit, dense_sum, edits_applied
+from w2e.engine.fine_tune import EditConfig, FirstRightSnapshot, fit_until_correct, masked_fine_tune
+from w2e.where.mask_search import MaskSearchConfig, search_mask
+from w2e.engine.masks import binarize, ensemble
+from w2e.engine.overrides import make_overridable, weight_overrides
+from w2e.engine.forward import cached_prefix, forward_prefix, forward_suffix
+from w2e.engine.site import EditSite, site_for_model
+from w2e.bench.data import BenchContext, EditSample
+from w2e.bench.hooks import make_linear_overridable, scoped_forward_hook
+from w2e.bench.state import EditState
 
 #: w2e's kept fractions of the site (paper: sparsity 0.25..0.95), also used by random/KN/SPT.
 DENSITIES = (0.75, 0.5, 0.25, 0.1, 0.05)
@@ -94,7 +94,7 @@ def with_first_right(build: Callable[[Sequence[torch.Tensor], bool, int, float],
                      params: Sequence[torch.Tensor], snapshot: FirstRightSnapshot, success: bool, steps: int,
                      seconds: float) -> BenchEdit:
     """``build(tensors, success, steps, seconds)`` of the final ``params``, with ``first_right``
-    built from the ``snapshot`` taken by :func:`w2e.editing.fit_until_correct` (if any)."""
+    built from the ``snapshot`` taken by :func:`w2e.engine.fine_tune.fit_until_correct` (if any)."""
     edit = build(params, success, steps, seconds)
     if snapshot.tensors is not None:
         edit.first_right = build(snapshot.tensors, True, snapshot.steps, snapshot.seconds)
@@ -106,7 +106,7 @@ class Resources:
     """What some methods need beyond the model: hypernetwork, training images, a work folder."""
 
     hypernetwork: nn.Module | None = None
-    train_source: object | None = None  # w2e.meta.ImageSource: len() and get(indices)
+    train_source: object | None = None  # w2e.where.meta_train.ImageSource: len() and get(indices)
     work_dir: object | None = None  # pathlib.Path for trained baselines (KE, MEND, ablations)
     quick: bool = False
     seed: int = 0
@@ -208,7 +208,7 @@ def _site_edit(model: nn.Module, edit: Edit, level: int, extra_seconds: float = 
 @dataclass
 class SiteStack:
     """Sequential state of the site-structured methods: every edit so far summed into one dense
-    delta per site layer (:func:`w2e.edit.dense_sum`), applied as a per-thread weight override."""
+    delta per site layer (:func:`w2e.engine.edits.dense_sum`), applied as a per-thread weight override."""
 
     model: nn.Module
     site: EditSite
@@ -388,8 +388,8 @@ def mean_hypernetwork_mask(model: nn.Module, site: EditSite, hypernetwork: nn.Mo
 
 
 class SearchMethod(MaskMethod):
-    """Test-time mask search (no hypernetwork): :func:`w2e.mask_search.search_mask` per sample,
-    with the model's own mask-search settings (:attr:`w2e.models.ModelBundle.mask_search_config`)."""
+    """Test-time mask search (no hypernetwork): :func:`w2e.where.mask_search.search_mask` per sample,
+    with the model's own mask-search settings (:attr:`w2e.models.loading.ModelBundle.mask_search_config`)."""
 
     name, title = "search", "W2E test-time search"
 
@@ -509,7 +509,7 @@ def penalised_fine_tune(model: nn.Module, site: EditSite, tokens: torch.Tensor, 
 
     Early stopping looks at the cross-entropy alone (right prediction and CE <= loss_stop).
     ``snapshot_first_right`` and ``prior_edits`` (stacked under the new edit; the penalty is on the
-    new edit's change alone) as in :func:`w2e.editing.masked_fine_tune`.
+    new edit's change alone) as in :func:`w2e.engine.fine_tune.masked_fine_tune`.
     """
     def penalty(deltas: list[torch.Tensor]) -> torch.Tensor:
         return weight * sum((d.abs().sum() if norm == 1 else (d**2).sum()) for d in deltas)
@@ -934,9 +934,9 @@ class LoRAMethod(Method):
 # ---------------------------------------------------------------------------------------------
 def registry() -> dict[str, type[Method]]:
     """Every method of the paper's comparison and the lifelong editors GRACE and WISE, by CLI name, in report order."""
-    from .grace import GRACEMethod
-    from .hyperedit import KEMethod, MENDMethod
-    from .wise import WISEMethod
+    from w2e.bench.grace import GRACEMethod
+    from w2e.bench.hyperedit import KEMethod, MENDMethod
+    from w2e.bench.wise import WISEMethod
 
     methods = [W2EMethod, W2EMeanMethod, SearchMethod, FTMethod, FTL1Method, FTL2Method, RandomMaskMethod, KNMethod,
                SPTMethod, TPatcherMethod, ROMEMethod, LoRAMethod, KEMethod, MENDMethod, GRACEMethod, WISEMethod]

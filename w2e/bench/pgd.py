@@ -7,7 +7,7 @@ input is normalised, so the step and radius are divided by the per-channel std).
 setting: 10 steps, 2/255, 8/255. A uniform random start inside the ball (Madry et al.) is
 optional and off by default.
 
-:func:`meta_train_pseudo` runs :func:`w2e.meta.meta_train` with CutMix or with
+:func:`meta_train_pseudo` runs :func:`w2e.where.meta_train.meta_train` with CutMix or with
 :func:`pgd_sampler` as its pseudo-sample generator: same seeds and image picks, so the two
 hypernetworks differ only in their pseudo-samples.
 """
@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..hypernet import Hypernetwork, load_hypernetwork
-from ..meta import LOG_FILE, MetaTrainConfig, PseudoSampler, meta_train
-from ..models import ModelBundle
-from ..preprocess import PreprocessConfig
+from w2e.where.hypernet import Hypernetwork, load_hypernetwork
+from w2e.where.meta_train import LOG_FILE, MetaTrainConfig, PseudoSampler, meta_train
+from w2e.models.loading import ModelBundle
+from w2e.inputs.preprocess import PreprocessConfig
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def pgd_pseudo_samples(model: torch.nn.Module, images: torch.Tensor, labels: tor
 
 
 def pgd_sampler(bundle: ModelBundle, pgd: PGDConfig) -> PseudoSampler:
-    """A :data:`w2e.meta.PseudoSampler` making PGD pseudo-samples (natural labels, else the
+    """A :data:`w2e.where.meta_train.PseudoSampler` making PGD pseudo-samples (natural labels, else the
     base model's predictions)."""
 
     def sample(images: torch.Tensor, donors: torch.Tensor, labels: torch.Tensor | None,
@@ -81,7 +81,7 @@ def meta_train_pseudo(bundle: ModelBundle, source, out_dir: str | Path, config: 
                       pgd: PGDConfig = PGDConfig(), log=None) -> tuple[Hypernetwork, dict]:
     """Meta-train a hypernetwork with ``pseudo`` in {"cutmix", "pgd"} pseudo-samples.
 
-    Runs :func:`w2e.meta.meta_train` (same image picks for both kinds); PGD uses
+    Runs :func:`w2e.where.meta_train.meta_train` (same image picks for both kinds); PGD uses
     ``source.labels`` when the source has them, else the base model's prediction (recorded as
     ``label_source``). Reuses ``out_dir`` when a finished run with identical settings is
     there. Returns (hypernetwork, summary).

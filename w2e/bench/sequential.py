@@ -44,13 +44,13 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..benchmark_data import BenchmarkData
-from ..models import ModelBundle, state_dict_sha256
-from .data import BenchContext, EditSample, EvalLimits, benchmark_fingerprint
-from .methods import Resources, registry
-from .records import RecordStore, settings_hash
-from .runner import check_base_unchanged, environment, model_info, write_results
-from .state import EditState, read_state, save_state
+from w2e.formats.benchmark_file import BenchmarkData
+from w2e.models.loading import ModelBundle, state_dict_sha256
+from w2e.bench.data import BenchContext, EditSample, EvalLimits, benchmark_fingerprint
+from w2e.bench.methods import Resources, registry
+from w2e.bench.records import RecordStore, settings_hash
+from w2e.bench.protocol import check_base_unchanged, environment, model_info, write_results
+from w2e.bench.state import EditState, read_state, save_state
 
 SEQUENTIAL_PROTOCOL_VERSION = 1
 RESULTS_FORMAT = "w2e.bench.sequential/1"
@@ -262,7 +262,7 @@ def run_sequential(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path
 
 
 def _report_writer():
-    from .sequential_report import write_sequential_report
+    from w2e.bench.sequential_report import write_sequential_report
 
     return write_sequential_report
 

@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from .report import _colour, _figure_html, _fmt, _knob, _table
+from w2e.bench.report import _colour, _figure_html, _fmt, _knob, _table
 
 #: The four checkpoint metrics, their results.json keys and axis titles.
 PANELS = (("retention", "retention (earlier fixes still right)"), ("gr", "GR over the touched groups"),

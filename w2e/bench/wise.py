@@ -44,12 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..editing import fit_until_correct
-from ..overrides import weight_overrides
-from ..runner import forward_suffix
-from .data import EditSample
-from .hooks import make_linear_overridable, scoped_forward_hook
-from .methods import BenchEdit, Method, capture_input, seeded_picks, train_tokens
+from w2e.engine.fine_tune import fit_until_correct
+from w2e.engine.overrides import weight_overrides
+from w2e.engine.forward import forward_suffix
+from w2e.bench.data import EditSample
+from w2e.bench.hooks import make_linear_overridable, scoped_forward_hook
+from w2e.bench.methods import BenchEdit, Method, capture_input, seeded_picks, train_tokens
 
 #: WISE's edited layer in LLaMA-2-7B (layer 27 of 32) as a fraction of the depth.
 PAPER_BLOCK_FRACTION = 27 / 32

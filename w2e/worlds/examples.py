@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from ..benchmark_data import BenchmarkData
+from w2e.formats.benchmark_file import BenchmarkData
 
 
 def write_examples(data: BenchmarkData, out_dir: Path, count: int, scale: int,

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .training import to_model_input
+from w2e.worlds.training import to_model_input
 
 
 def read_model_weights(path: Path) -> dict[str, torch.Tensor]:

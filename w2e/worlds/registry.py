@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
-    from ..data import TensorSource
-    from ..models import ModelBundle
+    from w2e.inputs.sources import TensorSource
+    from w2e.models.loading import ModelBundle
 
 
 class UnknownWorldError(ValueError):

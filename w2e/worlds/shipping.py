@@ -11,11 +11,11 @@ from typing import Callable, TypeVar
 import numpy as np
 import torch
 
-from ..benchmark_data import load_benchmark
-from ..data import TensorSource
-from ..meta import LOG_FILE, MetaTrainConfig, meta_train
-from ..models import ModelBundle, file_sha256, project_root
-from ..preprocess import normalise_array
+from w2e.formats.benchmark_file import load_benchmark
+from w2e.inputs.sources import TensorSource
+from w2e.where.meta_train import LOG_FILE, MetaTrainConfig, meta_train
+from w2e.models.loading import ModelBundle, file_sha256, project_root
+from w2e.inputs.preprocess import normalise_array
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .registry import WorldBuildError
+from w2e.worlds.registry import WorldBuildError
 
 #: Each epoch's shuffle seed is ``seed * EPOCH_SEED_STRIDE + epoch`` (keeps the shipped runs' order).
 EPOCH_SEED_STRIDE = 1000

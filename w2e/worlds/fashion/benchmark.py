@@ -1,6 +1,6 @@
 """Stages that turn the fashion world's trained models into its editing benchmark.
 
-Outputs ``benchmark.safetensors`` in the format of :mod:`w2e.benchmark_data`: uint8 ``images``
+Outputs ``benchmark.safetensors`` in the format of :mod:`w2e.formats.benchmark_file`: uint8 ``images``
 (N, 28, 28), int64 ``labels`` and ``groups`` (group index, -1 for near-boundary locality
 images, -2 for the random in-distribution set), the
 provenance columns ``source`` (0 test, 1 left-out train, 2 shifted test), ``source_index``
@@ -18,17 +18,17 @@ import numpy as np
 import timm.models.vision_transformer as vit
 import torch
 
-from ...benchmark_data import IN_DISTRIBUTION_GROUP, BenchmarkData, load_benchmark, save_benchmark
-from ...models import file_sha256
-from ..architectures import SmallConvNet
-from ..examples import write_examples
-from ..locality import select_near_boundary, select_random
-from ..mad import mad_groups
-from ..predictions import cached_arrays, load_trained, predict_probs
-from ..shifts import SHIFT_NAMES, render_shift
-from .data import FASHION_CLASSES, FashionSplit, load_fashion_split, semantic_distance
-from .models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS
-from .stages import in_distribution_test_indices, left_out_indices, stage_subpopulations
+from w2e.formats.benchmark_file import IN_DISTRIBUTION_GROUP, BenchmarkData, load_benchmark, save_benchmark
+from w2e.models.loading import file_sha256
+from w2e.models.architectures import SmallConvNet
+from w2e.worlds.examples import write_examples
+from w2e.worlds.locality import select_near_boundary, select_random
+from w2e.worlds.mad import mad_groups
+from w2e.worlds.predictions import cached_arrays, load_trained, predict_probs
+from w2e.worlds.shifts import SHIFT_NAMES, render_shift
+from w2e.worlds.fashion.data import FASHION_CLASSES, FashionSplit, load_fashion_split, semantic_distance
+from w2e.worlds.fashion.models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS
+from w2e.worlds.fashion.stages import in_distribution_test_indices, left_out_indices, stage_subpopulations
 
 SOURCE_NAMES: tuple[str, ...] = ("test", "left_out_train", "shifted_test")
 SHIFT_GROUP_NAMES: dict[str, tuple[str, str]] = {

@@ -10,11 +10,11 @@ import timm.models.vision_transformer as vit
 import torch
 from safetensors.torch import load_file
 
-from .data import FASHION_CLASSES, load_fashion_split
-from .models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS
-from ..architectures import SmallConvNet
-from ..subpopulations import SubpopulationConfig, find_subpopulations
-from ..training import TrainRecipe, to_model_input, train_and_export
+from w2e.worlds.fashion.data import FASHION_CLASSES, load_fashion_split
+from w2e.worlds.fashion.models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS
+from w2e.models.architectures import SmallConvNet
+from w2e.worlds.subpopulations import SubpopulationConfig, find_subpopulations
+from w2e.worlds.training import TrainRecipe, to_model_input, train_and_export
 
 BASE_RECIPE = TrainRecipe(epochs=12, batch_size=256, lr=1e-3, weight_decay=0.05, seed=0)
 #: A warm restart after the first run: the 12-epoch model still underfits (train loss 0.32, no

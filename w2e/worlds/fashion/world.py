@@ -9,22 +9,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...benchmark_data import IN_DISTRIBUTION_GROUP, load_benchmark
-from ...data import TensorSource
-from ...mask_diagnostics import MaskProbe
-from ...mask_search import MaskSearchConfig
-from ...meta import LOG_FILE, MetaTrainConfig
-from ...models import ModelBundle, load_local_model
-from ...preprocess import normalise_array
-from ..shipping import (StageClock, count_misclassified_editing_samples, file_problems, stage_meta_train,
+from w2e.formats.benchmark_file import IN_DISTRIBUTION_GROUP, load_benchmark
+from w2e.inputs.sources import TensorSource
+from w2e.where.diagnostics import MaskProbe
+from w2e.where.mask_search import MaskSearchConfig
+from w2e.where.meta_train import LOG_FILE, MetaTrainConfig
+from w2e.models.loading import ModelBundle, load_local_model
+from w2e.inputs.preprocess import normalise_array
+from w2e.worlds.shipping import (StageClock, count_misclassified_editing_samples, file_problems, stage_meta_train,
                         write_manifest)
-from ..shipping import world_paths as shared_world_paths
-from ..subpopulations import SubpopulationConfig
-from ..training import evaluate_accuracy
-from .benchmark import SOURCE_NAMES, BenchmarkConfig, fashion_probs, load_base_model, stage_benchmark, stage_in_distribution
-from .data import FASHION_CLASSES, FASHION_SUPERCLASSES, load_fashion_split
-from .models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS
-from .stages import (BASE_CONTINUE_RECIPE, BASE_RECIPE, STRONGER_RECIPE, base_training_indices,
+from w2e.worlds.shipping import world_paths as shared_world_paths
+from w2e.worlds.subpopulations import SubpopulationConfig
+from w2e.worlds.training import evaluate_accuracy
+from w2e.worlds.fashion.benchmark import SOURCE_NAMES, BenchmarkConfig, fashion_probs, load_base_model, stage_benchmark, stage_in_distribution
+from w2e.worlds.fashion.data import FASHION_CLASSES, FASHION_SUPERCLASSES, load_fashion_split
+from w2e.worlds.fashion.models import BASE_VIT_KWARGS, FASHION_MEAN, FASHION_STD, STRONGER_CNN_KWARGS
+from w2e.worlds.fashion.stages import (BASE_CONTINUE_RECIPE, BASE_RECIPE, STRONGER_RECIPE, base_training_indices,
                      in_distribution_test_indices, stage_continue_base, stage_subpopulations, stage_train_base,
                      stage_train_stronger)
 

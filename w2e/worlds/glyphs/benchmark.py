@@ -1,6 +1,6 @@
 """The glyph world's editing benchmark, made from its trained models as in the paper (Sec. 4.1, 5.1).
 
-Outputs a :class:`~w2e.benchmark_data.BenchmarkData`: natural groups from a MAD competition
+Outputs a :class:`~w2e.formats.benchmark_file.BenchmarkData`: natural groups from a MAD competition
 over an unlabelled pool rendered in every style (verified with each rendering's true class),
 two synthetic shift groups (in-distribution test renderings drawn as sketches or under a stage
 light that the base model gets wrong), the near-boundary locality set at the paper's margin
@@ -17,14 +17,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ...benchmark_data import IN_DISTRIBUTION_GROUP, LOCALITY_GROUP, BenchmarkData
-from ..locality import select_near_boundary
-from ..mad import mad_groups
-from ..predictions import predict_probs
-from ..registry import WorldBuildError
-from ..shifts import SHIFT_NAMES, render_shift
-from .classes import GlyphClass
-from .data import GlyphSet
+from w2e.formats.benchmark_file import IN_DISTRIBUTION_GROUP, LOCALITY_GROUP, BenchmarkData
+from w2e.worlds.locality import select_near_boundary
+from w2e.worlds.mad import mad_groups
+from w2e.worlds.predictions import predict_probs
+from w2e.worlds.registry import WorldBuildError
+from w2e.worlds.shifts import SHIFT_NAMES, render_shift
+from w2e.worlds.glyphs.classes import GlyphClass
+from w2e.worlds.glyphs.data import GlyphSet
 
 SHIFT_GROUP_NAMES: dict[str, tuple[str, str]] = {
     "sketch": ("style-sketch", "style"),

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from ...mask_search import MaskSearchConfig
-from ...meta import MetaTrainConfig
-from ..training import TrainRecipe
-from .benchmark import GlyphBenchmarkConfig
-from .classes import GLYPH_CLASSES, GlyphClass
-from .data import DatasetSpec
-from .render import RenderRanges
+from w2e.where.mask_search import MaskSearchConfig
+from w2e.where.meta_train import MetaTrainConfig
+from w2e.worlds.training import TrainRecipe
+from w2e.worlds.glyphs.benchmark import GlyphBenchmarkConfig
+from w2e.worlds.glyphs.classes import GLYPH_CLASSES, GlyphClass
+from w2e.worlds.glyphs.data import DatasetSpec
+from w2e.worlds.glyphs.render import RenderRanges
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .classes import GlyphClass
-from .render import fitted_bitmap, glyph_ink, has_glyph, load_font
+from w2e.worlds.glyphs.classes import GlyphClass
+from w2e.worlds.glyphs.render import fitted_bitmap, glyph_ink, has_glyph, load_font
 
 #: Above this ink overlap two code points of one font count as the same shape.
 SAME_SHAPE_IOU = 0.85

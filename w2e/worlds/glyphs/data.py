@@ -25,9 +25,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from .classes import GlyphClass
-from .fonts import COMMON_STYLES, RARE_STYLES, STYLES, FontFile
-from .render import RenderParams, RenderRanges, draw_params, render_glyph
+from w2e.worlds.glyphs.classes import GlyphClass
+from w2e.worlds.glyphs.fonts import COMMON_STYLES, RARE_STYLES, STYLES, FontFile
+from w2e.worlds.glyphs.render import RenderParams, RenderRanges, draw_params, render_glyph
 
 STYLE_MIXES: tuple[str, ...] = ("natural", "common", "rare", "base")
 

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..registry import WorldBuildError
+from w2e.worlds.registry import WorldBuildError
 
 COMMON_STYLES: tuple[str, ...] = ("serif", "sans", "mono", "pixel")
 RARE_STYLES: tuple[str, ...] = ("handwriting", "script", "blackletter", "decorative")

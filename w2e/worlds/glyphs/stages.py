@@ -16,18 +16,18 @@ import timm.models.vision_transformer as vit
 import torch
 from tqdm import tqdm
 
-from ...benchmark_data import save_benchmark
-from ...models import file_sha256
-from ..architectures import SmallConvNet
-from ..examples import write_examples
-from ..predictions import cached_arrays, load_trained
-from ..training import TrainRecipe, to_model_input, train_and_export
-from .benchmark import BenchmarkSources, assemble_glyph_benchmark, compute_predictions
-from .classes import GlyphClass, class_names
-from .config import GlyphWorldConfig
-from .coverage import font_coverage
-from .data import DatasetSpec, FontTable, GlyphSet, load_glyph_set, render_dataset, save_glyph_set
-from .fonts import font_inventory
+from w2e.formats.benchmark_file import save_benchmark
+from w2e.models.loading import file_sha256
+from w2e.models.architectures import SmallConvNet
+from w2e.worlds.examples import write_examples
+from w2e.worlds.predictions import cached_arrays, load_trained
+from w2e.worlds.training import TrainRecipe, to_model_input, train_and_export
+from w2e.worlds.glyphs.benchmark import BenchmarkSources, assemble_glyph_benchmark, compute_predictions
+from w2e.worlds.glyphs.classes import GlyphClass, class_names
+from w2e.worlds.glyphs.config import GlyphWorldConfig
+from w2e.worlds.glyphs.coverage import font_coverage
+from w2e.worlds.glyphs.data import DatasetSpec, FontTable, GlyphSet, load_glyph_set, render_dataset, save_glyph_set
+from w2e.worlds.glyphs.fonts import font_inventory
 
 FONTS_FILE = "fonts.json"
 PREDICTIONS_FILE = "benchmark_predictions.safetensors"

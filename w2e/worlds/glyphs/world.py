@@ -8,20 +8,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ...benchmark_data import load_benchmark
-from ...data import TensorSource
-from ...meta import LOG_FILE
-from ...models import ModelBundle, load_local_model
-from ...preprocess import normalise_array
-from ..locality import top2_gap
-from ..registry import WorldBuildError
-from ..shipping import (StageClock, count_misclassified_editing_samples, file_problems, stage_meta_train,
+from w2e.formats.benchmark_file import load_benchmark
+from w2e.inputs.sources import TensorSource
+from w2e.where.meta_train import LOG_FILE
+from w2e.models.loading import ModelBundle, load_local_model
+from w2e.inputs.preprocess import normalise_array
+from w2e.worlds.locality import top2_gap
+from w2e.worlds.registry import WorldBuildError
+from w2e.worlds.shipping import (StageClock, count_misclassified_editing_samples, file_problems, stage_meta_train,
                         world_paths, write_manifest)
-from .benchmark import SOURCE_ROLES, shifted
-from .classes import class_names
-from .config import GLYPH_WORLD, GlyphWorldConfig
-from .data import FontTable, render_dataset
-from .stages import (BENCHMARK_FILE, base_normalisation, meta_training_images, stage_benchmark, stage_dataset,
+from w2e.worlds.glyphs.benchmark import SOURCE_ROLES, shifted
+from w2e.worlds.glyphs.classes import class_names
+from w2e.worlds.glyphs.config import GLYPH_WORLD, GlyphWorldConfig
+from w2e.worlds.glyphs.data import FontTable, render_dataset
+from w2e.worlds.glyphs.stages import (BENCHMARK_FILE, base_normalisation, meta_training_images, stage_benchmark, stage_dataset,
                      stage_fonts, stage_train_base, stage_train_stronger)
 
 WORLD = "glyphs"

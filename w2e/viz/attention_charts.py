@@ -1,6 +1,6 @@
 """Plotly figures of the app's attention panel: block x head heatmaps and one head's map over the image.
 
-Like ``w2e.plots``, every function takes plain numbers (tensors, arrays, PIL images) and
+Like ``w2e.viz.charts``, every function takes plain numbers (tensors, arrays, PIL images) and
 returns a ``plotly.graph_objects.Figure``.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 from PIL import Image
 from plotly.subplots import make_subplots
 
-from .attention import AttentionStats
+from w2e.attention import AttentionStats
 
 _METRICS = (("mad", "mean attention distance", "MAD", "Viridis"), ("entropy", "normalised entropy", "entropy", "Cividis"))
 

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cutmix import CutMixConfig, cutmix
-from .overrides import make_overridable, weight_overrides
-from .precision import autocast, check_precision
-from .runner import forward_prefix, forward_suffix, patch_size
-from .site import EditSite
+from w2e.where.cutmix import CutMixConfig, cutmix
+from w2e.engine.overrides import make_overridable, weight_overrides
+from w2e.engine.precision import autocast, check_precision
+from w2e.engine.forward import forward_prefix, forward_suffix, patch_size
+from w2e.engine.site import EditSite
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]
 

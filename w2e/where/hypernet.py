@@ -10,8 +10,8 @@ from safetensors.torch import load_file, save_file
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .hub import resolve_file
-from .site import EditSite
+from w2e.formats.hub import resolve_file
+from w2e.engine.site import EditSite
 
 HYPERNET_FORMAT = "w2e.hypernetwork/1"
 #: File name of a hypernetwork written by meta-training (and pulled from a repository by default).
@@ -27,7 +27,7 @@ class HypernetConfig:
     """Architecture of the hypernetwork, the base model it belongs to, and its mask diagnostics.
 
     ``diagnostics``: the input dependence of its masks on meta-training's probe sets at the
-    last probe (see :mod:`w2e.mask_diagnostics`); ``None`` when it was not measured.
+    last probe (see :mod:`w2e.where.diagnostics`); ``None`` when it was not measured.
     """
 
     feature_dim: int

@@ -18,13 +18,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from .hub import is_hub_spec, resolve_folder
-from .runner import check_vit
-from .site import EditSite, site_for_model
-from .preprocess import PreprocessConfig
+from w2e.formats.hub import is_hub_spec, resolve_folder
+from w2e.engine.forward import check_vit
+from w2e.engine.site import EditSite, site_for_model
+from w2e.inputs.preprocess import PreprocessConfig
 
 if TYPE_CHECKING:
-    from .mask_search import MaskSearchConfig
+    from w2e.where.mask_search import MaskSearchConfig
 
 MODEL_FORMAT = "w2e.model/1"
 MANIFEST_NAME = "manifest.json"
@@ -48,7 +48,7 @@ class CheckpointError(RuntimeError):
 
 def project_root() -> Path:
     """Folder holding ``checkpoints/`` and ``assets/`` (``W2E_HOME`` overrides)."""
-    return Path(os.environ.get("W2E_HOME", Path(__file__).resolve().parent.parent))
+    return Path(os.environ.get("W2E_HOME", Path(__file__).resolve().parents[2]))
 
 
 def world_dir(name: str) -> Path:
@@ -115,7 +115,7 @@ class ModelBundle:
     def mask_search_config(self) -> MaskSearchConfig:
         """The model's own mask-search settings: the manifest's ``edit.mask_search``, else those
         its hypernetwork was meta-trained with (``recipes.meta_training.search``), else the defaults."""
-        from .mask_search import MaskSearchConfig
+        from w2e.where.mask_search import MaskSearchConfig
 
         raw = self.manifest.get("edit", {}).get("mask_search")
         if raw is None:
@@ -145,7 +145,7 @@ def _build_architecture(architecture: dict) -> nn.Module:
 
         return VisionTransformer(**kwargs)
     if family == "small_cnn":
-        from .worlds.architectures import SmallConvNet
+        from w2e.models.architectures import SmallConvNet
 
         return SmallConvNet(**kwargs)
     raise CheckpointError(f"unknown architecture {architecture!r}: give 'timm_model' or family 'vit'")
@@ -263,7 +263,7 @@ def load_timm_model(name: str, site_blocks: Sequence[int] | None = None, device:
     When the Hub cannot be reached within :data:`HUB_TIMEOUT_S`, weights already in the local
     cache are used and otherwise a :class:`CheckpointError` says so at once (no retries).
     """
-    from .labels import imagenet_class_names
+    from w2e.inputs.labels import imagenet_class_names
 
     overlay = None
     if not hub_reachable():

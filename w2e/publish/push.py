@@ -17,14 +17,14 @@ from huggingface_hub.utils import HfHubHTTPError, HFValidationError, validate_re
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
-from .edit import EDIT_FILE, Edit
-from .hub import HubError, HubSpec
-from .hypernet import HYPERNET_FILE, Hypernetwork, read_hypernet_config
-from .meta import LOG_FILE
-from .model_card import (CURVE_COLUMNS, base_license, card_metadata, edit_card, hub_base_model, hypernetwork_card, merge_card,
+from w2e.engine.edits import EDIT_FILE, Edit
+from w2e.formats.hub import HubError, HubSpec
+from w2e.where.hypernet import HYPERNET_FILE, Hypernetwork, read_hypernet_config
+from w2e.where.meta_train import LOG_FILE
+from w2e.publish.model_card import (CURVE_COLUMNS, base_license, card_metadata, edit_card, hub_base_model, hypernetwork_card, merge_card,
                          model_card, parse_card, render_card)
-from .models import MANIFEST_NAME, CheckpointError, file_sha256, read_manifest
-from .plots import learning_curve, loss_curve
+from w2e.models.loading import MANIFEST_NAME, CheckpointError, file_sha256, read_manifest
+from w2e.viz.charts import learning_curve, loss_curve
 
 CARD_FILE = "README.md"
 #: License of what w2e makes when the base model's license is unknown (w2e's own).

@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .edit import Edit, stacked_weights
-from .overrides import make_overridable, weight_overrides
-from .precision import autocast, check_precision
-from .runner import forward_suffix
-from .site import EditSite
+from w2e.engine.edits import Edit, stacked_weights
+from w2e.engine.overrides import make_overridable, weight_overrides
+from w2e.engine.precision import autocast, check_precision
+from w2e.engine.forward import forward_suffix
+from w2e.engine.site import EditSite
 
 ProgressFn = Callable[[int, int, float], None]
 

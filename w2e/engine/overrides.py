@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .site import EditSite
+from w2e.engine.site import EditSite
 
 _ACTIVE: ContextVar[Mapping[int, torch.Tensor] | None] = ContextVar("w2e_weight_overrides", default=None)
 

@@ -7,8 +7,8 @@ import re
 import sys
 from pathlib import Path
 
-from ..cli import parse_site_blocks
-from ..models import DEFAULT_MODEL
+from w2e.cli.commands import parse_site_blocks
+from w2e.models.loading import DEFAULT_MODEL
 
 EPILOG = """\
 methods (--methods, comma list; default: all of the paper's comparison plus the ablation variants):
@@ -125,7 +125,7 @@ def add_bench_parser(subparsers) -> None:
 
 
 def _cli_error(message: str) -> Exception:
-    from ..cli import CliError
+    from w2e.cli.commands import CliError
 
     return CliError(message)
 
@@ -141,7 +141,7 @@ def _out_dir(args) -> Path:
 def _bundle(args):
     import torch
 
-    from ..models import best_device, load_model
+    from w2e.models.loading import best_device, load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -150,8 +150,8 @@ def _bundle(args):
 
 def resolve_train_source(spec: str | None, model_spec: str, bundle):
     """Training images ("seen data"): a folder, a bundled world's (``auto``: the model's own world), or ``None``."""
-    from ..data import FolderSource
-    from ..worlds.registry import WORLDS, meta_training_source
+    from w2e.inputs.sources import FolderSource
+    from w2e.worlds.registry import WORLDS, meta_training_source
 
     if spec in (None, "none"):
         return None
@@ -179,8 +179,8 @@ def _method_settings(args) -> dict[str, dict]:
 
 
 def _list_methods(quick: bool, sequential: bool = False) -> str:
-    from .ablations import ablation_registry
-    from .methods import Method, registry
+    from w2e.bench.ablations import ablation_registry
+    from w2e.bench.methods import Method, registry
 
     lines = []
     for name, cls in ({**registry()} if sequential else {**registry(), **ablation_registry()}).items():
@@ -196,11 +196,11 @@ def _list_methods(quick: bool, sequential: bool = False) -> str:
 
 def cmd_bench(args) -> None:
     """Run (or resume) the benchmark and print the summary table."""
-    from ..hypernet import load_hypernetwork
-    from .data import load_any_benchmark
-    from .methods import SettingsError
-    from .report import format_table
-    from .runner import ABLATIONS, BenchOptions, all_method_names, run_bench
+    from w2e.where.hypernet import load_hypernetwork
+    from w2e.bench.data import load_any_benchmark
+    from w2e.bench.methods import SettingsError
+    from w2e.bench.report import format_table
+    from w2e.bench.protocol import ABLATIONS, BenchOptions, all_method_names, run_bench
 
     if args.list:
         print(_list_methods(args.quick, args.sequential))
@@ -254,9 +254,9 @@ def cmd_bench(args) -> None:
 
 
 def _run_sequential(args, bundle, data, methods, hypernetwork, source, bench_path: str) -> None:
-    from .methods import SettingsError
-    from .sequential import SequentialInputError, SequentialOptions, run_sequential
-    from .sequential_report import format_sequential_table
+    from w2e.bench.methods import SettingsError
+    from w2e.bench.sequential import SequentialInputError, SequentialOptions, run_sequential
+    from w2e.bench.sequential_report import format_sequential_table
 
     options = SequentialOptions(methods=methods, quick=args.quick, seed=args.seed, steps=args.steps,
                                 stream_length=args.stream_length,
@@ -277,9 +277,9 @@ def _run_sequential(args, bundle, data, methods, hypernetwork, source, bench_pat
 
 def cmd_bench_train(args) -> None:
     """Meta-train KE/MEND (and the ablation hypernetworks) into OUT, where ``w2e bench`` finds them."""
-    from .ablations import ablation_registry
-    from .hyperedit import default_hyper_settings, load_or_train_hyper_editor
-    from .methods import Resources
+    from w2e.bench.ablations import ablation_registry
+    from w2e.bench.hyperedit import default_hyper_settings, load_or_train_hyper_editor
+    from w2e.bench.methods import Resources
 
     bundle = _bundle(args)
     source = resolve_train_source(args.train_data, args.model, bundle)

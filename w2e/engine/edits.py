@@ -12,9 +12,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .hub import resolve_file
-from .overrides import make_overridable, weight_overrides
-from .site import EditSite, SiteLayer
+from w2e.formats.hub import resolve_file
+from w2e.engine.overrides import make_overridable, weight_overrides
+from w2e.engine.site import EditSite, SiteLayer
 
 EDIT_FORMAT = "w2e.edit/1"
 #: File name of an edit pulled from a Hub repository when the spec names no file.
@@ -28,7 +28,7 @@ class Edit:
     For an fc1 layer ``deltas[i]`` has shape ``(k, in_features)`` (rows); for fc2
     ``(out_features, k)`` (columns). Nothing outside the selected neurons is stored.
     ``first_right`` is the same edit at the first step where its samples were predicted right
-    (kept only when asked for, see :func:`w2e.editing.masked_fine_tune`; never saved).
+    (kept only when asked for, see :func:`w2e.engine.fine_tune.masked_fine_tune`; never saved).
     """
 
     site: EditSite

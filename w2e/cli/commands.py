@@ -9,19 +9,19 @@ from typing import Callable, Sequence
 
 import torch
 
-from .editing import EditConfig
-from .editor import DEFAULT_RHO, NEAR_BOUNDARY, AlreadyCorrectError, Editor
-from .edit import edited_state_dict
-from .hub import HubError
-from .hypernet import HypernetworkMismatchError, load_hypernetwork
-from .image_sets import SET_HELP, image_set_inputs
-from .images import ImageInputError, read_image
-from .labels import UnknownLabelError, resolve_label
-from .mask_search import AUX_INITS, INNER_RULES, OUTER_REDUCTIONS
-from .meta import MetaTrainConfig
-from .precision import PRECISIONS
-from .masks import binarize
-from .models import DEFAULT_MODEL, CheckpointError, ModelBundle, best_device, load_model
+from w2e.engine.fine_tune import EditConfig
+from w2e.editor.editor import DEFAULT_RHO, NEAR_BOUNDARY, AlreadyCorrectError, Editor
+from w2e.engine.edits import edited_state_dict
+from w2e.formats.hub import HubError
+from w2e.where.hypernet import HypernetworkMismatchError, load_hypernetwork
+from w2e.editor.image_sets import SET_HELP, image_set_inputs
+from w2e.inputs.images import ImageInputError, read_image
+from w2e.inputs.labels import UnknownLabelError, resolve_label
+from w2e.where.mask_search import AUX_INITS, INNER_RULES, OUTER_REDUCTIONS
+from w2e.where.meta_train import MetaTrainConfig
+from w2e.engine.precision import PRECISIONS
+from w2e.engine.masks import binarize
+from w2e.models.loading import DEFAULT_MODEL, CheckpointError, ModelBundle, best_device, load_model
 
 USAGE_ERROR = 2
 
@@ -177,8 +177,8 @@ def cmd_attention(args: argparse.Namespace) -> None:
     """Mean attention distance and entropy per block and head, before and after edits."""
     from tqdm import tqdm
 
-    from .attention import attention_report
-    from .edit import load_edits
+    from w2e.attention import attention_report
+    from w2e.engine.edits import load_edits
 
     if (args.image is None) == (args.set is None):
         raise CliError(f"give one image (before any --edit) or --set ({SET_HELP}), not both or neither")
@@ -231,10 +231,10 @@ def _progress_bar(total: int, disable: bool) -> Callable[[int, int, float], None
     return update
 
 
-#: ``w2e meta-train`` options that set a :class:`w2e.mask_search.MaskSearchConfig` field of the same name.
+#: ``w2e meta-train`` options that set a :class:`w2e.where.mask_search.MaskSearchConfig` field of the same name.
 SEARCH_OPTIONS = ("sharpness", "inner_lr", "inner_steps", "inner_rule", "outer_steps", "outer_reduction",
                   "sparsity_weight", "aux_init", "aux_inits", "precision")
-#: ``w2e meta-train`` options that set a :class:`w2e.meta.MetaTrainConfig` field of the same name.
+#: ``w2e meta-train`` options that set a :class:`w2e.where.meta_train.MetaTrainConfig` field of the same name.
 META_OPTIONS = ("iterations", "batch_size", "hyper_lr", "hyper_depth", "seed", "checkpoint_every", "probe_every", "probe_rho")
 
 
@@ -242,8 +242,8 @@ def cmd_meta_train(args: argparse.Namespace) -> None:
     """Meta-train a hypernetwork for a model on CutMix pseudo-samples of a data source."""
     from dataclasses import replace
 
-    from .mask_diagnostics import benchmark_probe
-    from .meta import MetaConfigMismatchError, init_distributed_from_env, meta_train, saved_config
+    from w2e.where.diagnostics import benchmark_probe
+    from w2e.where.meta_train import MetaConfigMismatchError, init_distributed_from_env, meta_train, saved_config
 
     device = init_distributed_from_env(args.device)
     bundle = _load(args, device)
@@ -266,8 +266,8 @@ def _given(args: argparse.Namespace, names: Sequence[str]) -> dict:
 
 def _meta_source(data: str, bundle: ModelBundle, probe_size: int):
     """Training images and a held-out probe of real images for ``--data``."""
-    from .data import FolderSource, split_off_probe
-    from .mask_diagnostics import MaskProbe
+    from w2e.inputs.sources import FolderSource, split_off_probe
+    from w2e.where.diagnostics import MaskProbe
 
     if Path(data).is_dir():
         source = FolderSource(data, bundle.preprocessing)
@@ -278,14 +278,14 @@ def _meta_source(data: str, bundle: ModelBundle, probe_size: int):
         if held_out is None:
             return train, None
         return train, MaskProbe.from_images("held-out", bundle.model, bundle.site.start, held_out.to(bundle.device))
-    from .worlds.registry import UnknownWorldError, meta_training_source
+    from w2e.worlds.registry import UnknownWorldError, meta_training_source
 
     try:
         source = meta_training_source(data, bundle)
     except UnknownWorldError as error:
         raise CliError(f"--data {data!r}: not a folder of images and not a bundled world's data ({error})") from None
     if data == "fashion":
-        from .worlds.fashion.world import meta_probe
+        from w2e.worlds.fashion.world import meta_probe
 
         return source, meta_probe(bundle)
     return source, None
@@ -293,7 +293,7 @@ def _meta_source(data: str, bundle: ModelBundle, probe_size: int):
 
 def cmd_world(args: argparse.Namespace) -> None:
     """Build or check a bundled world."""
-    from .worlds.registry import UnknownWorldError, WorldBuildError, build_world
+    from w2e.worlds.registry import UnknownWorldError, WorldBuildError, build_world
 
     try:
         build_world(args.name, check=args.check)
@@ -303,7 +303,7 @@ def cmd_world(args: argparse.Namespace) -> None:
 
 def cmd_push(args: argparse.Namespace) -> None:
     """Share a hypernetwork, a saved edit or a model folder on the Hugging Face Hub, with a model card."""
-    from .push import CardOptions, push
+    from w2e.publish.push import CardOptions, push
 
     card_text = None
     if args.card is not None:
@@ -443,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "and upload nothing")
     p.set_defaults(func=cmd_push)
 
-    from .bench.cli import add_bench_parser
+    from w2e.cli.bench import add_bench_parser
 
     add_bench_parser(sub)
     return parser

@@ -11,14 +11,14 @@ from typing import Callable
 
 import torch
 
-from ..benchmark_data import BenchmarkData
-from ..models import ModelBundle, state_dict_sha256
-from .ablations import ablation_registry, mask_specificity
-from .data import BenchContext, EvalLimits, benchmark_fingerprint
-from .hooks import has_hooks
-from .methods import Resources, SearchMethod, W2EMethod, registry
-from .metrics import SINGLE_SETTING_RHOS, paired_sign_tests, summarise_records
-from .records import RecordStore, record_key, settings_hash
+from w2e.formats.benchmark_file import BenchmarkData
+from w2e.models.loading import ModelBundle, state_dict_sha256
+from w2e.bench.ablations import ablation_registry, mask_specificity
+from w2e.bench.data import BenchContext, EvalLimits, benchmark_fingerprint
+from w2e.bench.hooks import has_hooks
+from w2e.bench.methods import Resources, SearchMethod, W2EMethod, registry
+from w2e.bench.metrics import SINGLE_SETTING_RHOS, paired_sign_tests, summarise_records
+from w2e.bench.records import RecordStore, record_key, settings_hash
 
 RECORDS_FILE = "edits.jsonl"
 RESULTS_FILE = "results.json"
@@ -175,7 +175,7 @@ def run_bench(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path, opt
 
 
 def _report_writer():
-    from .report import write_report
+    from w2e.bench.report import write_report
 
     return write_report
 

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .masks import topk_mask
+from w2e.engine.masks import topk_mask
 
 
 def pairwise_iou(binary: np.ndarray) -> np.ndarray:
@@ -99,7 +99,7 @@ class MaskProbe:
     def from_images(cls, name: str, model: torch.nn.Module, start: int, images: torch.Tensor,
                     groups: Sequence[int] | None = None, batch_size: int = 256) -> "MaskProbe":
         """Probe of preprocessed ``images``: features from the frozen model, split at block ``start``."""
-        from .runner import forward_prefix, forward_suffix
+        from w2e.engine.forward import forward_prefix, forward_suffix
 
         chunks = []
         with torch.no_grad():
@@ -127,8 +127,8 @@ def benchmark_probe(bundle, per_group: int = 8) -> MaskProbe | None:
     Group ids are the failure groups, so its diagnostics include within- vs across-group IoU.
     ``None`` when the model has no benchmark. (Diagnostics only: recipes are not chosen on it.)
     """
-    from .benchmark_data import load_benchmark
-    from .preprocess import normalise_array
+    from w2e.formats.benchmark_file import load_benchmark
+    from w2e.inputs.preprocess import normalise_array
 
     if bundle.benchmark_path is None:
         return None

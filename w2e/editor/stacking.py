@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .edit import Edit
-from .editor import Editor, LocalityResult
+from w2e.engine.edits import Edit
+from w2e.editor.editor import Editor, LocalityResult
 
 
 @dataclass(frozen=True)

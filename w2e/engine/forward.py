@@ -5,7 +5,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from .site import UnsupportedModelError
+from w2e.engine.site import UnsupportedModelError
 
 _REQUIRED = ("patch_embed", "_pos_embed", "patch_drop", "norm_pre", "blocks", "norm", "forward_head")
 

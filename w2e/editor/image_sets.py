@@ -6,11 +6,11 @@ from typing import Sequence
 
 import torch
 
-from .benchmark_data import BenchmarkData
-from .data import FolderSource
-from .editor import Editor
-from .images import ImageInputError, read_image
-from .preprocess import preprocess
+from w2e.formats.benchmark_file import BenchmarkData
+from w2e.inputs.sources import FolderSource
+from w2e.editor.editor import Editor
+from w2e.inputs.images import ImageInputError, read_image
+from w2e.inputs.preprocess import preprocess
 
 SET_HELP = "'locality' or 'group NAME' (the model's benchmark), or a folder of images"
 

@@ -8,15 +8,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .benchmark_data import BenchmarkData, load_benchmark
-from .edit import Edit, edits_applied
-from .editing import EditConfig, ProgressFn, masked_fine_tune
-from .hypernet import Hypernetwork, load_hypernetwork
-from .mask_search import MaskSearchConfig, search_mask
-from .masks import binarize, ensemble
-from .models import ModelBundle
-from .preprocess import normalise_array, preprocess
-from .runner import cached_prefix, forward_suffix
+from w2e.formats.benchmark_file import BenchmarkData, load_benchmark
+from w2e.engine.edits import Edit, edits_applied
+from w2e.engine.fine_tune import EditConfig, ProgressFn, masked_fine_tune
+from w2e.where.hypernet import Hypernetwork, load_hypernetwork
+from w2e.where.mask_search import MaskSearchConfig, search_mask
+from w2e.engine.masks import binarize, ensemble
+from w2e.models.loading import ModelBundle
+from w2e.inputs.preprocess import normalise_array, preprocess
+from w2e.engine.forward import cached_prefix, forward_suffix
 
 #: Default kept fraction of the site (the paper's rho as the authors' code uses it).
 DEFAULT_RHO = 0.1

@@ -12,9 +12,9 @@ import yaml
 from huggingface_hub import ModelCard, ModelCardData
 from timm.models import get_pretrained_cfg
 
-from .hub import HubError
-from .hypernet import HypernetConfig
-from .site import EditSite
+from w2e.formats.hub import HubError
+from w2e.where.hypernet import HypernetConfig
+from w2e.engine.site import EditSite
 
 LIBRARY_NAME = "w2e"
 BASE_TAGS = ("w2e", "model-editing", "vision-transformer")

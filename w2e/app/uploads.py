@@ -24,7 +24,7 @@ from typing import Hashable
 
 from PIL import Image
 
-from .app_gate import BusyError
+from w2e.app.gate import BusyError
 
 #: Where the app's served images live (one PNG per distinct image).
 IMAGE_ROOT = Path(tempfile.gettempdir()) / "w2e-app-images"

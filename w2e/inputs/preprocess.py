@@ -80,7 +80,7 @@ def model_view(image: Image.Image, config: PreprocessConfig) -> Image.Image:
     mode = "L" if config.channels == 1 else "RGB"
     image = _undo_integer_upscale(image, (width, height))
     if config.photo.get("fit_object") and image.size != (width, height):
-        from .photo import fit_photo_to_frame
+        from w2e.inputs.photo import fit_photo_to_frame
 
         image = fit_photo_to_frame(image, height, config.photo.get("invert_light_background", True))
     image = image.convert(mode)

@@ -2,7 +2,7 @@
 
 * :class:`AppConfig` — models offered, locality folder, device, limits (CLI flags / env vars).
 * :class:`Hub` — loads each offered model once, shared read-only by all sessions.
-* :class:`Workbench` — one loaded model: an :class:`~w2e.editor.Editor`, its locality set
+* :class:`Workbench` — one loaded model: an :class:`~w2e.editor.editor.Editor`, its locality set
   (prefix-cached), its benchmark failure groups and example gallery.
 * :class:`Session` — one browser session: its image, cached continuous mask and its own stack
   of edits (sparse deltas). The shared base model is never written.
@@ -27,18 +27,18 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .app_files import ExportFolders, image_file
-from .attention import AttentionReport, attention_modules, attention_report, head_attention_map
-from .edit import Edit, edited_state_dict
-from .editor import DEFAULT_RHO, IN_DISTRIBUTION, NEAR_BOUNDARY, Editor, LocalityResult, PrefixCache
-from .hypernet import load_hypernetwork
-from .images import MAX_FILE_BYTES, MAX_PIXELS, ImageInputError, read_image
-from .labels import echo, resolve_label
-from .lifelong import check_fixes
-from .masks import binarize
-from .models import (DEFAULT_MODEL, ModelBundle, best_device, bundled_worlds, cached_hub_weights, hub_reachable,
+from w2e.app.uploads import ExportFolders, image_file
+from w2e.attention import AttentionReport, attention_modules, attention_report, head_attention_map
+from w2e.engine.edits import Edit, edited_state_dict
+from w2e.editor.editor import DEFAULT_RHO, IN_DISTRIBUTION, NEAR_BOUNDARY, Editor, LocalityResult, PrefixCache
+from w2e.where.hypernet import load_hypernetwork
+from w2e.inputs.images import MAX_FILE_BYTES, MAX_PIXELS, ImageInputError, read_image
+from w2e.inputs.labels import echo, resolve_label
+from w2e.editor.stacking import check_fixes
+from w2e.engine.masks import binarize
+from w2e.models.loading import (DEFAULT_MODEL, ModelBundle, best_device, bundled_worlds, cached_hub_weights, hub_reachable,
                      is_hub_model, load_model, read_manifest, world_dir)
-from .preprocess import model_view, normalise_array
+from w2e.inputs.preprocess import model_view, normalise_array
 
 #: The paper's ImageNet base model (needs internet the first time it is loaded).
 PAPER_MODEL = "vit_base_patch16_224.augreg_in21k_ft_in1k"

@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .cutmix import CutMixConfig, cutmix
-from .hypernet import HYPERNET_FILE, Hypernetwork, load_hypernetwork, new_hypernetwork
-from .mask_diagnostics import MaskProbe
-from .mask_search import MaskSearchConfig, aux_mask_target, distillation_kl, optimise_aux_masks
-from .models import ModelBundle, best_device
-from .runner import forward_prefix, forward_suffix, patch_size
+from w2e.where.cutmix import CutMixConfig, cutmix
+from w2e.where.hypernet import HYPERNET_FILE, Hypernetwork, load_hypernetwork, new_hypernetwork
+from w2e.where.diagnostics import MaskProbe
+from w2e.where.mask_search import MaskSearchConfig, aux_mask_target, distillation_kl, optimise_aux_masks
+from w2e.models.loading import ModelBundle, best_device
+from w2e.engine.forward import forward_prefix, forward_suffix, patch_size
 
 STATE_FILE = "meta_state.safetensors"
 LOG_FILE = "meta_log.jsonl"
@@ -40,7 +40,7 @@ class MetaConfigMismatchError(ValueError):
 
 
 class ImageSource(Protocol):
-    """Preprocessed images by index (see :mod:`w2e.data`)."""
+    """Preprocessed images by index (see :mod:`w2e.inputs.sources`)."""
 
     def __len__(self) -> int: ...
 
@@ -212,7 +212,7 @@ def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, co
         pseudo_samples: replaces CutMix (gets the source's ``labels`` when it has them).
         probes: fixed real images never trained on; every ``config.probe_every`` iterations
             (and at the end) the input dependence of the masks on each probe
-            (:func:`w2e.mask_diagnostics.input_dependence` at ``config.probe_rho``) is logged
+            (:func:`w2e.where.diagnostics.input_dependence` at ``config.probe_rho``) is logged
             under ``probe`` and stored in the hypernetwork's config as ``diagnostics``.
 
     Returns:

@@ -1,0 +1,1 @@
+"""What users hand in: images, photos, preprocessing, label names, image sources."""

@@ -1,0 +1,1 @@
+"""Sharing: model cards and pushes to the Hugging Face Hub."""

@@ -1,0 +1,1 @@
+"""Plotly charts for the app, model cards and reports."""
