@@ -26,14 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from speed import _bundle, _images, _timed  # noqa: E402
 
-from w2e.engine.fine_tune import EditConfig, masked_fine_tune  # noqa: E402
+from w2e.engine.edit_config import EditConfig  # noqa: E402
+from w2e.engine.fine_tune import masked_fine_tune  # noqa: E402
 from w2e.editor.editor import Editor  # noqa: E402
 from w2e.inputs.images import read_image  # noqa: E402
 from w2e.inputs.labels import resolve_label  # noqa: E402
 from w2e.where.diagnostics import pairwise_iou  # noqa: E402
-from w2e.where.mask_search import MaskSearchConfig, search_mask  # noqa: E402
+from w2e.where.configs import MaskSearchConfig, MetaTrainConfig  # noqa: E402
+from w2e.where.mask_search import search_mask  # noqa: E402
 from w2e.engine.masks import topk_mask  # noqa: E402
-from w2e.where.meta_train import MetaTrainConfig, episode_batch  # noqa: E402
+from w2e.where.meta_train import episode_batch  # noqa: E402
 from w2e.models.loading import load_model, project_root  # noqa: E402
 from w2e.engine.forward import cached_prefix  # noqa: E402
 

@@ -20,7 +20,7 @@ import time
 import torch
 
 from speed import GEOMETRIES, _bundle
-from w2e.engine.fine_tune import EditConfig
+from w2e.engine.edit_config import EditConfig
 from w2e.editor.editor import Editor
 from w2e.where.hypernet import new_hypernetwork
 

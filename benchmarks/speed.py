@@ -23,11 +23,13 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 
 from w2e.where.cutmix import cutmix
-from w2e.engine.fine_tune import EditConfig, masked_fine_tune
+from w2e.engine.edit_config import EditConfig
+from w2e.engine.fine_tune import masked_fine_tune
 from w2e.editor.editor import PrefixCache
 from w2e.engine.masks import topk_mask
-from w2e.where.mask_search import MaskSearchConfig, distillation_kl, optimise_aux_masks
-from w2e.where.meta_train import MetaTrainConfig, episode_batch
+from w2e.where.configs import MaskSearchConfig, MetaTrainConfig
+from w2e.where.mask_search import distillation_kl, optimise_aux_masks
+from w2e.where.meta_train import episode_batch
 from w2e.models.loading import ModelBundle
 from w2e.inputs.preprocess import PreprocessConfig
 from w2e.engine.forward import cached_prefix, patch_size

@@ -3,7 +3,7 @@ import torch
 
 from tests.conftest import wrong_label
 from w2e.engine.edits import Edit, edited_state_dict, edits_applied
-from w2e.engine.fine_tune import EditConfig
+from w2e.engine.edit_config import EditConfig
 from w2e.editor.editor import AlreadyCorrectError, Editor
 from w2e.engine.masks import topk_mask
 from w2e.models.loading import load_local_model
@@ -91,7 +91,8 @@ def test_failed_edit_is_reported_as_failed(tiny_bundle):
 
 
 def test_bf16_autocast_edit_and_mask_search_keep_float32_state(tiny_bundle):
-    from w2e.where.mask_search import MaskSearchConfig, search_mask
+    from w2e.where.configs import MaskSearchConfig
+    from w2e.where.mask_search import search_mask
 
     editor = Editor(tiny_bundle)
     image = torch.randn(1, 3, 16, 16)

@@ -20,7 +20,8 @@ from w2e.cli.commands import _export, main
 from w2e.engine.edits import Edit
 from w2e.editor.editor import Editor
 from w2e.formats.hub import HubError, HubSpec, parse_hub_spec
-from w2e.where.hypernet import HypernetworkMismatchError, load_hypernetwork, new_hypernetwork
+from w2e.where.hypernet import load_hypernetwork, new_hypernetwork
+from w2e.where.hypernet_file import HypernetworkMismatchError
 from w2e.where.meta_train import LOG_FILE
 from w2e.publish.model_card import CardError
 from w2e.models.loading import load_local_model, load_model

@@ -10,9 +10,11 @@ import torch
 from tests.conftest import tiny_model, wrong_label, write_model_dir
 from w2e.inputs.sources import TensorSource
 from w2e.editor.editor import Editor
-from w2e.where.hypernet import HypernetworkMismatchError, load_hypernetwork, new_hypernetwork
-from w2e.where.mask_search import MaskSearchConfig, distillation_kl, inner_loop, search_mask
-from w2e.where.meta_train import LOG_FILE, MetaTrainConfig, meta_train
+from w2e.where.hypernet import load_hypernetwork, new_hypernetwork
+from w2e.where.hypernet_file import HypernetworkMismatchError
+from w2e.where.configs import MaskSearchConfig, MetaTrainConfig
+from w2e.where.mask_search import distillation_kl, inner_loop, search_mask
+from w2e.where.meta_train import LOG_FILE, meta_train
 from w2e.models.loading import load_local_model
 from w2e.engine.overrides import make_overridable, weight_overrides
 from w2e.engine.forward import forward_prefix, forward_suffix
@@ -139,8 +141,8 @@ import sys
 import torch
 import torch.distributed as dist
 from w2e.inputs.sources import TensorSource
-from w2e.where.mask_search import MaskSearchConfig
-from w2e.where.meta_train import MetaTrainConfig, init_distributed_from_env, meta_train
+from w2e.where.configs import MaskSearchConfig, MetaTrainConfig
+from w2e.where.meta_train import init_distributed_from_env, meta_train
 from w2e.models.loading import load_local_model
 
 torch.set_num_threads(1)

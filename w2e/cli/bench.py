@@ -7,8 +7,8 @@ import re
 import sys
 from pathlib import Path
 
-from w2e.cli.commands import parse_site_blocks
-from w2e.models.loading import DEFAULT_MODEL
+from w2e.cli.common import CliError, parse_site_blocks
+from w2e.models.folder import DEFAULT_MODEL
 
 EPILOG = """\
 methods (--methods, comma list; default: all of the paper's comparison plus the ablation variants):
@@ -125,8 +125,6 @@ def add_bench_parser(subparsers) -> None:
 
 
 def _cli_error(message: str) -> Exception:
-    from w2e.cli.commands import CliError
-
     return CliError(message)
 
 

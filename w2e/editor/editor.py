@@ -8,23 +8,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from w2e.editor.constants import DEFAULT_RHO, HYPERNETWORK_MASKS, IN_DISTRIBUTION, NEAR_BOUNDARY, SEARCHED_MASKS
 from w2e.formats.benchmark_file import BenchmarkData, load_benchmark
 from w2e.engine.edits import Edit, edits_applied
-from w2e.engine.fine_tune import EditConfig, ProgressFn, masked_fine_tune
+from w2e.engine.edit_config import EditConfig
+from w2e.engine.fine_tune import ProgressFn, masked_fine_tune
 from w2e.where.hypernet import Hypernetwork, load_hypernetwork
-from w2e.where.mask_search import MaskSearchConfig, search_mask
+from w2e.where.configs import MaskSearchConfig
+from w2e.where.mask_search import search_mask
 from w2e.engine.masks import binarize, ensemble
 from w2e.models.loading import ModelBundle
 from w2e.inputs.preprocess import normalise_array, preprocess
 from w2e.engine.forward import cached_prefix, forward_suffix
-
-#: Default kept fraction of the site (the paper's rho as the authors' code uses it).
-DEFAULT_RHO = 0.1
-#: The benchmark's locality sets: images the base model barely gets right (the paper's, the
-#: harshest test) and a random draw of ordinary in-distribution images.
-NEAR_BOUNDARY = "near-boundary"
-IN_DISTRIBUTION = "in-distribution"
-
 
 class AlreadyCorrectError(ValueError):
     """An edit towards the label the model already predicts: there is nothing to fix."""
@@ -107,7 +102,7 @@ class Editor:
     @property
     def mask_source(self) -> str:
         """``"hypernetwork"`` or ``"test-time search"`` (used when no hypernetwork exists)."""
-        return "hypernetwork" if self.hypernetwork is not None else "test-time search"
+        return HYPERNETWORK_MASKS if self.hypernetwork is not None else SEARCHED_MASKS
 
     def inputs(self, images: torch.Tensor | Image.Image | Sequence[Image.Image]) -> torch.Tensor:
         """Preprocess PIL images with the model's own config (tensors pass through)."""

@@ -1,16 +1,19 @@
-"""Image sets named on the command line: a model's benchmark locality set or failure group, or a folder."""
+"""Image sets named on the command line: a model's benchmark locality set or failure group, or a folder.
+
+Importing it does not import torch (the command line shows :data:`SET_HELP` in its options).
+"""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-
-from w2e.formats.benchmark_file import BenchmarkData
-from w2e.inputs.sources import FolderSource
-from w2e.editor.editor import Editor
 from w2e.inputs.images import ImageInputError, read_image
-from w2e.inputs.preprocess import preprocess
+
+if TYPE_CHECKING:
+    import torch
+
+    from w2e.editor.editor import Editor
+    from w2e.formats.benchmark_file import BenchmarkData
 
 SET_HELP = "'locality' or 'group NAME' (the model's benchmark), or a folder of images"
 
@@ -45,6 +48,9 @@ def _benchmark(editor: Editor) -> BenchmarkData:
 
 
 def _folder_inputs(editor: Editor, folder: Path) -> tuple[torch.Tensor, str]:
+    from w2e.inputs.preprocess import preprocess
+    from w2e.inputs.sources import FolderSource
+
     paths = FolderSource(folder, editor.bundle.preprocessing).paths
     images = []
     for path in paths:

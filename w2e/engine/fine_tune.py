@@ -2,38 +2,20 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from w2e.engine.edit_config import EditConfig
 from w2e.engine.edits import Edit, stacked_weights
 from w2e.engine.overrides import make_overridable, weight_overrides
-from w2e.engine.precision import autocast, check_precision
+from w2e.engine.precision import autocast
 from w2e.engine.forward import forward_suffix
 from w2e.engine.site import EditSite
 
 ProgressFn = Callable[[int, int, float], None]
-
-
-@dataclass(frozen=True)
-class EditConfig:
-    """Masked fine-tuning settings (paper: RMSProp; stop at loss <= 0.01 or after 100 steps)."""
-
-    lr: float = 1e-4
-    max_steps: int = 100
-    loss_stop: float = 0.01
-    optimizer: str = "rmsprop"
-    precision: str = "fp32"
-
-    def __post_init__(self) -> None:
-        check_precision(self.precision)
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict."""
-        return asdict(self)
 
 
 def make_optimizer(name: str, params: Sequence[torch.Tensor], lr: float) -> torch.optim.Optimizer:

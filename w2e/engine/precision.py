@@ -1,10 +1,14 @@
-"""Numeric precision of the compute-heavy loops: float32, or bfloat16 autocast (CPU and CUDA)."""
+"""Numeric precision of the compute-heavy loops: float32, or bfloat16 autocast (CPU and CUDA).
+
+Importing it does not import torch (the command line reads :data:`PRECISIONS` to build its options).
+"""
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import ContextManager
+from typing import TYPE_CHECKING, ContextManager
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -21,4 +25,6 @@ def autocast(precision: str, device: torch.device | str) -> ContextManager:
     optimiser state stay float32) or a no-op (``"fp32"``)."""
     if check_precision(precision) == "fp32":
         return nullcontext()
+    import torch
+
     return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)

@@ -1,10 +1,16 @@
-"""The edit site: which FFN weights of a ViT may be edited, structured per hidden neuron."""
+"""The edit site: which FFN weights of a ViT may be edited, structured per hidden neuron.
+
+Importing it does not import torch: a site can be derived from a built model
+(:func:`site_for_model`) or from the weight shapes of a checkpoint (:func:`site_from_weight_shapes`).
+"""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
-from torch import nn
+if TYPE_CHECKING:
+    from torch import nn
 
 #: The paper's site, blocks 8-10 of 12 (``blocks[7:10]``), as a fraction of the depth.
 PAPER_SITE_FRACTION: tuple[float, float] = (7 / 12, 10 / 12)
@@ -84,16 +90,54 @@ def default_site_blocks(depth: int, fraction: tuple[float, float] = PAPER_SITE_F
     return tuple(range(start, stop))
 
 
+#: ``(hidden width of fc1, hidden width of fc2, input width of fc1, output width of fc2)`` of one block's FFN.
+FfnWidths = tuple[int, int, int, int]
+
+
 def site_for_model(model: nn.Module, blocks: Sequence[int] | None = None) -> EditSite:
     """Derive the edit site of ``model`` (default: the paper's relative position).
 
     Raises :class:`UnsupportedModelError` when the model is not a ViT with linear FFNs of equal
     width at the chosen blocks.
     """
+    from torch import nn
+
     model_blocks = getattr(model, "blocks", None)
     if model_blocks is None or not isinstance(model_blocks, (nn.Sequential, nn.ModuleList)):
         raise UnsupportedModelError(f"{type(model).__name__} has no `blocks` sequence; w2e edits timm ViTs")
-    depth = len(model_blocks)
+
+    def widths(index: int) -> FfnWidths:
+        mlp = getattr(model_blocks[index], "mlp", None)
+        fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
+        if not isinstance(fc1, nn.Linear) or not isinstance(fc2, nn.Linear):
+            raise UnsupportedModelError(f"blocks[{index}].mlp has no linear fc1/fc2")
+        return fc1.out_features, fc2.in_features, fc1.in_features, fc2.out_features
+
+    return _site(len(model_blocks), blocks, widths)
+
+
+def site_from_weight_shapes(shapes: Mapping[str, Sequence[int]], blocks: Sequence[int] | None = None) -> EditSite:
+    """The edit site :func:`site_for_model` derives for a timm ViT whose state dict has these
+    tensor shapes (e.g. read from a checkpoint's header, without building the model).
+
+    Raises :class:`UnsupportedModelError` when the shapes lack ``blocks.i.mlp.fc1/fc2`` weights.
+    """
+    indices = {int(match.group(1)) for name in shapes if (match := re.match(r"blocks\.(\d+)\.", name))}
+    if not indices:
+        raise UnsupportedModelError("the checkpoint has no `blocks.i` weights; w2e edits timm ViTs")
+
+    def widths(index: int) -> FfnWidths:
+        fc1, fc2 = (shapes.get(f"blocks.{index}.mlp.{name}.weight") for name in ("fc1", "fc2"))
+        if fc1 is None or fc2 is None or len(fc1) != 2 or len(fc2) != 2:
+            raise UnsupportedModelError(f"blocks[{index}].mlp has no linear fc1/fc2")
+        return fc1[0], fc2[1], fc1[1], fc2[0]
+
+    return _site(max(indices) + 1, blocks, widths)
+
+
+def _site(depth: int, blocks: Sequence[int] | None, widths: Callable[[int], FfnWidths]) -> EditSite:
+    """The site at ``blocks`` (default: the paper's position) of a ViT of ``depth`` blocks whose
+    FFN widths per block ``widths`` gives."""
     chosen = tuple(sorted(set(blocks))) if blocks is not None else default_site_blocks(depth)
     if not chosen:
         raise ValueError("the edit site needs at least one block")
@@ -101,14 +145,11 @@ def site_for_model(model: nn.Module, blocks: Sequence[int] | None = None) -> Edi
         raise ValueError(f"site blocks {list(chosen)} out of range for a model with {depth} blocks")
     hidden_sizes, feature_dims = set(), set()
     for index in chosen:
-        mlp = getattr(model_blocks[index], "mlp", None)
-        fc1, fc2 = getattr(mlp, "fc1", None), getattr(mlp, "fc2", None)
-        if not isinstance(fc1, nn.Linear) or not isinstance(fc2, nn.Linear):
-            raise UnsupportedModelError(f"blocks[{index}].mlp has no linear fc1/fc2")
-        if fc1.out_features != fc2.in_features:
+        fc1_hidden, fc2_hidden, fc1_in, fc2_out = widths(index)
+        if fc1_hidden != fc2_hidden:
             raise UnsupportedModelError(f"blocks[{index}].mlp: fc1 and fc2 disagree on the hidden width")
-        hidden_sizes.add(fc1.out_features)
-        feature_dims.update((fc1.in_features, fc2.out_features))
+        hidden_sizes.add(fc1_hidden)
+        feature_dims.update((fc1_in, fc2_out))
     if len(hidden_sizes) != 1 or len(feature_dims) != 1:
         raise UnsupportedModelError("edited blocks must share one FFN width and one feature width")
     return EditSite(chosen, hidden_sizes.pop(), feature_dims.pop(), depth)

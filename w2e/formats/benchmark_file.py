@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.numpy import save_file
 
 LOCALITY_GROUP = -1
 #: Group id of the random in-distribution images (a second, ordinary locality set).
@@ -72,10 +71,10 @@ def save_benchmark(path: str | Path, data: BenchmarkData) -> None:
     """Write ``data`` in the format :func:`load_benchmark` reads (atomically)."""
     path = Path(path)
     tensors = {
-        "images": torch.from_numpy(np.ascontiguousarray(data.images, dtype=np.uint8)),
-        "labels": torch.from_numpy(np.ascontiguousarray(data.labels, dtype=np.int64)),
-        "groups": torch.from_numpy(np.ascontiguousarray(data.groups, dtype=np.int64)),
-        **{name: torch.from_numpy(np.ascontiguousarray(column, dtype=np.int64)) for name, column in data.columns.items()},
+        "images": np.ascontiguousarray(data.images, dtype=np.uint8),
+        "labels": np.ascontiguousarray(data.labels, dtype=np.int64),
+        "groups": np.ascontiguousarray(data.groups, dtype=np.int64),
+        **{name: np.ascontiguousarray(column, dtype=np.int64) for name, column in data.columns.items()},
     }
     info = {**data.info, "group_names": list(data.group_names)}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 
 Wherever w2e takes a path to a hypernetwork, an edit or a model folder, such a spec works
 too. Files come through ``huggingface_hub``'s own cache (``HF_HUB_CACHE``, ``HF_HOME``) and
-token handling; with ``HF_HUB_OFFLINE=1`` only what is already cached is used.
+token handling; with ``HF_HUB_OFFLINE=1`` only what is already cached is used. huggingface_hub
+is imported only when a spec is fetched or validated.
 """
 from __future__ import annotations
 
@@ -11,10 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Sequence
 from urllib.parse import quote, unquote
-
-from huggingface_hub import snapshot_download
-from huggingface_hub.utils import (GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError,
-                                   RepositoryNotFoundError, RevisionNotFoundError, validate_repo_id)
 
 HUB_PREFIX = "hf://"
 SPEC_FORMAT = "hf://OWNER/NAME[@REVISION][/PATH]"
@@ -59,6 +56,8 @@ def parse_hub_spec(spec: str) -> HubSpec:
     if at and not revision:
         raise HubError(f"{spec!r}: empty revision after '@'")
     repo_id = f"{parts[0]}/{name}"
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     try:
         validate_repo_id(repo_id)
     except HFValidationError as error:
@@ -73,6 +72,10 @@ def parse_hub_spec(spec: str) -> HubSpec:
 
 def _snapshot(spec: HubSpec, patterns: Sequence[str] | None) -> Path:
     """Download (or find in the cache) the files of ``spec``'s repository matching ``patterns``."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                       RevisionNotFoundError)
+
     try:
         folder = snapshot_download(spec.repo_id, revision=spec.revision, allow_patterns=list(patterns) if patterns else None,
                                    library_name="w2e")

@@ -1,13 +1,18 @@
-"""Preprocessing exactly as the model's own config says (timm's eval transform)."""
+"""Preprocessing exactly as the model's own config says (timm's eval transform).
+
+Importing it does not import torch (:class:`PreprocessConfig` is read from manifests by the command line).
+"""
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 _INTERPOLATION = {
     "nearest": Image.Resampling.NEAREST,
@@ -113,6 +118,8 @@ def _undo_integer_upscale(image: Image.Image, size: tuple[int, int]) -> Image.Im
 
 def normalise_array(pixels: np.ndarray, config: PreprocessConfig) -> torch.Tensor:
     """uint8 pixels ``(N, H, W)`` or ``(N, H, W, C)`` at the input size -> model input ``(N, C, H, W)``."""
+    import torch
+
     tensor = torch.from_numpy(np.array(pixels, copy=True)).float() / 255.0
     tensor = tensor.unsqueeze(1) if tensor.dim() == 3 else tensor.permute(0, 3, 1, 2)
     mean = torch.tensor(config.mean, dtype=torch.float32).view(1, -1, 1, 1)

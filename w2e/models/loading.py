@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import socket
 import threading
 from urllib.parse import urlparse
@@ -18,51 +16,26 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from w2e.formats.hub import is_hub_spec, resolve_folder
+from w2e.formats.safetensors_header import fingerprint_record
 from w2e.engine.forward import check_vit
 from w2e.engine.site import EditSite, site_for_model
 from w2e.inputs.preprocess import PreprocessConfig
+from w2e.models.folder import (DEFAULT_MODEL, FALLBACK_EDIT_LR, MANIFEST_NAME, CheckpointError, bundled_worlds,
+                               check_weights_file, manifest_file, model_folder, read_manifest)
+from w2e.models.folder import world_dir  # noqa: F401  (w2e.app imports it from here; it belongs to models.folder)
 
 if TYPE_CHECKING:
-    from w2e.where.mask_search import MaskSearchConfig
+    from w2e.where.configs import MaskSearchConfig
 
-MODEL_FORMAT = "w2e.model/1"
-MANIFEST_NAME = "manifest.json"
-#: Default model of the CLI and the app.
-DEFAULT_MODEL = "fashion"
 #: Editing learning rates of the paper (METHOD.md section 5) for its two base models.
 PAPER_EDIT_LR = {
     "vit_base_patch16_224.augreg_in21k_ft_in1k": 2e-5,
     "vit_small_patch16_224.augreg_in21k_ft_in1k": 1e-4,
 }
-FALLBACK_EDIT_LR = 1e-4
 #: Seconds to wait for the Hugging Face Hub before calling it unreachable.
 HUB_TIMEOUT_S = 3.0
 #: Weight files timm reads from a Hub repository, in its order of preference.
 HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-class CheckpointError(RuntimeError):
-    """A missing, corrupt or mismatched checkpoint file (the message names the file)."""
-
-
-def project_root() -> Path:
-    """Folder holding ``checkpoints/`` and ``assets/`` (``W2E_HOME`` overrides)."""
-    return Path(os.environ.get("W2E_HOME", Path(__file__).resolve().parents[2]))
-
-
-def world_dir(name: str) -> Path:
-    """Checkpoint folder of a bundled world."""
-    return project_root() / "checkpoints" / name
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def state_dict_sha256(model: nn.Module) -> str:
@@ -70,7 +43,7 @@ def state_dict_sha256(model: nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(fingerprint_record(name, str(tensor.dtype), tensor.shape))
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
@@ -99,12 +72,8 @@ class ModelBundle:
         return next(self.model.parameters()).device
 
     def resolve_path(self, key: str) -> Path | None:
-        """A file named in the manifest under ``key``, relative to the model folder (normalised
-        without following symlinks: in the Hugging Face cache files are links to content blobs)."""
-        value = self.manifest.get(key)
-        if not value or self.directory is None:
-            return None
-        return Path(os.path.abspath(self.directory / value))
+        """A file named in the manifest under ``key`` (see :func:`w2e.models.folder.manifest_file`)."""
+        return manifest_file(self.directory, self.manifest, key)
 
     @property
     def hypernetwork_path(self) -> Path | None:
@@ -115,7 +84,7 @@ class ModelBundle:
     def mask_search_config(self) -> MaskSearchConfig:
         """The model's own mask-search settings: the manifest's ``edit.mask_search``, else those
         its hypernetwork was meta-trained with (``recipes.meta_training.search``), else the defaults."""
-        from w2e.where.mask_search import MaskSearchConfig
+        from w2e.where.configs import MaskSearchConfig
 
         raw = self.manifest.get("edit", {}).get("mask_search")
         if raw is None:
@@ -153,10 +122,7 @@ def _build_architecture(architecture: dict) -> nn.Module:
 
 def load_weights(model: nn.Module, path: Path, expected_sha256: str | None = None) -> None:
     """Load safetensors ``path`` into ``model`` strictly; errors name the file."""
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file missing: {path}")
-    if expected_sha256 and file_sha256(path) != expected_sha256:
-        raise CheckpointError(f"checkpoint file {path} does not match the sha256 in its manifest (corrupt or replaced)")
+    check_weights_file(path, expected_sha256)
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as error:
@@ -166,21 +132,6 @@ def load_weights(model: nn.Module, path: Path, expected_sha256: str | None = Non
     except RuntimeError as error:
         first_line = str(error).splitlines()[1:2] or [str(error)]
         raise CheckpointError(f"checkpoint file {path} does not match the architecture: {first_line[0].strip()}") from None
-
-
-def read_manifest(directory: Path) -> dict:
-    """Read and check ``directory/manifest.json``."""
-    path = directory / MANIFEST_NAME
-    if not path.is_file():
-        raise CheckpointError(f"model manifest missing: {path}")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"model manifest {path} is not valid JSON ({error})") from None
-    for key in ("architecture", "weights", "class_names", "preprocessing"):
-        if key not in manifest:
-            raise CheckpointError(f"model manifest {path} lacks {key!r}")
-    return manifest
 
 
 def load_local_model(directory: str | Path, site_blocks: Sequence[int] | None = None, device: str | torch.device = "cpu") -> ModelBundle:
@@ -294,25 +245,15 @@ def load_timm_model(name: str, site_blocks: Sequence[int] | None = None, device:
 def load_model(spec: str = DEFAULT_MODEL, site_blocks: Sequence[int] | None = None, device: str | torch.device = "cpu") -> ModelBundle:
     """Load by bundled world name (``fashion``), local folder path, ``hf://REPO_ID[@REVISION][/FOLDER]``
     model folder on the Hugging Face Hub, or timm model name."""
-    if is_hub_spec(spec):
-        return load_local_model(resolve_folder(spec, MANIFEST_NAME), site_blocks, device)
-    if (project_root() / "checkpoints" / spec / MANIFEST_NAME).is_file() and "/" not in spec:
-        return load_local_model(world_dir(spec), site_blocks, device)
-    path = Path(spec)
-    if path.is_dir():
-        return load_local_model(path, site_blocks, device)
+    folder = model_folder(spec)
+    if folder is not None:
+        return load_local_model(folder, site_blocks, device)
     if spec in timm.list_models(pretrained=True) or spec.split(".")[0] in timm.list_models():
         return load_timm_model(spec, site_blocks, device)
     raise CheckpointError(
         f"unknown model {spec!r}: not a bundled world ({', '.join(bundled_worlds()) or 'none built'}), "
         "not a folder with manifest.json, not an hf:// model folder, not a timm model name"
     )
-
-
-def bundled_worlds() -> list[str]:
-    """Names of the worlds shipped in ``checkpoints/``."""
-    root = project_root() / "checkpoints"
-    return sorted(p.name for p in root.iterdir() if (p / MANIFEST_NAME).is_file()) if root.is_dir() else []
 
 
 def best_device() -> torch.device:

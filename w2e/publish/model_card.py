@@ -13,7 +13,7 @@ from huggingface_hub import ModelCard, ModelCardData
 from timm.models import get_pretrained_cfg
 
 from w2e.formats.hub import HubError
-from w2e.where.hypernet import HypernetConfig
+from w2e.where.hypernet_file import HypernetConfig
 from w2e.engine.site import EditSite
 
 LIBRARY_NAME = "w2e"

@@ -19,7 +19,8 @@ from safetensors.torch import load_file
 
 from w2e.engine.edits import EDIT_FILE, Edit
 from w2e.formats.hub import HubError, HubSpec
-from w2e.where.hypernet import HYPERNET_FILE, Hypernetwork, read_hypernet_config
+from w2e.where.hypernet import Hypernetwork
+from w2e.where.hypernet_file import HYPERNET_FILE, read_hypernet_config
 from w2e.where.meta_train import LOG_FILE
 from w2e.publish.model_card import (CURVE_COLUMNS, base_license, card_metadata, edit_card, hub_base_model, hypernetwork_card, merge_card,
                          model_card, parse_card, render_card)

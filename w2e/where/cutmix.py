@@ -1,21 +1,9 @@
 """CutMix pseudo-samples: paste a grid-aligned patch of another image onto each image."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 
-
-@dataclass(frozen=True)
-class CutMixConfig:
-    """Patch sides as fractions of the image side (paper: 48..128 px of 224), grid-aligned."""
-
-    min_side: float = 48 / 224
-    max_side: float = 128 / 224
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict."""
-        return asdict(self)
+from w2e.where.configs import CutMixConfig
 
 
 def cutmix(images: torch.Tensor, donors: torch.Tensor, patch_size: int, config: CutMixConfig = CutMixConfig(),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -12,38 +11,7 @@ from torch import nn
 
 from w2e.formats.hub import resolve_file
 from w2e.engine.site import EditSite
-
-HYPERNET_FORMAT = "w2e.hypernetwork/1"
-#: File name of a hypernetwork written by meta-training (and pulled from a repository by default).
-HYPERNET_FILE = "hypernet.safetensors"
-
-
-class HypernetworkMismatchError(ValueError):
-    """A hypernetwork was paired with a base model it was not trained for."""
-
-
-@dataclass(frozen=True)
-class HypernetConfig:
-    """Architecture of the hypernetwork, the base model it belongs to, and its mask diagnostics.
-
-    ``diagnostics``: the input dependence of its masks on meta-training's probe sets at the
-    last probe (see :mod:`w2e.where.diagnostics`); ``None`` when it was not measured.
-    """
-
-    feature_dim: int
-    num_layers: int
-    hidden_size: int
-    depth: int = 3
-    num_heads: int = 4
-    sharpness: float = 10.0
-    base_model: str = ""
-    base_sha256: str = ""
-    site: dict | None = None
-    diagnostics: dict | None = None
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict."""
-        return {"format": HYPERNET_FORMAT, **asdict(self)}
+from w2e.where.hypernet_file import HYPERNET_FILE, HypernetConfig, check_pairing, read_hypernet_config
 
 
 def default_num_heads(feature_dim: int, head_dim: int = 64) -> int:
@@ -104,38 +72,13 @@ def new_hypernetwork(site: EditSite, base_model: str, base_sha256: str, **option
     return Hypernetwork(config)
 
 
-def read_hypernet_config(path: Path) -> HypernetConfig:
-    """The config beside hypernetwork file ``path`` (same name, ``.json``); errors name the file."""
-    config_path = path.with_suffix(".json")
-    for needed in (path, config_path):
-        if not needed.is_file():
-            raise FileNotFoundError(f"hypernetwork file missing: {needed}")
-    try:
-        raw = json.loads(config_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{config_path} is not valid JSON ({error})") from None
-    if not isinstance(raw, dict) or raw.pop("format", None) != HYPERNET_FORMAT:
-        raise ValueError(f"{config_path} is not a w2e hypernetwork config")
-    try:
-        return HypernetConfig(**raw)
-    except TypeError as error:
-        raise ValueError(f"{config_path}: malformed hypernetwork config ({error})") from None
-
-
 def load_hypernetwork(path: str | Path, site: EditSite, base_sha256: str, base_name: str = "") -> Hypernetwork:
     """Load a hypernetwork (a file or ``hf://REPO_ID[@REVISION][/FILE]``) and refuse it unless it
     was trained for this base model (``base_name`` only words the error) and site."""
     source = path
     path = resolve_file(path, HYPERNET_FILE, companions=(".json",))
     config = read_hypernet_config(path)
-    if config.base_sha256 != base_sha256:
-        this_model = f"this model {base_name!r}" if base_name else "this model"
-        raise HypernetworkMismatchError(
-            f"{source} was trained for base model {config.base_model!r} (sha256 {config.base_sha256[:12]}...), "
-            f"not for {this_model} (sha256 {base_sha256[:12]}...)"
-        )
-    if config.site != site.to_dict():
-        raise HypernetworkMismatchError(f"{source} was trained for edit site {config.site}, not {site.to_dict()}")
+    check_pairing(config, site, base_sha256, base_name, source)
     model = Hypernetwork(config)
     try:
         model.load_state_dict(load_file(str(path)))

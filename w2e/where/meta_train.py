@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
@@ -21,10 +21,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from w2e.where.cutmix import CutMixConfig, cutmix
-from w2e.where.hypernet import HYPERNET_FILE, Hypernetwork, load_hypernetwork, new_hypernetwork
+from w2e.where.configs import MetaTrainConfig
+from w2e.where.cutmix import cutmix
+from w2e.where.hypernet import Hypernetwork, load_hypernetwork, new_hypernetwork
+from w2e.where.hypernet_file import HYPERNET_FILE
 from w2e.where.diagnostics import MaskProbe
-from w2e.where.mask_search import MaskSearchConfig, aux_mask_target, distillation_kl, optimise_aux_masks
+from w2e.where.mask_search import aux_mask_target, distillation_kl, optimise_aux_masks
 from w2e.models.loading import ModelBundle, best_device
 from w2e.engine.forward import forward_prefix, forward_suffix, patch_size
 
@@ -45,37 +47,6 @@ class ImageSource(Protocol):
     def __len__(self) -> int: ...
 
     def get(self, indices: torch.Tensor) -> torch.Tensor: ...
-
-
-@dataclass(frozen=True)
-class MetaTrainConfig:
-    """Meta-training knobs (defaults from the paper / authors' code, see METHOD.md section 4)."""
-
-    iterations: int = 7000
-    batch_size: int = 8
-    hyper_lr: float = 1e-4
-    hyper_steps: int = 4
-    fit_weight: float = 0.1
-    cosine_schedule: bool = True
-    hyper_depth: int = 3
-    seed: int = 0
-    checkpoint_every: int = 100
-    probe_every: int = 100
-    probe_rho: float = 0.05
-    search: MaskSearchConfig = field(default_factory=MaskSearchConfig)
-    cutmix: CutMixConfig = field(default_factory=CutMixConfig)
-
-    def to_dict(self) -> dict:
-        """JSON-ready dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, raw: dict) -> "MetaTrainConfig":
-        """Inverse of :meth:`to_dict` (nested search and CutMix settings included)."""
-        raw = dict(raw)
-        search = MaskSearchConfig.from_dict(raw.pop("search", {}))
-        cutmix_config = CutMixConfig(**raw.pop("cutmix", {}))
-        return cls(**raw, search=search, cutmix=cutmix_config)
 
 
 def _rank_world() -> tuple[int, int]:

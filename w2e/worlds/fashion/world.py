@@ -12,8 +12,8 @@ import torch
 from w2e.formats.benchmark_file import IN_DISTRIBUTION_GROUP, load_benchmark
 from w2e.inputs.sources import TensorSource
 from w2e.where.diagnostics import MaskProbe
-from w2e.where.mask_search import MaskSearchConfig
-from w2e.where.meta_train import LOG_FILE, MetaTrainConfig
+from w2e.where.configs import MaskSearchConfig, MetaTrainConfig
+from w2e.where.meta_train import LOG_FILE
 from w2e.models.loading import ModelBundle, load_local_model
 from w2e.inputs.preprocess import normalise_array
 from w2e.worlds.shipping import (StageClock, count_misclassified_editing_samples, file_problems, stage_meta_train,

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from w2e.where.mask_search import MaskSearchConfig
-from w2e.where.meta_train import MetaTrainConfig
+from w2e.where.configs import MaskSearchConfig, MetaTrainConfig
 from w2e.worlds.training import TrainRecipe
 from w2e.worlds.glyphs.benchmark import GlyphBenchmarkConfig
 from w2e.worlds.glyphs.classes import GLYPH_CLASSES, GlyphClass
