@@ -36,7 +36,8 @@ from w2e.where.configs import MaskSearchConfig, MetaTrainConfig  # noqa: E402
 from w2e.where.mask_search import search_mask  # noqa: E402
 from w2e.engine.masks import topk_mask  # noqa: E402
 from w2e.where.meta_train import episode_batch  # noqa: E402
-from w2e.models.loading import load_model, project_root  # noqa: E402
+from w2e.models.folder import project_root  # noqa: E402
+from w2e.models.loading import load_model  # noqa: E402
 from w2e.engine.forward import cached_prefix  # noqa: E402
 
 

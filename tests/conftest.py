@@ -11,7 +11,8 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
-from w2e.models.loading import ModelBundle, file_sha256, load_local_model
+from w2e.models.folder import file_sha256
+from w2e.models.loading import ModelBundle, load_local_model
 
 TINY_KWARGS = {"img_size": 16, "patch_size": 4, "in_chans": 3, "num_classes": 5, "embed_dim": 32, "depth": 6,
                "num_heads": 2, "mlp_ratio": 4.0}

@@ -29,7 +29,8 @@ from w2e.engine.edits import edits_applied
 from w2e.editor.editor import AlreadyCorrectError
 from w2e.where.hypernet import new_hypernetwork
 from w2e.inputs.images import ImageInputError
-from w2e.models.loading import bundled_worlds, load_local_model, state_dict_sha256, world_dir
+from w2e.models.folder import bundled_worlds, world_dir
+from w2e.models.loading import load_local_model, state_dict_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ["banana-apple", "lighting-stagelight"]

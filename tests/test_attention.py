@@ -21,7 +21,7 @@ from w2e.attention import (
     patch_grid,
     recorded_attention,
 )
-from w2e.cli.commands import main
+from w2e.cli import main
 from w2e.engine.edits import Edit
 from w2e.engine.site import UnsupportedModelError
 from w2e.worlds.training import cutmix_batch

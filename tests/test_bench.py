@@ -517,7 +517,7 @@ def test_cli_parser_and_run(world, tmp_path, capsys):
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["protocol"]["seed"] == 3 and results["methods"]["ft"]["settings"]["max_steps"] == 3
     assert results["methods"]["rome"]["settings"]["covariance"] is False
-    from w2e.cli.commands import CliError
+    from w2e.cli.common import CliError
 
     bad = parser.parse_args(["bench", "--model", str(world["root"] / "tiny"), "--benchmark", str(world["bench"]),
                              "--methods", "ft", "--out", str(tmp_path / "bad"), "--set", "ft.max_stepz=3"])

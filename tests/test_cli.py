@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import tiny_model, write_benchmark, write_model_dir
-from w2e.cli.commands import main
+from w2e.cli import main
 
 
 @pytest.fixture

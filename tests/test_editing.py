@@ -72,7 +72,7 @@ def test_save_load_and_export_round_trip(tiny_bundle, tmp_path):
     loaded = Edit.load(tmp_path / "edit.safetensors")
     assert loaded.site == edit.site and loaded.steps == edit.steps and loaded.success == edit.success
     assert all(torch.equal(a, b) for a, b in zip(loaded.deltas, edit.deltas))
-    from w2e.cli.commands import _export
+    from w2e.cli.edit import _export
 
     _export(tiny_bundle, loaded, tmp_path / "exported")
     reloaded = load_local_model(tmp_path / "exported")

@@ -16,7 +16,8 @@ from PIL import Image
 
 from tests.conftest import tiny_model, write_model_dir
 from w2e.app import workbench as logic
-from w2e.cli.commands import _export, main
+from w2e.cli import main
+from w2e.cli.edit import _export
 from w2e.engine.edits import Edit
 from w2e.editor.editor import Editor
 from w2e.formats.hub import HubError, HubSpec, parse_hub_spec

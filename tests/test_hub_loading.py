@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import save_file
 
 from w2e.models import loading as models
-from w2e.models.loading import CheckpointError, hub_reachable, load_model
+from w2e.models.folder import CheckpointError
+from w2e.models.loading import hub_reachable, load_model
 
 NAME = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
 

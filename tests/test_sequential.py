@@ -395,7 +395,7 @@ def test_sequential_run_skips_methods_without_a_sequential_form(world, tmp_path)
 
 def test_cli_sequential(world, tmp_path, capsys):
     from w2e.cli.bench import add_bench_parser
-    from w2e.cli.commands import CliError
+    from w2e.cli.common import CliError
 
     parser = argparse.ArgumentParser()
     add_bench_parser(parser.add_subparsers(dest="command"))

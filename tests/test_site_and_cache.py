@@ -5,7 +5,7 @@ from torch import nn
 from tests.conftest import tiny_model
 from w2e.engine.overrides import make_overridable, weight_overrides
 from w2e.engine.forward import cached_prefix, forward_prefix, forward_suffix, reads_class_token_only
-from w2e.engine.site import UnsupportedModelError, default_site_blocks, site_for_model
+from w2e.engine.site import UnsupportedModelError, default_site_blocks, site_for_model, site_from_weight_shapes
 
 
 def test_default_site_is_papers_relative_position():
@@ -59,3 +59,21 @@ def test_class_token_shortcut_agrees_with_full_forward_when_the_last_block_is_ed
         cached = forward_suffix(model, forward_prefix(model, images, last), last)
     assert not torch.allclose(full, model(images).detach(), atol=1e-3)
     assert torch.allclose(full, cached, atol=1e-5)
+
+
+@pytest.mark.parametrize("blocks", [None, [1, 2], [5]])
+def test_site_from_weight_shapes_matches_the_site_of_the_built_model(blocks):
+    model = tiny_model(embed_dim=48, mlp_ratio=2.0, depth=6)
+    shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    assert site_from_weight_shapes(shapes, blocks) == site_for_model(model, blocks)
+
+
+def test_site_from_weight_shapes_rejects_what_site_for_model_rejects():
+    shapes = {name: tuple(tensor.shape) for name, tensor in tiny_model().state_dict().items()}
+    with pytest.raises(ValueError, match="out of range for a model with 6 blocks"):
+        site_from_weight_shapes(shapes, [99])
+    with pytest.raises(UnsupportedModelError, match="blocks"):
+        site_from_weight_shapes({"weight": (3, 3)})
+    del shapes["blocks.4.mlp.fc2.weight"]
+    with pytest.raises(UnsupportedModelError, match=r"blocks\[4\].mlp has no linear fc1/fc2"):
+        site_from_weight_shapes(shapes)

@@ -15,7 +15,8 @@ from w2e.formats.benchmark_file import load_benchmark
 from w2e.inputs.sources import TensorSource
 from w2e.where.configs import MetaTrainConfig
 from w2e.where.meta_train import LOG_FILE, meta_train
-from w2e.models.loading import ModelBundle, file_sha256, project_root
+from w2e.models.folder import file_sha256, project_root
+from w2e.models.loading import ModelBundle
 from w2e.inputs.preprocess import normalise_array
 
 T = TypeVar("T")
