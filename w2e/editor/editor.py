@@ -163,10 +163,25 @@ class Editor:
              config: EditConfig | None = None, allow_correct: bool = False) -> Edit:
         """Locate (mask at ``rho``) and fine-tune so ``images`` are classified as ``label``.
 
-        ``mask`` (continuous) skips the hypernetwork; ``prior_edits`` are stacked under the new
-        edit. Returns an :class:`Edit` whose ``success`` says whether it worked. Raises
-        :class:`AlreadyCorrectError` when the model (with ``prior_edits``) already predicts
-        ``label`` for every image, unless ``allow_correct`` asks to strengthen it anyway.
+        Args:
+            images: one PIL image, several, or model inputs (a tensor ``(C, H, W)`` or ``(N, C, H, W)``).
+            label: the right class index, for every image or one per image.
+            rho: kept fraction of the site (``mode="topk"``) or threshold on the mask (``"threshold"``).
+            mode: how the continuous mask is binarised: ``"topk"`` or ``"threshold"``.
+            mask: a continuous mask over the site to use instead of the hypernetwork's (or the
+                test-time search's).
+            prior_edits: edits already made, stacked under the new one.
+            progress: called after every fine-tuning step with ``(step, max steps, loss)``.
+            config: fine-tuning settings (default: the editor's, at the model's edit lr).
+            allow_correct: edit even when the model already predicts ``label`` (strengthen it).
+
+        Returns:
+            A sparse :class:`Edit` (the base weights are never written); its ``success`` says
+            whether every image is classified as ``label`` within the step limit.
+
+        Raises:
+            AlreadyCorrectError: the model (with ``prior_edits``) already predicts ``label`` for
+                every image and ``allow_correct`` is not set.
         """
         x = self.inputs(images)
         labels = torch.as_tensor([label] * len(x) if isinstance(label, int) else list(label), device=x.device)

@@ -243,8 +243,24 @@ def load_timm_model(name: str, site_blocks: Sequence[int] | None = None, device:
 
 
 def load_model(spec: str = DEFAULT_MODEL, site_blocks: Sequence[int] | None = None, device: str | torch.device = "cpu") -> ModelBundle:
-    """Load by bundled world name (``fashion``), local folder path, ``hf://REPO_ID[@REVISION][/FOLDER]``
-    model folder on the Hugging Face Hub, or timm model name."""
+    """Load a frozen model to edit, with its edit site, class names and preprocessing.
+
+    Args:
+        spec: a bundled world's name (``fashion``), a model folder (``manifest.json`` beside
+            safetensors weights), an ``hf://REPO_ID[@REVISION][/FOLDER]`` model folder on the
+            Hugging Face Hub, or a timm model name (pretrained weights through the Hub).
+        site_blocks: the blocks whose FFNs may be edited (default: the manifest's, else the
+            paper's relative position, blocks 8-10 of 12).
+        device: where the model lives.
+
+    Returns:
+        The model in eval mode with frozen parameters, as a :class:`ModelBundle`.
+
+    Raises:
+        CheckpointError: an unknown spec, or a missing, corrupt or mismatched checkpoint file
+            (the message names it).
+        w2e.formats.hub.HubError: an ``hf://`` spec that is malformed or cannot be fetched.
+    """
     folder = model_folder(spec)
     if folder is not None:
         return load_local_model(folder, site_blocks, device)

@@ -189,13 +189,16 @@ def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, co
     Returns:
         The path of the written hypernetwork (``hypernet.safetensors``).
 
+    Raises:
+        MetaConfigMismatchError: ``out_dir`` holds a run started with other settings than
+            ``config`` (only those in :data:`RESUMABLE_CHANGES` may change on resuming).
+
     Writes ``hypernet.safetensors`` (+ ``.json``), ``meta_state.safetensors`` (optimiser state
     and iteration) and ``meta_log.jsonl`` per iteration to ``out_dir``: ``fit_loss`` (the
     hypernetwork's loss, its learning curve) and the targets' ``kl`` and mask density
-    (properties of the per-episode optimised masks, independent of the hypernetwork).
-    ``pseudo_samples`` replaces CutMix (it gets the source's labels when the source has a
-    ``labels`` tensor). Under ``torchrun`` every process takes its own episodes and gradients
-    are averaged by DDP; only rank 0 writes files.
+    (properties of the per-episode optimised masks, independent of the hypernetwork). Under
+    ``torchrun`` every process takes its own episodes and gradients are averaged by DDP; only
+    rank 0 writes files.
     """
     out_dir = Path(out_dir)
     rank, world = _rank_world()
