@@ -37,7 +37,7 @@ from w2e.engine.edits import edits_applied
 from w2e.editor.editor import AlreadyCorrectError
 from w2e.where.hypernet import new_hypernetwork
 from w2e.inputs.images import ImageInputError
-from w2e.models.loading import bundled_worlds, load_local_model, state_dict_sha256, world_dir
+from w2e.models.loading import bundled_worlds, load_local_model, manifest_files, state_dict_sha256, world_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ["banana-apple", "lighting-stagelight"]
@@ -185,6 +185,9 @@ def test_session_edit_undo_reset_export_never_touch_the_base(bench, tmp_path):
     assert edit_table(session)[0][2] == bench.bundle.class_names[label]
     paths = export_session(bench, session, ExportFolders(tmp_path / "exports"), "me")
     assert [p.name for p in paths] == ["model.safetensors", "manifest.json", "edit_log.json"]
+    manifest = json.loads(paths[1].read_text())  # the source's benchmark, gallery and hypernetwork stay behind
+    assert manifest_files(manifest) == {"weights": "model.safetensors"} and set(manifest["files"]) == {"model.safetensors"}
+    assert bench.bundle.manifest["hypernetwork"] and "examples" not in manifest and manifest["edited_from"]["edits"]
     edited = load_local_model(paths[0].parent)
     with torch.no_grad():
         assert int(edited.model(session.sample.inputs).argmax()) == label
@@ -814,13 +817,14 @@ def test_tradeoff_of_an_upload_without_a_group_plots_locality_against_rho(app_ur
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SCREENSHOTS = ROOT / "assets" / "app" / "screenshots"
+#: Where the screenshots of a real model go (``runs/`` is ignored by git: tests never write tracked files).
+SCREENSHOTS = ROOT / "runs" / "app-screenshots"
 
 
 @pytest.fixture(scope="session")
 def browser_app(request):
     """The app the browser drives: the tiny world, or ``W2E_APP_SCREENSHOT_MODEL`` (e.g. ``fashion``),
-    which also writes the README screenshots to assets/app/screenshots/."""
+    whose screenshots go to runs/app-screenshots/ (to be copied into assets/app/screenshots/)."""
     spec = os.environ.get("W2E_APP_SCREENSHOT_MODEL")
     if not spec:
         yield request.getfixturevalue("app_url")
@@ -894,7 +898,7 @@ def test_browser_upload_edit_and_read_locality(browser, browser_app, tmp_path):
     example = str(browser_app.w2e_models.get().examples[0].path)
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    # README screenshots come from a real model; the tiny random world's go to a temporary folder
+    # a real model's screenshots are kept (untracked) for the README; the tiny random world's are temporary
     shots = SCREENSHOTS if os.environ.get("W2E_APP_SCREENSHOT_MODEL") else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
     page = open_page(browser, browser_app, 1280)
