@@ -204,6 +204,11 @@ def build_app(config: AppConfig) -> gr.Blocks:
 
     cleared = gr.Markdown("", visible=False)
 
+    def current(request: gr.Request):
+        """The workbench of the session's model and the session of ``request``."""
+        session = sessions.get(request.session_hash)
+        return models.get(session.model), session
+
     def heavy(request: gr.Request, progress: gr.Progress):
         """This session's turn at a compute slot (edits, sweeps, searches, exports, model loads):
         it waits in line, showing how many wait ahead, or is refused at once when busy."""
@@ -215,6 +220,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
         return parse_rho(rho), parse_flag(sort, "sort"), parse_choice(shown, MASK_VIEWS, "the mask view")
 
     def mask_view(bench, session, rho, sort, shown):
+        """The mask panel: the heatmap at ``rho`` and what it selects (or what is still missing)."""
         if session.mask is None:
             hint = "Choose the right label to search where to edit." if session.sample else "Upload an image first."
             return {heatmap: plots.empty_figure(hint), mask_md: hint}
@@ -228,6 +234,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
         return {heatmap: figure, mask_md: text.describe_mask(bench, summary), details: summary.to_dict()}
 
     def stack_view(bench, session, message, evaluation=None):
+        """The panels that follow the session's edit stack: result, locality, flipped images, table, prediction."""
         evaluation = evaluation or bench.evaluate(session.sample, session.edits)
         locality = text.describe_evaluation(bench, evaluation, len(session.edits))
         out = {edit_md: message, locality_md: "\n\n".join(filter(None, [text.describe_earlier_fixes(bench, session), locality])),
@@ -274,8 +281,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
 
     @friendly
     def on_image(payload, request: gr.Request):
-        session = sessions.get(request.session_hash)
-        bench = models.get(session.model)
+        bench, session = current(request)
         source, name = upload_source(payload)
         if source is None:
             session.sample, session.mask = None, None
@@ -289,14 +295,12 @@ def build_app(config: AppConfig) -> gr.Blocks:
 
     @friendly
     def on_example(event: gr.SelectData, request: gr.Request):
-        session = sessions.get(request.session_hash)
-        bench = models.get(session.model)
+        bench, session = current(request)
         return predicted(bench, session, bench.examples[event.index].path)
 
     @friendly
     def on_mask(label_value, rho_value, sort_value, shown, request: gr.Request, progress=gr.Progress()):
-        session = sessions.get(request.session_hash)
-        bench = models.get(session.model)
+        bench, session = current(request)
         options = mask_options(rho_value, sort_value, shown)
         index = bench.label_index(label_value)
         if session.sample is not None and bench.mask_needs_label and index is not None:
@@ -309,13 +313,11 @@ def build_app(config: AppConfig) -> gr.Blocks:
 
     @friendly
     def on_rho(rho_value, sort_value, shown, request: gr.Request):
-        session = sessions.get(request.session_hash)
-        return mask_view(models.get(session.model), session, *mask_options(rho_value, sort_value, shown))
+        return mask_view(*current(request), *mask_options(rho_value, sort_value, shown))
 
     @friendly
     def on_edit(label_value, rho_value, sort_value, shown, request: gr.Request, progress=gr.Progress()):
-        session = sessions.get(request.session_hash)
-        bench = models.get(session.model)
+        bench, session = current(request)
         options = mask_options(rho_value, sort_value, shown)
         index = edit_label(bench, session, label_value)
         with heavy(request, progress):
@@ -334,8 +336,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
 
     @friendly
     def on_tradeoff(label_value, rho_value, request: gr.Request, progress=gr.Progress()):
-        session = sessions.get(request.session_hash)
-        bench = models.get(session.model)
+        bench, session = current(request)
         rho_value = parse_rho(rho_value)
         index = edit_label(bench, session, label_value)
         with heavy(request, progress):
@@ -352,8 +353,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
 
     @friendly
     def on_undo(request: gr.Request):
-        session = sessions.get(request.session_hash)
-        bench = models.get(session.model)
+        bench, session = current(request)
         message = "Undid the last edit." if session.undo() else "Nothing to undo."
         return stack_view(bench, session, message)
 
@@ -367,15 +367,14 @@ def build_app(config: AppConfig) -> gr.Blocks:
 
     @friendly
     def on_reset(request: gr.Request):
-        session = sessions.get(request.session_hash)
+        bench, session = current(request)
         session.reset()
-        return {**stack_view(models.get(session.model), session, "All edits dropped: back to the base model."),
+        return {**stack_view(bench, session, "All edits dropped: back to the base model."),
                 confirm_row: gr.Row(visible=False)}
 
     @friendly
     def on_attention(block_value, head_value, request: gr.Request, progress=gr.Progress()):
-        session = sessions.get(request.session_hash)
-        bench = models.get(session.model)
+        bench, session = current(request)
         blocks, heads = attention_shape(bench)
         progress(None, desc="reading the attention of every block")
         view = attention_view(bench, session, block_value, head_value)
@@ -391,10 +390,10 @@ def build_app(config: AppConfig) -> gr.Blocks:
 
     @friendly
     def on_download(request: gr.Request, progress=gr.Progress()):
-        session = sessions.get(request.session_hash)
+        bench, session = current(request)
         with heavy(request, progress):
             progress(None, desc="writing the edited model")
-            written = export_session(models.get(session.model), session, exports, request.session_hash)
+            written = export_session(bench, session, exports, request.session_hash)
         return {files: [str(p) for p in written], notice: cleared}
 
     # ---------------------------------------------------------------- wiring

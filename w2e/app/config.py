@@ -78,7 +78,15 @@ class AppConfig:
 
 
 def parse_app_args(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> tuple[AppConfig, argparse.Namespace]:
-    """App configuration from command-line flags, falling back to env vars, then defaults."""
+    """App configuration from command-line flags, falling back to env vars, then defaults.
+
+    Args:
+        argv: The command-line arguments (``None``: the process's).
+        env: The environment variables (``None``: the process's).
+
+    Returns:
+        The configuration and the parsed arguments (host, port and share are launch options).
+    """
     env = os.environ if env is None else env
     parser = argparse.ArgumentParser(prog="app.py", description="w2e web app: see where to edit a ViT, edit it, check locality.")
     parser.add_argument("--models", default=env.get("W2E_APP_MODELS", ",".join(default_app_models())),
