@@ -56,9 +56,11 @@ def test_edit_is_stored_on_the_cpu_and_matches_the_cpu_model(device_bundle, tiny
 def test_test_time_mask_search_edits_on_every_device(device_bundle):
     editor = Editor(device_bundle, search_config=MaskSearchConfig(outer_steps=3, inner_steps=2))
     image = torch.randn(1, 3, 16, 16)
-    edit = editor.edit(image, wrong_label(editor, image), rho=0.3, config=EditConfig(lr=1e-2))
+    label = wrong_label(editor, image)
+    edit = editor.edit(image, label, rho=0.3, config=EditConfig(lr=1e-2))
     assert edit.info["mask_source"] == "test-time search"
-    assert edit.binary_mask().shape == device_bundle.site.mask_shape
+    assert edit.success and int(editor.probabilities(image, [edit])[0].argmax()) == label
+    assert abs(edit.binary_mask().float().mean().item() - 0.3) < 0.01
 
 
 def test_meta_training_fits_resumes_and_loads_on_the_cpu(device_bundle, tiny_bundle, tmp_path):
