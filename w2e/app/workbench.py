@@ -35,7 +35,7 @@ from w2e.where.hypernet import load_hypernetwork
 from w2e.inputs.images import MAX_FILE_BYTES, MAX_PIXELS, ImageInputError, read_image
 from w2e.inputs.labels import echo, resolve_label
 from w2e.editor.stacking import check_fixes
-from w2e.engine.masks import binarize
+from w2e.engine.masks import RHO_GRID, binarize
 from w2e.models.loading import (DEFAULT_MODEL, ModelBundle, best_device, bundled_worlds, cached_hub_weights, hub_reachable,
                      is_hub_model, load_model, read_manifest, world_dir)
 from w2e.inputs.preprocess import model_view, normalise_array
@@ -64,8 +64,6 @@ def world_example_folders(models: Sequence[str]) -> list[Path]:
             folders.append((world_dir(spec) / folder).resolve())
     return folders
 
-#: Densities of the trade-off explorer (the paper's sparsity levels 0.25 ... 0.95).
-RHO_GRID = (0.75, 0.5, 0.25, 0.1, 0.05)
 TOP_K = 5
 #: Flipped locality images shown at most.
 MAX_FLIPPED_SHOWN = 24

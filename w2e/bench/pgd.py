@@ -106,7 +106,8 @@ def meta_train_pseudo(bundle: ModelBundle, source, out_dir: str | Path, config: 
                 f"fit {entry['fit_loss']:.4f}")
 
     sampler = pgd_sampler(bundle, pgd) if pseudo == "pgd" else None
-    path = meta_train(bundle, source, out_dir, config, log=report, show_progress=False, pseudo_samples=sampler)
+    path = meta_train(bundle, source, out_dir, config, log=report, show_progress=False, pseudo_samples=sampler,
+                      distributed=False)
     history = [json.loads(line) for line in (out_dir / LOG_FILE).read_text().splitlines()]
     tail = history[-min(10, len(history)):]
     summary = {"settings": settings, "base_sha256": bundle.sha256, "seconds": time.perf_counter() - started,
