@@ -13,16 +13,16 @@ from safetensors.numpy import save_file
 
 from tests.conftest import tiny_model, write_model_dir
 from w2e.bench import BenchOptions, run_bench
-from w2e.bench.ablations import EnsembleMethod, mask_specificity
 from w2e.bench.data import BenchContext, EvalLimits, load_any_benchmark, load_image_folder
 from w2e.bench.hooks import has_hooks
-from w2e.bench.methods import Resources, registry
+from w2e.bench.methods import Resources, method_entry, method_names
 from w2e.bench.metrics import (at_stop, group_generalization, locality_rate, paired_sign_tests, pareto_front, sign_test,
                                success_rate, summarise_records)
 from w2e.where.diagnostics import iou_matrix
 from w2e.bench.pgd import PGDConfig, pgd_pseudo_samples
 from w2e.bench.records import RecordStore
 from w2e.bench.report import format_markdown, format_sign_tests
+from w2e.bench.specificity import mask_specificity
 from w2e.inputs.sources import TensorSource
 from w2e.engine.fine_tune import fit_until_correct, masked_fine_tune
 from w2e.where.hypernet import new_hypernetwork
@@ -220,7 +220,9 @@ FAST_SETTINGS = {
 
 def _method(world, name, tmp_path, **extra):
     resources = Resources(world["hyper"], world["source"], tmp_path, quick=True, seed=0, log=lambda _: None)
-    method = registry()[name](world["ctx"], resources, None, **{**FAST_SETTINGS[name], **extra})
+    entry = method_entry(name)
+    settings = entry.build_settings(world["bundle"], resources, {**FAST_SETTINGS[name], **extra})
+    method = entry.create(world["ctx"], resources, settings)
     method.prepare()
     return method
 
@@ -229,7 +231,7 @@ def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("name", list(registry()))
+@pytest.mark.parametrize("name", method_names(ablations=False))
 def test_every_method_edits_and_is_reversible(world, name, tmp_path):
     bundle, ctx = world["bundle"], world["ctx"]
     model = bundle.model
@@ -320,12 +322,12 @@ def test_w2e_mean_gives_every_image_one_mask_unlike_w2e(world, tmp_path):
     assert not torch.equal(w2e_masks[0], w2e_masks[1])
     assert not torch.equal(mean_masks[0], w2e_masks[0])
     # the mean of the hypernetwork's masks over the seeded training images, via timm's own forward
-    picks = torch.randperm(len(world["source"]), generator=torch.Generator().manual_seed(mean.config["mean_seed"]))[:16]
+    picks = torch.randperm(len(world["source"]), generator=torch.Generator().manual_seed(mean.settings.mean_seed))[:16]
     with torch.no_grad():
         features = bundle.model.forward_head(bundle.model.forward_features(world["source"].get(picks)), pre_logits=True)
         expected = world["hyper"].mask(features).mean(0)
     assert torch.allclose(mean.mean_mask, expected, atol=1e-5)
-    assert mean.settings()["mean_images"] == 16 and mean.settings()["mean_seed"] == 17
+    assert mean.settings.mean_images == 16 and mean.settings.mean_seed == 17
     edit = mean.edit(first, 0.1)
     assert edit.density == pytest.approx(0.1, abs=1 / np.prod(bundle.site.mask_shape))
 
@@ -388,7 +390,8 @@ def test_ke_and_mend_edit_the_last_three_ffns(world, tmp_path):
 def test_ensemble_and_mask_specificity(world, tmp_path):
     ctx = world["ctx"]
     resources = Resources(world["hyper"], None, tmp_path, quick=True, log=lambda _: None)
-    method = EnsembleMethod(ctx, resources, None, **FAST)
+    entry = method_entry("w2e-ensemble")
+    method = entry.create(ctx, resources, entry.build_settings(world["bundle"], resources, FAST))
     pairs = method.samples(2)
     assert pairs and all(len(s.rows) == 2 and s.rows[0] != s.rows[1] for s in pairs)
     edit = method.edit(pairs[0], 2)
@@ -530,13 +533,11 @@ def test_cli_parser_and_run(world, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["w2e-cutmix", "w2e-pgd"])
 def test_pseudo_sample_hypernetworks_train_and_edit_reversibly(world, name, tmp_path):
-    from w2e.bench.ablations import ablation_registry
-
     resources = Resources(None, world["source"], tmp_path, quick=True, seed=0, log=lambda _: None)
-    cls = ablation_registry()[name]
-    meta = cls(world["ctx"], resources, None).config["meta"]
-    meta = {**meta, "iterations": 2, "batch_size": 2, "search": {**meta["search"], "outer_steps": 1, "inner_steps": 1}}
-    method = cls(world["ctx"], resources, None, meta=meta, **FAST)
+    entry = method_entry(name)
+    meta = {"iterations": 2, "batch_size": 2, "search": {"outer_steps": 1, "inner_steps": 1}}
+    method = entry.create(world["ctx"], resources, entry.build_settings(world["bundle"], resources, {"meta": meta, **FAST}))
+    assert method.settings.meta.search.inner_rule == "paper"  # a partial group keeps the other defaults
     method.prepare()
     assert method.summary["settings"]["pseudo"] == name.split("-")[1]
     before = _state(world["bundle"].model)
@@ -559,7 +560,7 @@ def test_edit_budget_is_spread_over_groups():
 
 def test_bench_train_command(world, tmp_path, capsys):
     from w2e.cli.bench import add_bench_parser
-    from w2e.bench.hyperedit import default_hyper_settings, hyper_editor_path
+    from w2e.bench.methods.hyperedit import hyper_editor_path
 
     rng = np.random.default_rng(1)
     (tmp_path / "train").mkdir()
@@ -573,6 +574,6 @@ def test_bench_train_command(world, tmp_path, capsys):
     args.func(args)
     out = capsys.readouterr().out
     assert "mend:" in out and "w2e-cutmix:" in out
-    settings = {**default_hyper_settings("mend", True), "iterations": 2, "batch_size": 2}
-    assert hyper_editor_path(tmp_path / "out", "mend", world["bundle"], settings, 0).is_file()
+    settings = method_entry("mend").build_settings(world["bundle"], Resources(quick=True), {"iterations": 2, "batch_size": 2})
+    assert hyper_editor_path(tmp_path / "out", world["bundle"], settings, 0).is_file()
     assert list((tmp_path / "out" / "ablation").glob("cutmix-*/hypernet.safetensors"))
