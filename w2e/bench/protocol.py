@@ -17,7 +17,7 @@ from w2e.bench.hooks import has_hooks
 from w2e.bench.methods import Method, Resources, UnknownMethodError, method_entries, method_entry, method_names
 from w2e.bench.metrics import SINGLE_SETTING_RHOS, paired_sign_tests, summarise_records
 from w2e.bench.records import RecordStore, record_key, settings_hash
-from w2e.bench.sharding import Shard, process_shard
+from w2e.bench.sharding import Shard, sweep_shard
 from w2e.bench.specificity import mask_specificity
 from w2e.formats.benchmark_file import BenchmarkData
 from w2e.models.loading import ModelBundle, state_dict_sha256
@@ -136,9 +136,16 @@ def run_bench(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path, opt
         SettingsError: an override in ``options.method_settings`` names no setting of its method.
         BaseModelChangedError: a method left a hook on the model or changed its weights.
     """
-    shard = process_shard(bundle)
-    log = (log or (lambda text: print(text, file=sys.stderr))) if shard.is_main else _silent
-    out_dir = Path(out_dir)
+    with sweep_shard(bundle) as shard:
+        return _run_shard(bundle, data, Path(out_dir), options, hypernetwork, train_source, benchmark_path,
+                          log or (lambda text: print(text, file=sys.stderr)), progress, shard)
+
+
+def _run_shard(bundle: ModelBundle, data: BenchmarkData, out_dir: Path, options: BenchOptions,
+               hypernetwork: torch.nn.Module | None, train_source: ImageSource | None, benchmark_path: str | None,
+               log: Callable[[str], None], progress: bool, shard: Shard) -> dict:
+    """:func:`run_bench` in the process ``shard`` describes."""
+    log = log if shard.is_main else _silent
     if shard.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

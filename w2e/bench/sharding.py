@@ -8,12 +8,13 @@ Without ``torchrun`` the shard is the whole sweep and nothing is communicated.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch.distributed as dist
 
-from w2e.engine.distributed import init_distributed_from_env, launched_by_torchrun, rank_and_world
+from w2e.engine.distributed import launched_by_torchrun, process_group_from_env, rank_and_world
 from w2e.models.loading import ModelBundle
 
 T = TypeVar("T")
@@ -69,20 +70,19 @@ class Shard:
             dist.barrier()
 
 
-def process_shard(bundle: ModelBundle) -> Shard:
-    """This process's shard of a sweep on ``bundle``: ``Shard()`` outside ``torchrun``; under it the
-    process group is initialised if it is not yet (gloo on CPU, NCCL on CUDA, one GPU per process).
+@contextmanager
+def sweep_shard(bundle: ModelBundle) -> Iterator[Shard]:
+    """This process's shard of a sweep on ``bundle``, for a ``with`` block: ``Shard()`` outside
+    ``torchrun``; under it the process group is set up if it is not yet (gloo on CPU, NCCL on CUDA,
+    one GPU per process) and, then, taken down at the end of the block.
 
     Raises:
         ShardPlacementError: the model is on another GPU than this process's ``LOCAL_RANK`` one
             (load it on :func:`w2e.engine.distributed.init_distributed_from_env`'s device).
     """
-    if launched_by_torchrun():
-        device = init_distributed_from_env(bundle.device)
+    with process_group_from_env(bundle.device) as device:
         placed = next(bundle.model.parameters()).device
-        if device.type == "cuda" and placed != device:
+        if launched_by_torchrun() and device.type == "cuda" and placed != device:
             raise ShardPlacementError(f"this process edits on {device} but the model is on {placed}; load it there "
                                       "(w2e bench does), one GPU per process")
-    rank, world = rank_and_world()
-    return Shard(rank, world)
-
+        yield Shard(*rank_and_world())

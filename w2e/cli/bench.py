@@ -195,12 +195,8 @@ def _list_methods(quick: bool, sequential: bool = False) -> str:
 
 def cmd_bench(args) -> None:
     """Run (or resume) the benchmark and print the summary table."""
-    from w2e.bench.data import load_any_benchmark
-    from w2e.bench.methods import SettingsError
-    from w2e.bench.protocol import ABLATIONS, BenchOptions, all_method_names, run_bench
-    from w2e.bench.report import format_table
-    from w2e.engine.distributed import init_distributed_from_env, rank_and_world
-    from w2e.where.hypernet import load_hypernetwork
+    from w2e.bench.protocol import ABLATIONS, all_method_names
+    from w2e.engine.distributed import process_group_from_env
 
     if args.list:
         print(_list_methods(args.quick, args.sequential))
@@ -224,7 +220,20 @@ def cmd_bench(args) -> None:
     bad = [a for a in ablations or () if a not in ABLATIONS]
     if bad:
         raise _cli_error(f"unknown ablation(s) {', '.join(bad)}; choose from {', '.join(ABLATIONS)}")
-    bundle = _bundle(args, init_distributed_from_env(args.device))
+    with process_group_from_env(args.device) as device:
+        _bench_on(args, device, methods, ablations)
+
+
+def _bench_on(args, device, methods: list[str] | None, ablations: tuple[str, ...] | None) -> None:
+    """``w2e bench`` once the options are checked, with the model on ``device``."""
+    from w2e.bench.data import load_any_benchmark
+    from w2e.bench.methods import SettingsError
+    from w2e.bench.protocol import BenchOptions, run_bench
+    from w2e.bench.report import format_table
+    from w2e.engine.distributed import rank_and_world
+    from w2e.where.hypernet import load_hypernetwork
+
+    bundle = _bundle(args, device)
     bench_path = Path(args.benchmark) if args.benchmark else bundle.benchmark_path
     if bench_path is None:
         raise _cli_error(f"model {bundle.name!r} has no bundled benchmark; give --benchmark FILE_OR_FOLDER")

@@ -6,6 +6,8 @@ processes) both start here, so a run under ``torchrun`` sets up its process grou
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -49,3 +51,22 @@ def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+@contextmanager
+def process_group_from_env(device: str | torch.device | None = None) -> Iterator[torch.device]:
+    """:func:`init_distributed_from_env` for the duration of a ``with`` block.
+
+    A process group the block started is destroyed when it ends (after every process got there,
+    unless the block raised), so no process exits with live communication threads; a group that
+    was already initialised is left as it is.
+    """
+    started = launched_by_torchrun() and not dist.is_initialized()
+    wanted = init_distributed_from_env(device)
+    try:
+        yield wanted
+        if started:
+            dist.barrier()
+    finally:
+        if started and dist.is_initialized():
+            dist.destroy_process_group()
