@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,9 @@ from tests.conftest import tiny_model, write_model_dir
 from w2e.bench import BenchOptions, run_bench
 from w2e.bench.data import BenchContext, EvalLimits, load_any_benchmark, load_image_folder
 from w2e.bench.hooks import has_hooks
-from w2e.bench.methods import Resources, method_entry, method_names
+import w2e.bench.methods
+from w2e.bench.methods import (Resources, SettingsError, UnknownMethodError, method_entries, method_entry,
+                               method_names)
 from w2e.bench.metrics import (at_stop, group_generalization, locality_rate, paired_sign_tests, pareto_front, sign_test,
                                success_rate, summarise_records)
 from w2e.where.diagnostics import iou_matrix
@@ -26,6 +30,7 @@ from w2e.bench.specificity import mask_specificity
 from w2e.inputs.sources import TensorSource
 from w2e.engine.fine_tune import fit_until_correct, masked_fine_tune
 from w2e.where.hypernet import new_hypernetwork
+from w2e.where.meta_train import MetaTrainConfig
 from w2e.models.loading import load_local_model
 from w2e.inputs.preprocess import normalise_array
 
@@ -175,6 +180,61 @@ def test_fit_until_correct_reports_the_first_right_step_once():
     fit_until_correct(step_loss, torch.tensor([1]), torch.optim.SGD([param], lr=0.1), 3, -1.0,
                       on_first_right=calls.append)
     assert calls == []
+
+
+# ---------------------------------------------------------------------------------------------
+# the methods package: registry, settings, layers
+# ---------------------------------------------------------------------------------------------
+def _bench_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+            and node.module.startswith("w2e.bench")}
+
+
+def test_method_families_import_only_the_shared_layer_of_the_package():
+    folder = Path(w2e.bench.methods.__file__).parent
+    shared = {f"w2e.bench.methods.{name}" for name in ("base", "registry", "capture", "site_methods")}
+    for path in folder.glob("*.py"):
+        inside = {module for module in _bench_imports(path) if module.startswith("w2e.bench.methods")}
+        outside = _bench_imports(path) - inside
+        assert not outside & {"w2e.bench.protocol", "w2e.bench.sequential", "w2e.bench.sharding"}, path.name
+        if path.stem not in ("__init__", *(name.rsplit(".", 1)[1] for name in shared)):
+            assert inside <= shared, f"{path.name} imports another family: {sorted(inside - shared)}"
+    assert _bench_imports(folder / "base.py") <= {"w2e.bench.data", "w2e.bench.state"}
+
+
+def test_registry_lists_methods_in_report_order_and_names_the_known_ones():
+    assert method_names(ablations=False) == ["w2e", "w2e-mean", "search", "ft", "ft-l1", "ft-l2", "random", "kn", "spt",
+                                             "tpatcher", "rome", "lora", "ke", "mend", "grace", "wise"]
+    assert method_names()[-3:] == ["w2e-ensemble", "w2e-cutmix", "w2e-pgd"]
+    assert [e.name for e in method_entries() if e.ablation == "pseudo"] == ["w2e-cutmix", "w2e-pgd"]
+    with pytest.raises(UnknownMethodError, match="choose from w2e, w2e-mean"):
+        method_entry("mnd")
+    sequential = {entry.name for entry in method_entries(ablations=False) if entry.sequential}
+    assert sequential == {"w2e", "w2e-mean", "search", "ft", "ft-l1", "ft-l2", "random", "kn", "spt", "tpatcher",
+                          "grace", "wise"}
+
+
+def test_settings_come_from_the_engine_defaults_and_refuse_unknown_keys(tiny_bundle):
+    from w2e.engine.fine_tune import EditConfig
+
+    quick = Resources(quick=True, seed=3)
+    ft = method_entry("ft").build_settings(tiny_bundle, quick)
+    assert (ft.lr, ft.max_steps, ft.loss_stop, ft.optimizer) == (tiny_bundle.edit_lr, EditConfig.max_steps,
+                                                                  EditConfig.loss_stop, EditConfig.optimizer)
+    search = method_entry("search").build_settings(tiny_bundle, quick, {"search": {"outer_steps": 2}})
+    assert search.search == replace(tiny_bundle.mask_search_config, outer_steps=2)  # one knob changed, the rest kept
+    cutmix = method_entry("w2e-cutmix").build_settings(tiny_bundle, quick)
+    assert cutmix.meta.seed == 3 and cutmix.meta.batch_size == MetaTrainConfig.batch_size and cutmix.pgd is None
+    assert method_entry("mend").build_settings(tiny_bundle, Resources()).iterations > \
+        method_entry("mend").build_settings(tiny_bundle, quick).iterations
+    grace = method_entry("grace")
+    assert grace.level(tiny_bundle, grace.build_settings(tiny_bundle, quick, {"block": 2})) == 2
+    with pytest.raises(SettingsError, match="unknown setting.*max_stepz.*known: .*max_steps"):
+        method_entry("ft").build_settings(tiny_bundle, quick, {"max_stepz": 3})
+    ensemble = method_entry("w2e-ensemble")
+    assert "search" not in ensemble.build_settings(tiny_bundle, Resources(hypernetwork=torch.nn.Identity())).to_dict()
+    assert ensemble.build_settings(tiny_bundle, quick).to_dict()["search"] == tiny_bundle.mask_search_config.to_dict()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -109,8 +109,8 @@ def run_bench(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path, opt
     Every edit is appended to ``edits.jsonl`` as soon as it is evaluated; a rerun with the
     same settings skips recorded edits, so an interrupted run resumes where it stopped.
 
-    Under ``torchrun`` (several processes) the process group is set up if it is not yet, each
-    process makes its share of every method's edits (position ``i`` of the method's edit list
+    Under ``torchrun`` (several processes) the process group is set up if it is not yet (and
+    taken down at the end), each process makes its share of every method's edits (position ``i`` of the method's edit list
     when ``i % world_size == rank``), and the records are gathered after each method, put back
     in the single-process order and appended by rank 0, which alone writes files and messages:
     the outputs equal a single-process run's (timings aside).
@@ -135,6 +135,7 @@ def run_bench(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path, opt
         UnknownMethodError: a method name is not registered.
         SettingsError: an override in ``options.method_settings`` names no setting of its method.
         BaseModelChangedError: a method left a hook on the model or changed its weights.
+        ShardPlacementError: under ``torchrun``, the model is on another GPU than this process's.
     """
     with sweep_shard(bundle) as shard:
         return _run_shard(bundle, data, Path(out_dir), options, hypernetwork, train_source, benchmark_path,

@@ -27,6 +27,8 @@ full (default): 36 editing samples dealt round-robin over the groups (each group
 Every gradient-based edit is scored at the stop rule and when it first becomes right; w2e is
 sign-tested edit by edit against every other method (same rho, else w2e at rho 0.05 and 0.1).
 Results: OUT/edits.jsonl (one record per edit; reruns resume), OUT/results.json, OUT/report.html.
+Under torchrun (torchrun --nproc_per_node N -m w2e bench ...) every process makes its share of the
+  edits, one GPU each (gloo with --device cpu); rank 0 writes the records and the one report.
 
 --sequential: lifelong editing. A stream of editing samples (failures of every group, seeded order)
   edited one after another, each edit on the model the previous ones left; after T edits (--steps,
