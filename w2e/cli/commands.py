@@ -200,17 +200,9 @@ def cmd_attention(args: argparse.Namespace) -> None:
 
 
 def _export(bundle: ModelBundle, edit, out_dir: Path) -> None:
-    from safetensors.torch import save_file
+    from w2e.publish.export import export_model_folder
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = dict(bundle.manifest) if bundle.manifest else _timm_manifest(bundle)
-    for key in ("files", "hypernetwork", "benchmark", "subpopulations", "stronger", "figures"):  # files not exported
-        manifest.pop(key, None)
-    manifest["weights"] = "model.safetensors"
-    manifest["name"] = f"{bundle.name}-edited"
-    manifest["edited_from"] = {"name": bundle.name, "sha256": bundle.sha256, "edits": [edit.to_json()]}
-    save_file(edited_state_dict(bundle.model, bundle.site, [edit]), str(out_dir / "model.safetensors"))
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    export_model_folder(bundle, [edit], out_dir)
 
 
 def _timm_manifest(bundle: ModelBundle) -> dict:

@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 MODEL_FORMAT = "w2e.model/1"
 MANIFEST_NAME = "manifest.json"
+#: Manifest entries that name files of a model folder (top level, then inside ``stronger``).
+MANIFEST_FILE_KEYS = ("weights", "hypernetwork", "benchmark", "subpopulations", "examples")
+#: The gallery folder of a model whose manifest names none: ``examples/`` beside the benchmark file.
+EXAMPLES_FOLDER = "examples"
 #: Default model of the CLI and the app.
 DEFAULT_MODEL = "fashion"
 #: Editing learning rates of the paper (METHOD.md section 5) for its two base models.
@@ -127,6 +131,30 @@ class ModelBundle:
     def benchmark_path(self) -> Path | None:
         """The bundled benchmark (groups and locality set), if the manifest names one."""
         return self.resolve_path("benchmark")
+
+    @property
+    def examples_path(self) -> Path | None:
+        """The gallery folder of benchmark failures (see :func:`examples_folder`), if there is one."""
+        return examples_folder(self.manifest, self.directory) if self.directory is not None else None
+
+
+def manifest_files(manifest: dict) -> dict[str, str]:
+    """Paths a manifest names, by key (``stronger.weights`` for the nested one)."""
+    named = {key: manifest[key] for key in MANIFEST_FILE_KEYS if isinstance(manifest.get(key), str)}
+    stronger = manifest.get("stronger")
+    if isinstance(stronger, dict) and isinstance(stronger.get("weights"), str):
+        named["stronger.weights"] = stronger["weights"]
+    return named
+
+
+def examples_folder(manifest: dict, directory: Path) -> Path | None:
+    """The gallery folder of a model folder: the manifest's ``examples``, else ``examples/``
+    beside its benchmark file; ``None`` when that folder does not exist."""
+    named = manifest.get("examples")
+    benchmark = manifest.get("benchmark")
+    relative = named or (str(Path(benchmark).parent / EXAMPLES_FOLDER) if benchmark else None)
+    folder = Path(os.path.abspath(directory / relative)) if relative else None
+    return folder if folder is not None and folder.is_dir() else None
 
 
 def _freeze(model: nn.Module, device: str | torch.device) -> nn.Module:

@@ -17,9 +17,9 @@ from typing import Callable, Protocol, Sequence
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from w2e.formats.checkpoints import load_optimizer_tensors, optimizer_tensors, read_checkpoint, save_atomically
 from w2e.where.cutmix import CutMixConfig, cutmix
 from w2e.where.hypernet import HYPERNET_FILE, Hypernetwork, load_hypernetwork, new_hypernetwork
 from w2e.where.diagnostics import MaskProbe
@@ -159,13 +159,7 @@ def _lr(iteration: int, config: MetaTrainConfig) -> float:
 
 def _save_checkpoint(out_dir: Path, hypernet: Hypernetwork, optimizer: torch.optim.Optimizer, iteration: int) -> None:
     hypernet.save(out_dir / HYPERNET_FILE)
-    tensors = {}
-    for index, state in optimizer.state_dict()["state"].items():
-        for name, value in state.items():
-            tensors[f"{index}.{name}"] = torch.as_tensor(value).contiguous()
-    tmp = out_dir / (STATE_FILE + ".tmp")
-    save_file(tensors, str(tmp), metadata={"iteration": str(iteration)})
-    tmp.replace(out_dir / STATE_FILE)
+    save_atomically(optimizer_tensors(optimizer), out_dir / STATE_FILE, {"iteration": str(iteration)})
 
 
 def _resume(out_dir: Path, bundle: ModelBundle, hypernet: Hypernetwork, optimizer: torch.optim.Optimizer) -> int:
@@ -175,17 +169,9 @@ def _resume(out_dir: Path, bundle: ModelBundle, hypernet: Hypernetwork, optimize
     saved = load_hypernetwork(out_dir / HYPERNET_FILE, bundle.site, bundle.sha256, bundle.name)
     hypernet.load_state_dict(saved.state_dict())
     hypernet.config = replace(hypernet.config, diagnostics=saved.config.diagnostics)
-    from safetensors import safe_open
-
-    with safe_open(str(state_path), "pt") as handle:
-        iteration = int(handle.metadata()["iteration"])
-    state: dict[int, dict] = {}
-    for key, value in load_file(str(state_path)).items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    optim_state = optimizer.state_dict()
-    optim_state["state"] = state
-    optimizer.load_state_dict(optim_state)
+    tensors, metadata = read_checkpoint(state_path)
+    iteration = int(metadata["iteration"])
+    load_optimizer_tensors(optimizer, tensors)
     log_path = out_dir / LOG_FILE
     if log_path.is_file():
         kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["iteration"] <= iteration]

@@ -4,15 +4,16 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
+from w2e.formats.checkpoints import load_optimizer_tensors, optimizer_tensors, read_checkpoint, save_atomically
 from w2e.worlds.registry import WorldBuildError
 
 #: Each epoch's shuffle seed is ``seed * EPOCH_SEED_STRIDE + epoch`` (keeps the shipped runs' order).
@@ -93,29 +94,14 @@ def _lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
 
 def _save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
-    for index, state in optimizer.state_dict()["state"].items():
-        for name, value in state.items():
-            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).contiguous()
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"epoch": str(epoch)})
-    tmp.replace(path)
+    save_atomically({**tensors, **optimizer_tensors(optimizer, "optim.")}, path, {"epoch": str(epoch)})
 
 
 def _load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    tensors = load_file(str(path))
+    tensors, metadata = read_checkpoint(path)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    optim_state = optimizer.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    optim_state["state"] = state
-    optimizer.load_state_dict(optim_state)
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as handle:
-        return int(handle.metadata()["epoch"])
+    load_optimizer_tensors(optimizer, tensors, "optim.")
+    return int(metadata["epoch"])
 
 
 @torch.no_grad()
@@ -196,11 +182,6 @@ def train_classifier(
         log_path.write_text(json.dumps(log, indent=1))
     model.eval()
     return log
-
-
-def recipe_dict(recipe: TrainRecipe) -> dict:
-    """The recipe as a JSON-ready dict."""
-    return asdict(recipe)
 
 
 def to_model_input(images: np.ndarray, mean: float, std: float) -> torch.Tensor:
