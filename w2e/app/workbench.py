@@ -17,14 +17,12 @@ from w2e.app.samples import Example, Sample, SampleReader, gallery_examples, ups
 from w2e.app.uploads import image_file
 from w2e.editor.editor import IN_DISTRIBUTION, Editor, LocalityResult, PrefixCache
 from w2e.engine.edits import Edit
-from w2e.engine.masks import binarize
+from w2e.engine.masks import RHO_GRID, binarize
 from w2e.formats.benchmark_file import BenchmarkData
 from w2e.inputs.labels import echo, resolve_label
 from w2e.models.loading import ModelBundle, load_model
 from w2e.where.hypernet import load_hypernetwork
 
-#: Densities of the trade-off explorer (the paper's sparsity levels 0.25 ... 0.95).
-RHO_GRID = (0.75, 0.5, 0.25, 0.1, 0.05)
 #: Flipped locality images shown at most.
 MAX_FLIPPED_SHOWN = 24
 #: Why a model without a bundled benchmark and without ``--locality-dir`` shows no locality.

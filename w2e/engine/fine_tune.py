@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from w2e.engine.edits import Edit, stacked_weights
+from w2e.engine.optimizers import make_optimizer
 from w2e.engine.overrides import make_overridable, weight_overrides
 from w2e.engine.precision import autocast, check_precision
 from w2e.engine.forward import forward_suffix
@@ -34,14 +35,6 @@ class EditConfig:
     def to_dict(self) -> dict:
         """JSON-ready dict."""
         return asdict(self)
-
-
-def make_optimizer(name: str, params: Sequence[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-    """An optimiser by name: ``rmsprop`` (paper), ``adam`` or ``sgd``."""
-    factories = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-    if name not in factories:
-        raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(factories)}")
-    return factories[name](params, lr=lr)
 
 
 class FirstRightSnapshot:

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from w2e.formats.hub import is_hub_spec, resolve_folder
+from w2e.engine.distributed import best_device  # noqa: F401 - callers import it from here too
 from w2e.engine.forward import check_vit
 from w2e.engine.site import EditSite, site_for_model
 from w2e.inputs.preprocess import PreprocessConfig
@@ -341,8 +342,3 @@ def bundled_worlds() -> list[str]:
     """Names of the worlds shipped in ``checkpoints/``."""
     root = project_root() / "checkpoints"
     return sorted(p.name for p in root.iterdir() if (p / MANIFEST_NAME).is_file()) if root.is_dir() else []
-
-
-def best_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

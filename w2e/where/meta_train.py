@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -25,7 +24,10 @@ from w2e.where.cutmix import CutMixConfig, cutmix
 from w2e.where.hypernet import HYPERNET_FILE, Hypernetwork, load_hypernetwork, new_hypernetwork
 from w2e.where.diagnostics import MaskProbe
 from w2e.where.mask_search import MaskSearchConfig, aux_mask_target, distillation_kl, optimise_aux_masks
-from w2e.models.loading import ModelBundle, best_device
+from w2e.models.loading import ModelBundle
+from w2e.engine.distributed import init_distributed_from_env, rank_and_world  # noqa: F401 - w2e meta-train's import
+from w2e.engine.optimizers import make_optimizer
+from w2e.engine.seeds import mixed_seed
 from w2e.engine.forward import forward_prefix, forward_suffix, patch_size
 
 STATE_FILE = "meta_state.safetensors"
@@ -76,12 +78,6 @@ class MetaTrainConfig:
         search = MaskSearchConfig.from_dict(raw.pop("search", {}))
         cutmix_config = CutMixConfig(**raw.pop("cutmix", {}))
         return cls(**raw, search=search, cutmix=cutmix_config)
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 PseudoSampler = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", torch.Generator], torch.Tensor]
@@ -185,7 +181,8 @@ def _resume(out_dir: Path, bundle: ModelBundle, hypernet: Hypernetwork, optimize
 
 def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, config: MetaTrainConfig = MetaTrainConfig(),
                log: Callable[[dict], None] | None = None, show_progress: bool = True,
-               pseudo_samples: PseudoSampler | None = None, probes: Sequence[MaskProbe] = ()) -> Path:
+               pseudo_samples: PseudoSampler | None = None, probes: Sequence[MaskProbe] = (),
+               distributed: bool = True) -> Path:
     """Meta-train (or resume) a hypernetwork for ``bundle``; returns the hypernetwork path.
 
     Args:
@@ -200,6 +197,8 @@ def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, co
             (and at the end) the input dependence of the masks on each probe
             (:func:`w2e.where.diagnostics.input_dependence` at ``config.probe_rho``) is logged
             under ``probe`` and stored in the hypernetwork's config as ``diagnostics``.
+        distributed: under ``torchrun``, share the episodes with the other processes (DDP);
+            ``False`` trains in this process alone, as a single-process run would.
 
     Returns:
         The path of the written hypernetwork (``hypernet.safetensors``).
@@ -213,14 +212,14 @@ def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, co
     are averaged by DDP; only rank 0 writes files.
     """
     out_dir = Path(out_dir)
-    rank, world = _rank_world()
+    rank, world = rank_and_world() if distributed else (0, 1)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         _check_and_save_config(out_dir, config)
     torch.manual_seed(config.seed)
     hypernet = new_hypernetwork(bundle.site, bundle.name, bundle.sha256, depth=config.hyper_depth,
                                 sharpness=config.search.sharpness).to(bundle.device)
-    optimizer = torch.optim.RMSprop(hypernet.parameters(), lr=config.hyper_lr)
+    optimizer = make_optimizer("rmsprop", hypernet.parameters(), config.hyper_lr)
     if world > 1:
         dist.barrier()
     start = _resume(out_dir, bundle, hypernet, optimizer)
@@ -233,7 +232,7 @@ def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, co
     postfix: dict[str, str] = {}
     for iteration in bar:
         started = time.perf_counter()
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration * world + rank)
+        generator = torch.Generator().manual_seed(mixed_seed(config.seed, iteration * world + rank))
         picks = torch.randint(0, len(source), (2, config.batch_size), generator=generator)
         images = source.get(picks[0]).to(bundle.device)
         donors = source.get(picks[1]).to(bundle.device)
@@ -269,25 +268,3 @@ def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, co
     if world > 1:
         dist.barrier()
     return out_dir / HYPERNET_FILE
-
-
-def init_distributed_from_env(device: str | torch.device | None = None) -> torch.device:
-    """The device this process should use; under ``torchrun`` also initialise ``torch.distributed``.
-
-    ``device`` ``None`` means CUDA when available, else CPU. On CUDA each process takes the GPU
-    of its ``LOCAL_RANK`` and the NCCL backend; on CPU the gloo backend. Asking for more
-    processes per node than there are GPUs is a clear error, not a crash inside NCCL.
-    """
-    wanted = torch.device(device) if device is not None else best_device()
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return wanted
-    if wanted.type == "cuda":
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"process {local_rank} of this node has no GPU (only {torch.cuda.device_count()} visible); "
-                               "start at most that many processes per node, or pass --device cpu")
-        wanted = torch.device("cuda", local_rank)
-        torch.cuda.set_device(wanted)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if wanted.type == "cuda" else "gloo")
-    return wanted
