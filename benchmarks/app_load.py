@@ -64,16 +64,18 @@ def decode_case(reduced: bool, at_once: int) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from w2e.app import workbench as logic
+    from w2e.app import samples
+    from w2e.app.config import AppConfig
+    from w2e.app.model_cache import ModelCache
     from w2e.inputs import images
 
-    bench = logic.Hub(logic.AppConfig(models=("fashion",), device="cpu")).get()
+    bench = ModelCache(AppConfig(models=("fashion",), device="cpu")).get()
     data = huge_png()
     if not reduced:
-        logic.DECODE_SIDE = None  # what the app did before: decode at full size
+        samples.DECODE_SIDE = None  # what the app did before: decode at full size
     baseline = rss_mb()
     started = time.perf_counter()
-    threads = [threading.Thread(target=bench.sample_from_file, args=(data, "huge.png")) for _ in range(at_once)]
+    threads = [threading.Thread(target=bench.samples.from_file, args=(data, "huge.png")) for _ in range(at_once)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -98,28 +100,30 @@ def measure_sessions(count: int = 200) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from w2e.app import workbench as logic
+    from w2e.app.config import AppConfig
+    from w2e.app.model_cache import ModelCache
+    from w2e.app.session import Session, apply_edit, ensure_mask
 
-    bench = logic.Hub(logic.AppConfig(models=("fashion",), device="cpu")).get()
+    bench = ModelCache(AppConfig(models=("fashion",), device="cpu")).get()
     rows = bench.benchmark.group_indices(0)
     sessions = []
-    warm = logic.Session(bench.spec)
-    warm.set_sample(bench.sample_from_row(int(rows[0]), "warm-up"))
-    logic.ensure_mask(bench, warm, None)
+    warm = Session(bench.spec)
+    warm.set_sample(bench.samples.from_row(int(rows[0]), "warm-up"))
+    ensure_mask(bench, warm, None)
     baseline = rss_mb()
     for n in range(count):
-        session = logic.Session(bench.spec)
-        session.set_sample(bench.sample_from_row(int(rows[n % len(rows)]), f"image {n}"))
-        logic.ensure_mask(bench, session, None)
+        session = Session(bench.spec)
+        session.set_sample(bench.samples.from_row(int(rows[n % len(rows)]), f"image {n}"))
+        ensure_mask(bench, session, None)
         sessions.append(session)
     per_session_kb = (rss_mb() - baseline) * 1e3 / count
     held = sessions[0]
     tensor_kb = (held.sample.inputs.numel() * 4 + held.mask.numel() * 4 + len(held.sample.view.tobytes())) / 1e3
     edits = {}
     for rho in (0.1, 1.0):
-        session = logic.Session(bench.spec)
-        session.set_sample(bench.sample_from_row(int(rows[0]), "edited"))
-        logic.apply_edit(bench, session, session.sample.true_label, rho, max_edits=1)
+        session = Session(bench.spec)
+        session.set_sample(bench.samples.from_row(int(rows[0]), "edited"))
+        apply_edit(bench, session, session.sample.true_label, rho, max_edits=1)
         edits[str(rho)] = {"kb": round(session.edit_bytes / 1e3, 1), "success": bool(session.edits)}
     return {"sessions": count, "rss_kb_per_session_with_image_and_mask": round(per_session_kb, 1),
             "array_kb_per_session_with_image_and_mask": round(tensor_kb, 1), "edit": edits,
@@ -193,18 +197,18 @@ def measure_load(seconds: float = 30.0, fresh: int = 100) -> dict:
 
     torch.set_num_threads(1)
     import app
-    from w2e.app import workbench as logic
+    from w2e.app.config import parse_app_args
 
-    config, _ = logic.parse_app_args([], env={"W2E_APP_MODELS": "fashion", "W2E_APP_DEVICE": "cpu",
+    config, _ = parse_app_args([], env={"W2E_APP_MODELS": "fashion", "W2E_APP_DEVICE": "cpu",
                                               "W2E_APP_QUEUE_SIZE": "8"})
     demo = app.build_app(config)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     app.launch(demo, config, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    url, bench = f"http://127.0.0.1:{port}/", demo.w2e_hub.get()
+    url, bench = f"http://127.0.0.1:{port}/", demo.w2e_models.get()
     example = str(bench.examples[0].path)
-    label = bench.bundle.class_names[bench.sample_from_file(example).true_label]
+    label = bench.bundle.class_names[bench.samples.from_file(example).true_label]
     in_child(f"b.fresh_sessions({url!r}, {example!r}, 1)")  # warm up
     before = rss_mb()
     in_child(f"b.fresh_sessions({url!r}, {example!r}, {fresh})")

@@ -9,7 +9,10 @@
 2. Meta-training: episodes per second, a batch of episodes vectorised on the prefix cache vs
    one episode at a time with full forwards, and vs one episode at a time on the prefix cache
    (the gain of batching alone).
-3. Locality re-evaluation: suffix on cached tokens vs full forward of every image.
+3. Meta-training against its floor: one meta-training iteration (a vectorised batch of
+   episodes and the hypernetwork's fit) vs the same number of suffix forward + backward passes
+   with per-episode site gradients and nothing else (no masks, no updates, no optimiser).
+4. Locality re-evaluation: suffix on cached tokens vs full forward of every image.
 """
 from __future__ import annotations
 
@@ -29,10 +32,12 @@ from w2e.editor.editor import PrefixCache
 from w2e.engine.masks import topk_mask
 from w2e.where.configs import MaskSearchConfig, MetaTrainConfig
 from w2e.where.mask_search import distillation_kl, optimise_aux_masks
-from w2e.where.meta_train import episode_batch
+from w2e.where.hypernet import new_hypernetwork
+from w2e.where.meta_train import episode_batch, fit_hypernetwork
+from w2e.engine.overrides import make_overridable, weight_overrides
 from w2e.models.loading import ModelBundle
 from w2e.inputs.preprocess import PreprocessConfig
-from w2e.engine.forward import cached_prefix, patch_size
+from w2e.engine.forward import cached_prefix, forward_prefix, forward_suffix, patch_size
 from w2e.engine.site import site_for_model
 
 GEOMETRIES = {
@@ -125,6 +130,48 @@ def bench_meta(bundle: ModelBundle, batch: int, repeats: int, search: MaskSearch
             "ratio_batching_alone": slow_cached / fast, "search": search.to_dict()}
 
 
+def bench_meta_floor(bundle: ModelBundle, batch: int, repeats: int, search: MaskSearchConfig) -> dict:
+    """Seconds per meta-training iteration against its floor, timed alternately (best of ``repeats``).
+
+    The floor runs the iteration's suffix passes, ``(inner_steps + 1) * outer_steps`` forward +
+    backward passes of the batch, each with its own copy of the site weights per episode and
+    their gradients, and nothing else.
+    """
+    config = MetaTrainConfig(batch_size=batch, search=search)
+    images, donors = _images(bundle, batch), _images(bundle, batch).flip(0)
+    model, site = bundle.model, bundle.site
+    hypernet = new_hypernetwork(site, bundle.name, "", depth=config.hyper_depth)
+    optimizer = torch.optim.AdamW(hypernet.parameters(), lr=config.hyper_lr)
+    make_overridable(model, site)
+    linears = [site.linear(model, layer) for layer in site.layers]
+    with torch.no_grad():
+        tokens = forward_prefix(model, images, site.start)
+    passes = (search.inner_steps + 1) * search.outer_steps
+
+    def iteration() -> None:
+        episodes = episode_batch(bundle, images, donors, config, torch.Generator().manual_seed(0))
+        fit_hypernetwork(hypernet, optimizer, episodes["features"], episodes["target"], config)
+
+    def floor() -> None:
+        weights = [linear.weight.detach().expand(batch, *linear.weight.shape).clone().requires_grad_(True)
+                   for linear in linears]
+        for _ in range(passes):
+            with weight_overrides(dict(zip(linears, weights))):
+                loss = forward_suffix(model, tokens, site.start).float().logsumexp(-1).sum()
+            torch.autograd.grad(loss, weights)
+
+    iteration(), floor()
+    times = {"iteration": [], "floor": []}
+    for _ in range(repeats):
+        for name, fn in (("iteration", iteration), ("floor", floor)):
+            started = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - started)
+    best = {name: min(values) for name, values in times.items()}
+    return {"batch": batch, "suffix_passes": passes, "iteration_s": best["iteration"], "floor_s": best["floor"],
+            "ratio_iteration_over_floor": best["iteration"] / best["floor"], "search": search.to_dict()}
+
+
 def _single_episode_full_forward(bundle: ModelBundle, image: torch.Tensor, donor: torch.Tensor, config: MetaTrainConfig) -> None:
     """The naive episode: no prefix cache, every inner and outer pass runs the whole model."""
     model = bundle.model
@@ -163,6 +210,10 @@ def main() -> None:
         "edit_fashion": lambda: bench_edit(fashion, steps=20, repeats=repeats),
         "meta_fashion": lambda: bench_meta(fashion, batch=8, repeats=repeats, search=MaskSearchConfig()),
         "meta_vit_base": lambda: bench_meta(vitb, batch=4, repeats=1, search=MaskSearchConfig(outer_steps=1, inner_steps=1)),
+        "meta_floor_fashion": lambda: bench_meta_floor(fashion, batch=8, repeats=repeats + 2,
+                                                       search=MaskSearchConfig(inner_steps=5, outer_steps=10)),
+        "meta_floor_vit_base": lambda: bench_meta_floor(vitb, batch=2, repeats=repeats,
+                                                        search=MaskSearchConfig(inner_steps=2, outer_steps=2)),
         "locality_vit_base": lambda: bench_locality(vitb, count=64 if args.quick else 128, repeats=repeats),
         "locality_fashion": lambda: bench_locality(fashion, count=2000, repeats=repeats),
     }

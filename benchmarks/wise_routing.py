@@ -16,10 +16,12 @@ import torch
 
 from w2e.cli.bench import resolve_train_source
 from w2e.bench.data import BenchContext, EvalLimits, load_any_benchmark
-from w2e.bench.methods import Resources, capture_input, registry
-from w2e.bench.sequential import RESULTS_FILE, edit_stream, fixes_held, predict_rows, state_path
+from w2e.bench.methods import Resources, method_entry
+from w2e.bench.methods.capture import capture_input
+from w2e.bench.methods.wise import activation_scores
+from w2e.bench.protocol import RESULTS_FILE
+from w2e.bench.sequential import edit_stream, fixes_held, predict_rows, state_path
 from w2e.bench.state import read_state
-from w2e.bench.wise import activation_scores
 from w2e.models.loading import load_model
 
 
@@ -39,8 +41,9 @@ def main() -> None:
     stream = edit_stream(ctx.samples, protocol["seed"])
     settings = {k: v for k, v in info["settings"].items() if k not in ("name", "knob")}
     resources = Resources(None, resolve_train_source("auto", args.model, bundle), None, protocol["quick"], protocol["seed"])
+    entry = method_entry("wise")
     for value in info["values"]:
-        method = registry()["wise"](ctx, resources, (value,), **settings)
+        method = entry.create(ctx, resources, entry.build_settings(bundle, resources, settings), (value,))
         method.prepare()
         saved = read_state(state_path(Path(args.run), "wise", value), info["settings_hash"])
         if saved is None:

@@ -1,8 +1,8 @@
-"""The web app: logic (w2e.app.workbench), its API through gradio_client, sessions, bad uploads.
+"""The web app: logic (w2e.app), its API through gradio_client, sessions, bad uploads.
 
 Runs against a tiny random ViT with a fake tiny benchmark (two failure groups, a locality set,
 example PNGs) and a random hypernetwork, so it needs neither the fashion world nor internet.
-The headless-browser test is in test_app_browser.py.
+The headless-browser tests (marker ``browser``, Debian's chromium) come last.
 """
 from __future__ import annotations
 
@@ -23,14 +23,22 @@ import torch
 from PIL import Image
 
 from tests.conftest import tiny_model, write_benchmark, write_model_dir
-from w2e.app import workbench as logic
+from w2e.app import config as app_config
+from w2e.app.config import PAPER_MODEL, AppConfig, default_app_models, model_choices, parse_app_args, world_example_folders
+from w2e.app.model_cache import ModelCache
+from w2e.app.names import display_names, dropdown_order
+from w2e.app.samples import upscale_for_display
+from w2e.app.session import Session, apply_edit, ensure_mask, export_session
+from w2e.app.text import (describe_earlier_fixes, describe_edit, describe_evaluation, describe_model, describe_prediction,
+                          edit_table)
 from w2e.app.uploads import ExportFolders
+from w2e.app.workbench import Workbench, tradeoff_rhos
 from w2e.engine.edits import edits_applied
 from w2e.editor.editor import AlreadyCorrectError
 from w2e.where.hypernet import new_hypernetwork
 from w2e.inputs.images import ImageInputError
 from w2e.models.folder import bundled_worlds, world_dir
-from w2e.models.loading import load_local_model, state_dict_sha256
+from w2e.models.loading import load_local_model, manifest_files, state_dict_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUPS = ["banana-apple", "lighting-stagelight"]
@@ -92,18 +100,18 @@ def app_url(app_world, search_world):
     sys.path.insert(0, str(ROOT))
     import app
 
-    config, _ = logic.parse_app_args([], env={"W2E_APP_MODELS": f"{app_world},{search_world},{MISSING}",
+    config, _ = parse_app_args([], env={"W2E_APP_MODELS": f"{app_world},{search_world},{MISSING}",
                                                     "W2E_APP_DEVICE": "cpu", "W2E_APP_EDIT_CONCURRENCY": "2"})
     demo = app.build_app(config)
     app.launch(demo, config, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
-    demo.w2e_sha = state_dict_sha256(demo.w2e_hub.get().bundle.model)
+    demo.w2e_sha = state_dict_sha256(demo.w2e_models.get().bundle.model)
     yield demo
     demo.close()
 
 
 @pytest.fixture
-def bench(app_world) -> logic.Workbench:
-    return logic.Hub(logic.AppConfig(models=(str(app_world),), device="cpu")).get()
+def bench(app_world) -> Workbench:
+    return ModelCache(AppConfig(models=(str(app_world),), device="cpu")).get()
 
 
 def example_path(world: Path, group: int = 0, n: int = 0) -> Path:
@@ -114,52 +122,52 @@ def example_path(world: Path, group: int = 0, n: int = 0) -> Path:
 
 
 def test_config_from_flags_and_env(tmp_path):
-    config, args = logic.parse_app_args([], env={"W2E_APP_MODELS": "a, b", "W2E_APP_EDIT_CONCURRENCY": "2"})
+    config, args = parse_app_args([], env={"W2E_APP_MODELS": "a, b", "W2E_APP_EDIT_CONCURRENCY": "2"})
     assert config.models == ("a", "b") and config.default_model == "a" and config.edit_concurrency == 2
-    config, _ = logic.parse_app_args(["--models", "x", "--locality-dir", str(tmp_path), "--queue-size", "3"], env={})
+    config, _ = parse_app_args(["--models", "x", "--locality-dir", str(tmp_path), "--queue-size", "3"], env={})
     assert config.models == ("x",) and config.locality_dir == tmp_path and config.queue_size == 3
-    assert logic.parse_app_args([], env={})[0].models == logic.default_app_models()
-    assert logic.default_app_models()[0] == "fashion" and logic.default_app_models()[-1] == logic.PAPER_MODEL
-    assert set(logic.default_app_models()[:-1]) == set(bundled_worlds())
-    assert logic.world_example_folders(["fashion", "not-a-world"]) == [world_dir("fashion").parent.parent
+    assert parse_app_args([], env={})[0].models == default_app_models()
+    assert default_app_models()[0] == "fashion" and default_app_models()[-1] == PAPER_MODEL
+    assert set(default_app_models()[:-1]) == set(bundled_worlds())
+    assert world_example_folders(["fashion", "not-a-world"]) == [world_dir("fashion").parent.parent
                                                                        / "assets" / "fashion" / "examples"]
-    assert logic.display_names(["crane", "tench", "crane"]) == ["crane (#0)", "tench", "crane (#2)"]
+    assert display_names(["crane", "tench", "crane"]) == ["crane (#0)", "tench", "crane (#2)"]
 
 
 def test_dropdown_puts_every_name_before_the_names_containing_it():
     fashion = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
-    order = logic.dropdown_order(fashion)
+    order = dropdown_order(fashion)
     assert sorted(order) == sorted(fashion)
     for typed in fashion:  # the dropdown's Enter takes the first name containing the typed text
         assert next(name for name in order if typed.casefold() in name.casefold()) == typed
-    assert logic.dropdown_order(["pineapple", "Apple pie", "apple"]) == ["apple", "Apple pie", "pineapple"]
+    assert dropdown_order(["pineapple", "Apple pie", "apple"]) == ["apple", "Apple pie", "pineapple"]
 
 
 def test_examples_map_to_benchmark_rows_and_uploads_are_recognised(bench, app_world):
     assert len(bench.examples) == len(GROUPS) * EXAMPLES_PER_GROUP
     first = bench.examples[0]
     assert bench.benchmark.groups[first.row] == first.group
-    sample = bench.sample_from_file(first.path)
+    sample = bench.samples.from_file(first.path)
     assert (sample.row, sample.group) == (first.row, first.group)
     assert sample.true_label == int(bench.benchmark.labels[first.row])
     other = Image.new("RGB", (40, 30), (200, 10, 10))
     buffer = io.BytesIO()
     other.save(buffer, "PNG")
-    plain = bench.sample_from_file(buffer.getvalue(), "red.png")
+    plain = bench.samples.from_file(buffer.getvalue(), "red.png")
     assert plain.group is None and plain.view.size == (16, 16) and plain.inputs.shape == (1, 3, 16, 16)
 
 
 def test_session_edit_undo_reset_export_never_touch_the_base(bench, tmp_path):
     base = state_dict_sha256(bench.bundle.model)
-    session = logic.Session(bench.spec)
-    session.set_sample(bench.sample_from_file(bench.examples[0].path))
-    mask = logic.ensure_mask(bench, session, None)
+    session = Session(bench.spec)
+    session.set_sample(bench.samples.from_file(bench.examples[0].path))
+    mask = ensure_mask(bench, session, None)
     assert mask.shape == bench.bundle.site.mask_shape
     summary = bench.summarize(mask, 0.25)
     assert summary.selected == round(0.25 * mask.numel())
     assert 0 < summary.model_share < summary.site_share <= 1
     label = session.sample.true_label
-    outcome = logic.apply_edit(bench, session, label, 0.25, max_edits=5)
+    outcome = apply_edit(bench, session, label, 0.25, max_edits=5)
     assert outcome.edit.success and session.edits == [outcome.edit]
     assert int(outcome.probs_after.argmax()) == label
     assert list(outcome.evaluation.localities) == ["near-boundary", "in-distribution"]
@@ -167,7 +175,7 @@ def test_session_edit_undo_reset_export_never_touch_the_base(bench, tmp_path):
     assert len(near.before) == LOCALITY_SIZE and len(ordinary.before) == IN_DISTRIBUTION_SIZE
     assert near.accuracy_before == 1.0 and ordinary.accuracy_before == 0.75  # a quarter of the ordinary set is wrong
     assert outcome.evaluation.locality is near and 0 <= near.rate <= 1
-    text = logic.describe_evaluation(bench, outcome.evaluation, 1)
+    text = describe_evaluation(bench, outcome.evaluation, 1)
     assert f"**in-distribution: {ordinary.rate:.1%} unchanged**" in text and f"accuracy 75.0% → {ordinary.accuracy_after:.1%}" in text
     assert "barely gets right" in text and "the harshest test" in text and "random ordinary test images" in text
     assert "**Locality**: predictions on unrelated images" in text and "**Generalization**: " in text
@@ -175,34 +183,37 @@ def test_session_edit_undo_reset_export_never_touch_the_base(bench, tmp_path):
     shown = bench.flipped(outcome.evaluation.localities)
     assert len(shown) == min(len(near.flipped), 12) + min(len(ordinary.flipped), 12)
     assert all(caption.split(":")[0] in ("near-boundary", "in-distribution") for _, caption in shown)
-    assert logic.edit_table(session)[0][2] == bench.bundle.class_names[label]
-    paths = logic.export_session(bench, session, ExportFolders(tmp_path / "exports"), "me")
+    assert edit_table(session)[0][2] == bench.bundle.class_names[label]
+    paths = export_session(bench, session, ExportFolders(tmp_path / "exports"), "me")
     assert [p.name for p in paths] == ["model.safetensors", "manifest.json", "edit_log.json"]
+    manifest = json.loads(paths[1].read_text())  # the source's benchmark, gallery and hypernetwork stay behind
+    assert manifest_files(manifest) == {"weights": "model.safetensors"} and set(manifest["files"]) == {"model.safetensors"}
+    assert bench.bundle.manifest["hypernetwork"] and "examples" not in manifest and manifest["edited_from"]["edits"]
     edited = load_local_model(paths[0].parent)
     with torch.no_grad():
         assert int(edited.model(session.sample.inputs).argmax()) == label
     assert json.loads(paths[2].read_text())["edits"][0]["label"] == bench.bundle.class_names[label]
     assert session.others() == []  # the sweep of this image does not stack on its own edit
     assert session.undo() and not session.edits and not session.undo()
-    logic.apply_edit(bench, session, label, 0.25, max_edits=5)
+    apply_edit(bench, session, label, 0.25, max_edits=5)
     session.reset()
     assert session.edits == [] and session.log == []
     assert state_dict_sha256(bench.bundle.model) == base
 
 
 def test_the_session_stack_says_whether_earlier_fixes_still_hold(bench):
-    session = logic.Session(bench.spec)
-    assert logic.describe_earlier_fixes(bench, session) == ""
-    session.set_sample(bench.sample_from_file(bench.examples[0].path))
+    session = Session(bench.spec)
+    assert describe_earlier_fixes(bench, session) == ""
+    session.set_sample(bench.samples.from_file(bench.examples[0].path))
     first, label = session.sample, session.sample.true_label
-    assert logic.apply_edit(bench, session, label, 0.25, max_edits=5).edit.success
+    assert apply_edit(bench, session, label, 0.25, max_edits=5).edit.success
     other = int(bench.benchmark.locality_indices[0])  # an image the model gets right, pushed to another class
-    session.set_sample(bench.sample_from_row(other, "other.png"))
+    session.set_sample(bench.samples.from_row(other, "other.png"))
     target = (int(bench.probabilities(session.sample, session.edits).argmax()) + 1) % len(bench.bundle.class_names)
-    assert logic.apply_edit(bench, session, target, 1.0, max_edits=5).edit.success
+    assert apply_edit(bench, session, target, 1.0, max_edits=5).edit.success
     with torch.no_grad(), edits_applied(bench.bundle.model, bench.bundle.site, session.edits):
         still = int(bench.bundle.model(first.inputs).argmax()) == label
-    text = logic.describe_earlier_fixes(bench, session)
+    text = describe_earlier_fixes(bench, session)
     assert text.startswith(f"**Earlier fixes still right: {int(still)} of 1")
     assert ("lost:" in text) != still
 
@@ -210,9 +221,9 @@ def test_the_session_stack_says_whether_earlier_fixes_still_hold(bench):
 def test_heatmap_colours_span_the_mask_and_the_average_mask_shows_what_is_specific(bench):
     from w2e.viz import charts as plots
 
-    session = logic.Session(bench.spec)
-    session.set_sample(bench.sample_from_file(bench.examples[0].path))
-    mask = logic.ensure_mask(bench, session, None)
+    session = Session(bench.spec)
+    session.set_sample(bench.samples.from_file(bench.examples[0].path))
+    mask = ensure_mask(bench, session, None)
     low_mask = torch.rand(mask.shape, generator=torch.Generator().manual_seed(0)) * 0.37 + 0.02  # peaks near 0.39
     heat = plots.mask_heatmap(low_mask, bench.summarize(low_mask, 0.1).binary, bench.layer_labels()).data[0]
     assert (heat.zmin, heat.zmax) == pytest.approx((float(low_mask.min()), float(low_mask.max())), abs=1e-6)
@@ -244,55 +255,55 @@ def test_tradeoff_plot_fits_its_axes_and_plots_against_rho_without_a_group():
 
 
 def test_edits_are_refused_when_the_servers_memory_for_edits_is_used_up(bench):
-    session = logic.Session(bench.spec)
-    session.set_sample(bench.sample_from_file(bench.examples[0].path))
+    session = Session(bench.spec)
+    session.set_sample(bench.samples.from_file(bench.examples[0].path))
     label = session.sample.true_label
     with pytest.raises(ValueError, match="memory for edits is used up"):
-        logic.apply_edit(bench, session, label, 0.25, max_edits=5, memory_left=1000)
+        apply_edit(bench, session, label, 0.25, max_edits=5, memory_left=1000)
     assert session.edits == [] and session.edit_bytes == 0
-    outcome = logic.apply_edit(bench, session, label, 0.25, max_edits=5, memory_left=10**6)
+    outcome = apply_edit(bench, session, label, 0.25, max_edits=5, memory_left=10**6)
     summary = bench.summarize(session.mask, 0.25)
     assert session.edit_bytes == summary.parameters * 4 + summary.selected * 8 == 4 * outcome.edit.num_parameters + (
         8 * summary.selected)
 
 
 def test_failed_edit_is_reported_and_not_stacked(bench):
-    session = logic.Session(bench.spec)
-    session.set_sample(bench.sample_from_file(bench.examples[0].path))
-    logic.ensure_mask(bench, session, None)
-    outcome = logic.apply_edit(bench, session, session.sample.true_label, 0.0, max_edits=5)  # rho 0: nothing to edit
+    session = Session(bench.spec)
+    session.set_sample(bench.samples.from_file(bench.examples[0].path))
+    ensure_mask(bench, session, None)
+    outcome = apply_edit(bench, session, session.sample.true_label, 0.0, max_edits=5)  # rho 0: nothing to edit
     assert not outcome.edit.success and not outcome.applied and session.edits == []
-    assert "failed" in logic.describe_edit(bench, outcome, 0)
+    assert "failed" in describe_edit(bench, outcome, 0)
     with pytest.raises(ValueError, match="limit"):
-        logic.apply_edit(bench, session, 0, 0.5, max_edits=0)
+        apply_edit(bench, session, 0, 0.5, max_edits=0)
 
 
 def test_edits_towards_what_the_model_already_says_are_refused_and_not_stacked(bench):
-    session = logic.Session(bench.spec)
-    session.set_sample(bench.sample_from_file(bench.examples[0].path))
+    session = Session(bench.spec)
+    session.set_sample(bench.samples.from_file(bench.examples[0].path))
     predicted = int(bench.probabilities(session.sample).argmax())
     with pytest.raises(AlreadyCorrectError, match=f"already says {bench.bundle.class_names[predicted]}; nothing to fix"):
-        logic.apply_edit(bench, session, predicted, 0.25, max_edits=5)
+        apply_edit(bench, session, predicted, 0.25, max_edits=5)
     assert session.edits == [] and session.log == []
-    outcome = logic.apply_edit(bench, session, session.sample.true_label, 0.25, max_edits=5)
+    outcome = apply_edit(bench, session, session.sample.true_label, 0.25, max_edits=5)
     assert outcome.applied and outcome.edit.changed_parameters > 0
-    assert f"{outcome.edit.changed_parameters:,} weights changed" in logic.describe_edit(bench, outcome, 1)
+    assert f"{outcome.edit.changed_parameters:,} weights changed" in describe_edit(bench, outcome, 1)
     with pytest.raises(AlreadyCorrectError):  # the same edit again would change nothing
-        logic.apply_edit(bench, session, session.sample.true_label, 0.25, max_edits=5)
+        apply_edit(bench, session, session.sample.true_label, 0.25, max_edits=5)
     assert len(session.edits) == 1
 
 
 def test_test_time_search_needs_the_label_and_tradeoff_sweeps(search_world):
-    bench = logic.Hub(logic.AppConfig(models=(str(search_world),), device="cpu")).get()
+    bench = ModelCache(AppConfig(models=(str(search_world),), device="cpu")).get()
     assert bench.mask_needs_label
-    session = logic.Session(bench.spec)
-    session.set_sample(bench.sample_from_file(bench.examples[2].path))
-    assert logic.ensure_mask(bench, session, None) is None
+    session = Session(bench.spec)
+    session.set_sample(bench.samples.from_file(bench.examples[2].path))
+    assert ensure_mask(bench, session, None) is None
     label = session.sample.true_label
-    mask = logic.ensure_mask(bench, session, label)
+    mask = ensure_mask(bench, session, label)
     assert mask is not None and session.mask_label == label
-    assert logic.ensure_mask(bench, session, label) is mask  # cached: no second search
-    rhos = logic.tradeoff_rhos(0.3, (0.5, 0.1))
+    assert ensure_mask(bench, session, label) is mask  # cached: no second search
+    rhos = tradeoff_rhos(0.3, (0.5, 0.1))
     assert rhos == [0.5, 0.3, 0.1]
     points = bench.tradeoff(session.sample, label, mask, (), rhos)
     assert [p.rho for p in points] == rhos
@@ -301,13 +312,13 @@ def test_test_time_search_needs_the_label_and_tradeoff_sweeps(search_world):
 
 def test_hub_models_are_marked_when_the_hub_cannot_be_reached(monkeypatch, app_world):
     probes = []
-    monkeypatch.setattr(logic, "hub_reachable", lambda: probes.append(1) or False)
-    monkeypatch.setattr(logic, "cached_hub_weights", lambda spec: None)
-    choices = logic.model_choices([str(app_world), logic.PAPER_MODEL, "vit_small_patch16_224.augreg_in21k_ft_in1k"])
+    monkeypatch.setattr(app_config, "hub_reachable", lambda: probes.append(1) or False)
+    monkeypatch.setattr(app_config, "cached_hub_weights", lambda spec: None)
+    choices = model_choices([str(app_world), PAPER_MODEL, "vit_small_patch16_224.augreg_in21k_ft_in1k"])
     assert choices[0] == (str(app_world), str(app_world)) and len(probes) == 1  # probed once, only for hub models
     assert all(label == f"{spec} (needs internet: the Hub cannot be reached)" for label, spec in choices[1:])
-    monkeypatch.setattr(logic, "hub_reachable", lambda: True)
-    assert logic.model_choices([logic.PAPER_MODEL]) == [(logic.PAPER_MODEL, logic.PAPER_MODEL)]
+    monkeypatch.setattr(app_config, "hub_reachable", lambda: True)
+    assert model_choices([PAPER_MODEL]) == [(PAPER_MODEL, PAPER_MODEL)]
 
 
 def test_locality_folder_for_models_without_benchmark(tmp_path):
@@ -317,14 +328,14 @@ def test_locality_folder_for_models_without_benchmark(tmp_path):
         Image.new("RGB", (20, 20), (i * 40, 0, 0)).save(folder / f"{i}.png")
     (folder / "broken.png").write_bytes(b"not a png")
     model_dir = write_model_dir(tmp_path / "plain", tiny_model())
-    bench = logic.Hub(logic.AppConfig(models=(str(model_dir),), locality_dir=folder, device="cpu")).get()
+    bench = ModelCache(AppConfig(models=(str(model_dir),), locality_dir=folder, device="cpu")).get()
     assert bench.examples == [] and len(bench.locality_sets["your folder"]) == 5
     result = bench.locality(())["your folder"]
     assert result.rate == 1.0 and result.accuracy_before is None
-    assert "no labels" in logic.describe_evaluation(bench, bench.evaluate(None, ()), 0)
-    bare = logic.Hub(logic.AppConfig(models=(str(model_dir),), device="cpu")).get()
-    assert bare.locality_sets == {} and "--locality-dir" in logic.describe_model(bare)
-    assert "locality cannot be shown" in logic.describe_evaluation(bare, bare.evaluate(None, ()), 0)
+    assert "no labels" in describe_evaluation(bench, bench.evaluate(None, ()), 0)
+    bare = ModelCache(AppConfig(models=(str(model_dir),), device="cpu")).get()
+    assert bare.locality_sets == {} and "--locality-dir" in describe_model(bare)
+    assert "locality cannot be shown" in describe_evaluation(bare, bare.evaluate(None, ()), 0)
 
 
 # ------------------------------------------------------------------------------------------ bad uploads
@@ -370,12 +381,12 @@ def odd_images(tmp_path: Path) -> dict[str, tuple[Path, bool]]:
 def test_odd_and_bad_images_in_the_logic(bench, tmp_path):
     for name, (path, ok) in odd_images(tmp_path).items():
         if ok:
-            sample = bench.sample_from_file(path)
+            sample = bench.samples.from_file(path)
             assert sample.inputs.shape == (1, 3, 16, 16), name
         else:
             with pytest.raises(ImageInputError):
-                bench.sample_from_file(path)
-    rotated = bench.sample_from_file(tmp_path / "rotated.jpg")
+                bench.samples.from_file(path)
+    rotated = bench.samples.from_file(tmp_path / "rotated.jpg")
     assert rotated.name == "rotated.jpg"
 
 
@@ -468,7 +479,7 @@ def test_api_predict_mask_rho_edit_undo_download(app_url, app_world):
     assert sorted(Path(f).name for f in files) == ["edit_log.json", "manifest.json", "model.safetensors"]
     undone = outputs(api.predict(api_name="/undo"), "edits_in_session")
     assert undone["edits_in_session"] == 0
-    assert state_dict_sha256(app_url.w2e_hub.get().bundle.model) == app_url.w2e_sha
+    assert state_dict_sha256(app_url.w2e_models.get().bundle.model) == app_url.w2e_sha
 
 
 def test_api_attention_panel_before_and_after_an_edit(app_url, app_world):
@@ -532,8 +543,8 @@ def test_two_concurrent_sessions_do_not_leak(app_url, app_world):
     for thread in threads:
         thread.join(120)
     assert not errors, errors
-    bench = app_url.w2e_hub.get()
-    samples = [bench.sample_from_file(path) for path in paths]
+    bench = app_url.w2e_models.get()
+    samples = [bench.samples.from_file(path) for path in paths]
 
     def top(probs):
         values, indices = probs.topk(5)
@@ -582,7 +593,7 @@ def test_concurrent_predictions_each_get_a_whole_image(app_url, app_world):
     from gradio_client import handle_file
 
     results, errors = [], []
-    expected = logic.upscale_for_display(app_url.w2e_hub.get().sample_from_file(example_path(app_world)).view)
+    expected = upscale_for_display(app_url.w2e_models.get().samples.from_file(example_path(app_world)).view)
 
     def run() -> None:
         try:
@@ -629,11 +640,11 @@ def test_user_text_comes_back_cut_short_and_escaped(app_url, app_world, tmp_path
     named = tmp_path / "a_b_ [link](y).png"  # Gradio itself drops <, >, * and : from uploaded file names
     Image.new("RGB", (40, 30), (200, 10, 10)).save(named)
     assert r"a\_b\_ \[link\](y).png" in texts(api.predict(handle_file(str(named)), api_name="/predict"))
-    bench = app_url.w2e_hub.get()
-    session = logic.Session(bench.spec)
-    session.set_sample(bench.sample_from_file(named.read_bytes(),
+    bench = app_url.w2e_models.get()
+    session = Session(bench.spec)
+    session.set_sample(bench.samples.from_file(named.read_bytes(),
                                               "**b** <i>x</i> " + "n" * 500))
-    described = logic.describe_prediction(bench, session, bench.probabilities(session.sample))
+    described = describe_prediction(bench, session, bench.probabilities(session.sample))
     assert r"\*\*b\*\* &lt;i&gt;x&lt;/i&gt; nnn" in described and "<i>" not in described and "n" * 61 not in described
     spec = notice(api.predict("<img src=x onerror=alert(1)>", api_name="/model"))
     assert "&lt;img src=x onerror=alert(1)&gt;" in spec and "<img" not in spec
@@ -767,7 +778,7 @@ def test_bad_uploads_get_a_clear_error_and_the_app_keeps_serving(app_url, app_wo
             assert any(word in message for word in ("not an image", "corrupt", "too large", "truncated")), (name, message)
             assert untouched(result) == len(result) - 2  # one message (and the raw JSON); the rest stays
     huge = tmp_path / "huge.png"
-    huge.write_bytes(b"\0" * (logic.AppConfig().max_bytes + 1))
+    huge.write_bytes(b"\0" * (AppConfig().max_bytes + 1))
     with pytest.raises(Exception):
         api.predict(handle_file(str(huge)), api_name="/predict")
     good = api.predict(handle_file(str(example_path(app_world))), api_name="/predict")
@@ -807,13 +818,14 @@ def test_tradeoff_of_an_upload_without_a_group_plots_locality_against_rho(app_ur
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SCREENSHOTS = ROOT / "assets" / "app" / "screenshots"
+#: Where the screenshots of a real model go (``runs/`` is ignored by git: tests never write tracked files).
+SCREENSHOTS = ROOT / "runs" / "app-screenshots"
 
 
 @pytest.fixture(scope="session")
 def browser_app(request):
     """The app the browser drives: the tiny world, or ``W2E_APP_SCREENSHOT_MODEL`` (e.g. ``fashion``),
-    which also writes the README screenshots to assets/app/screenshots/."""
+    whose screenshots go to runs/app-screenshots/ (to be copied into assets/app/screenshots/)."""
     spec = os.environ.get("W2E_APP_SCREENSHOT_MODEL")
     if not spec:
         yield request.getfixturevalue("app_url")
@@ -821,7 +833,7 @@ def browser_app(request):
     sys.path.insert(0, str(ROOT))
     import app
 
-    config, _ = logic.parse_app_args([], env={"W2E_APP_MODELS": spec})
+    config, _ = parse_app_args([], env={"W2E_APP_MODELS": spec})
     demo = app.build_app(config)
     app.launch(demo, config, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     yield demo
@@ -872,7 +884,7 @@ FILES_SHOWN = """() => {
 def test_browser_gallery_fits_desktop_and_phone_widths(browser, browser_app, width):
     page = open_page(browser, browser_app, width)
     try:
-        count = len(browser_app.w2e_hub.get().examples)
+        count = len(browser_app.w2e_models.get().examples)
         page.wait_for_function(f"() => document.querySelectorAll('#examples img').length === {count}")
         fits = page.evaluate(GALLERY_FITS)
         assert fits == {"count": count, "labels": 0, "inside": True, "cut": 0, "pageWidth": width}, fits
@@ -884,10 +896,10 @@ def test_browser_gallery_fits_desktop_and_phone_widths(browser, browser_app, wid
 def test_browser_upload_edit_and_read_locality(browser, browser_app, tmp_path):
     import re
 
-    example = str(browser_app.w2e_hub.get().examples[0].path)
+    example = str(browser_app.w2e_models.get().examples[0].path)
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
-    # README screenshots come from a real model; the tiny random world's go to a temporary folder
+    # a real model's screenshots are kept (untracked) for the README; the tiny random world's are temporary
     shots = SCREENSHOTS if os.environ.get("W2E_APP_SCREENSHOT_MODEL") else tmp_path
     shots.mkdir(parents=True, exist_ok=True)
     page = open_page(browser, browser_app, 1280)
@@ -921,12 +933,12 @@ def test_browser_upload_edit_and_read_locality(browser, browser_app, tmp_path):
         assert "Edit succeeded" in page.locator("#edit-result").inner_text()  # earlier results stay
         page.locator("#examples img").nth(2).click()  # the app keeps serving; the gallery loads a failure
         prediction = page.locator("#prediction")
-        prediction.get_by_text(f"group {browser_app.w2e_hub.get().examples[2].caption.split(':')[0]}").wait_for()
+        prediction.get_by_text(f"group {browser_app.w2e_models.get().examples[2].caption.split(':')[0]}").wait_for()
         prediction.get_by_text("with your 1 edit(s) predicts").wait_for()
         page.wait_for_timeout(300)  # let the chained mask event start, then wait until nothing is pending
         page.wait_for_function("() => !document.querySelector('.pending, .eta-bar, .progress-text')")
         typed = page.locator("#label input")
-        for name in browser_app.w2e_hub.get().bundle.class_names:  # a whole name typed + Enter is that name
+        for name in browser_app.w2e_models.get().bundle.class_names:  # a whole name typed + Enter is that name
             typed.click()
             typed.fill("")
             typed.type(name)

@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from w2e.app.sessions import SessionsFullError, SessionStore
+from w2e.app.session_store import SessionsFullError, SessionStore
 
 
 @dataclass

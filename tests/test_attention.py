@@ -264,24 +264,28 @@ def test_cli_attention_user_errors_exit_2(tiny_dir, tiny_bundle, image_file, tmp
 
 
 def test_app_attention_view_and_figures(tiny_dir, tiny_bundle, image_file):
-    from w2e.app import workbench as logic
+    from w2e.app.attention_view import attention_shape, attention_view
+    from w2e.app.config import AppConfig
+    from w2e.app.model_cache import ModelCache
+    from w2e.app.session import Session
+    from w2e.app.text import describe_attention
     from w2e.viz.attention_charts import attention_heatmaps, attention_map_figure
 
-    bench = logic.Hub(logic.AppConfig(models=(str(tiny_dir),), device="cpu")).get()
-    session = logic.Session(str(tiny_dir))
+    bench = ModelCache(AppConfig(models=(str(tiny_dir),), device="cpu")).get()
+    session = Session(str(tiny_dir))
     with pytest.raises(ValueError, match="upload an image"):
-        logic.attention_view(bench, session, 1, 1)
-    session.set_sample(bench.sample_from_file(image_file))
-    assert logic.attention_shape(bench) == (6, 2)
-    view = logic.attention_view(bench, session, 6, 2)
+        attention_view(bench, session, 1, 1)
+    session.set_sample(bench.samples.from_file(image_file))
+    assert attention_shape(bench) == (6, 2)
+    view = attention_view(bench, session, 6, 2)
     assert (view.block, view.head, view.edited_map) == (5, 1, None)
-    assert "No edits" in logic.describe_attention(view)
+    assert "No edits" in describe_attention(view)
     session.edits.append(_random_edit(tiny_bundle))
-    view = logic.attention_view(bench, session, 6, 2)
+    view = attention_view(bench, session, 6, 2)
     assert view.edited_map.shape == (4, 4) and not torch.equal(view.edited_map, view.base_map)
-    assert "first changes in block" in logic.describe_attention(view)
+    assert "first changes in block" in describe_attention(view)
     with pytest.raises(ValueError, match="blocks 1–6 and heads 1–2"):
-        logic.attention_view(bench, session, 7, 1)
+        attention_view(bench, session, 7, 1)
     heatmaps = attention_heatmaps(view.report.base, view.report.edited, view.report.edit_blocks)
     assert len(heatmaps.data) == 6  # MAD and entropy x (base, edited, change)
     figure = attention_map_figure(session.sample.view, view.base_map, view.edited_map)

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +15,22 @@ from safetensors.numpy import save_file
 
 from tests.conftest import tiny_model, write_model_dir
 from w2e.bench import BenchOptions, run_bench
-from w2e.bench.ablations import EnsembleMethod, mask_specificity
 from w2e.bench.data import BenchContext, EvalLimits, load_any_benchmark, load_image_folder
 from w2e.bench.hooks import has_hooks
-from w2e.bench.methods import Resources, registry
+import w2e.bench.methods
+from w2e.bench.methods import (Resources, SettingsError, UnknownMethodError, method_entries, method_entry,
+                               method_names)
 from w2e.bench.metrics import (at_stop, group_generalization, locality_rate, paired_sign_tests, pareto_front, sign_test,
                                success_rate, summarise_records)
 from w2e.where.diagnostics import iou_matrix
 from w2e.bench.pgd import PGDConfig, pgd_pseudo_samples
 from w2e.bench.records import RecordStore
 from w2e.bench.report import format_markdown, format_sign_tests
+from w2e.bench.specificity import mask_specificity
 from w2e.inputs.sources import TensorSource
 from w2e.engine.fine_tune import fit_until_correct, masked_fine_tune
 from w2e.where.hypernet import new_hypernetwork
+from w2e.where.meta_train import MetaTrainConfig
 from w2e.models.loading import load_local_model
 from w2e.inputs.preprocess import normalise_array
 
@@ -178,6 +183,61 @@ def test_fit_until_correct_reports_the_first_right_step_once():
 
 
 # ---------------------------------------------------------------------------------------------
+# the methods package: registry, settings, layers
+# ---------------------------------------------------------------------------------------------
+def _bench_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    return {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+            and node.module.startswith("w2e.bench")}
+
+
+def test_method_families_import_only_the_shared_layer_of_the_package():
+    folder = Path(w2e.bench.methods.__file__).parent
+    shared = {f"w2e.bench.methods.{name}" for name in ("base", "registry", "capture", "site_methods")}
+    for path in folder.glob("*.py"):
+        inside = {module for module in _bench_imports(path) if module.startswith("w2e.bench.methods")}
+        outside = _bench_imports(path) - inside
+        assert not outside & {"w2e.bench.protocol", "w2e.bench.sequential", "w2e.bench.sharding"}, path.name
+        if path.stem not in ("__init__", *(name.rsplit(".", 1)[1] for name in shared)):
+            assert inside <= shared, f"{path.name} imports another family: {sorted(inside - shared)}"
+    assert _bench_imports(folder / "base.py") <= {"w2e.bench.data", "w2e.bench.state"}
+
+
+def test_registry_lists_methods_in_report_order_and_names_the_known_ones():
+    assert method_names(ablations=False) == ["w2e", "w2e-mean", "search", "ft", "ft-l1", "ft-l2", "random", "kn", "spt",
+                                             "tpatcher", "rome", "lora", "ke", "mend", "grace", "wise"]
+    assert method_names()[-3:] == ["w2e-ensemble", "w2e-cutmix", "w2e-pgd"]
+    assert [e.name for e in method_entries() if e.ablation == "pseudo"] == ["w2e-cutmix", "w2e-pgd"]
+    with pytest.raises(UnknownMethodError, match="choose from w2e, w2e-mean"):
+        method_entry("mnd")
+    sequential = {entry.name for entry in method_entries(ablations=False) if entry.sequential}
+    assert sequential == {"w2e", "w2e-mean", "search", "ft", "ft-l1", "ft-l2", "random", "kn", "spt", "tpatcher",
+                          "grace", "wise"}
+
+
+def test_settings_come_from_the_engine_defaults_and_refuse_unknown_keys(tiny_bundle):
+    from w2e.engine.fine_tune import EditConfig
+
+    quick = Resources(quick=True, seed=3)
+    ft = method_entry("ft").build_settings(tiny_bundle, quick)
+    assert (ft.lr, ft.max_steps, ft.loss_stop, ft.optimizer) == (tiny_bundle.edit_lr, EditConfig.max_steps,
+                                                                  EditConfig.loss_stop, EditConfig.optimizer)
+    search = method_entry("search").build_settings(tiny_bundle, quick, {"search": {"outer_steps": 2}})
+    assert search.search == replace(tiny_bundle.mask_search_config, outer_steps=2)  # one knob changed, the rest kept
+    cutmix = method_entry("w2e-cutmix").build_settings(tiny_bundle, quick)
+    assert cutmix.meta.seed == 3 and cutmix.meta.batch_size == MetaTrainConfig.batch_size and cutmix.pgd is None
+    assert method_entry("mend").build_settings(tiny_bundle, Resources()).iterations > \
+        method_entry("mend").build_settings(tiny_bundle, quick).iterations
+    grace = method_entry("grace")
+    assert grace.level(tiny_bundle, grace.build_settings(tiny_bundle, quick, {"block": 2})) == 2
+    with pytest.raises(SettingsError, match="unknown setting.*max_stepz.*known: .*max_steps"):
+        method_entry("ft").build_settings(tiny_bundle, quick, {"max_stepz": 3})
+    ensemble = method_entry("w2e-ensemble")
+    assert "search" not in ensemble.build_settings(tiny_bundle, Resources(hypernetwork=torch.nn.Identity())).to_dict()
+    assert ensemble.build_settings(tiny_bundle, quick).to_dict()["search"] == tiny_bundle.mask_search_config.to_dict()
+
+
+# ---------------------------------------------------------------------------------------------
 # fixtures: a tiny random ViT and a fake benchmark file
 # ---------------------------------------------------------------------------------------------
 def write_fake_benchmark(path: Path, bundle, per_group: int = 6, locality: int = 16, seed: int = 0) -> Path:
@@ -220,7 +280,9 @@ FAST_SETTINGS = {
 
 def _method(world, name, tmp_path, **extra):
     resources = Resources(world["hyper"], world["source"], tmp_path, quick=True, seed=0, log=lambda _: None)
-    method = registry()[name](world["ctx"], resources, None, **{**FAST_SETTINGS[name], **extra})
+    entry = method_entry(name)
+    settings = entry.build_settings(world["bundle"], resources, {**FAST_SETTINGS[name], **extra})
+    method = entry.create(world["ctx"], resources, settings)
     method.prepare()
     return method
 
@@ -229,7 +291,7 @@ def _state(model):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("name", list(registry()))
+@pytest.mark.parametrize("name", method_names(ablations=False))
 def test_every_method_edits_and_is_reversible(world, name, tmp_path):
     bundle, ctx = world["bundle"], world["ctx"]
     model = bundle.model
@@ -320,12 +382,12 @@ def test_w2e_mean_gives_every_image_one_mask_unlike_w2e(world, tmp_path):
     assert not torch.equal(w2e_masks[0], w2e_masks[1])
     assert not torch.equal(mean_masks[0], w2e_masks[0])
     # the mean of the hypernetwork's masks over the seeded training images, via timm's own forward
-    picks = torch.randperm(len(world["source"]), generator=torch.Generator().manual_seed(mean.config["mean_seed"]))[:16]
+    picks = torch.randperm(len(world["source"]), generator=torch.Generator().manual_seed(mean.settings.mean_seed))[:16]
     with torch.no_grad():
         features = bundle.model.forward_head(bundle.model.forward_features(world["source"].get(picks)), pre_logits=True)
         expected = world["hyper"].mask(features).mean(0)
     assert torch.allclose(mean.mean_mask, expected, atol=1e-5)
-    assert mean.settings()["mean_images"] == 16 and mean.settings()["mean_seed"] == 17
+    assert mean.settings.mean_images == 16 and mean.settings.mean_seed == 17
     edit = mean.edit(first, 0.1)
     assert edit.density == pytest.approx(0.1, abs=1 / np.prod(bundle.site.mask_shape))
 
@@ -388,7 +450,8 @@ def test_ke_and_mend_edit_the_last_three_ffns(world, tmp_path):
 def test_ensemble_and_mask_specificity(world, tmp_path):
     ctx = world["ctx"]
     resources = Resources(world["hyper"], None, tmp_path, quick=True, log=lambda _: None)
-    method = EnsembleMethod(ctx, resources, None, **FAST)
+    entry = method_entry("w2e-ensemble")
+    method = entry.create(ctx, resources, entry.build_settings(world["bundle"], resources, FAST))
     pairs = method.samples(2)
     assert pairs and all(len(s.rows) == 2 and s.rows[0] != s.rows[1] for s in pairs)
     edit = method.edit(pairs[0], 2)
@@ -530,13 +593,11 @@ def test_cli_parser_and_run(world, tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["w2e-cutmix", "w2e-pgd"])
 def test_pseudo_sample_hypernetworks_train_and_edit_reversibly(world, name, tmp_path):
-    from w2e.bench.ablations import ablation_registry
-
     resources = Resources(None, world["source"], tmp_path, quick=True, seed=0, log=lambda _: None)
-    cls = ablation_registry()[name]
-    meta = cls(world["ctx"], resources, None).config["meta"]
-    meta = {**meta, "iterations": 2, "batch_size": 2, "search": {**meta["search"], "outer_steps": 1, "inner_steps": 1}}
-    method = cls(world["ctx"], resources, None, meta=meta, **FAST)
+    entry = method_entry(name)
+    meta = {"iterations": 2, "batch_size": 2, "search": {"outer_steps": 1, "inner_steps": 1}}
+    method = entry.create(world["ctx"], resources, entry.build_settings(world["bundle"], resources, {"meta": meta, **FAST}))
+    assert method.settings.meta.search.inner_rule == "paper"  # a partial group keeps the other defaults
     method.prepare()
     assert method.summary["settings"]["pseudo"] == name.split("-")[1]
     before = _state(world["bundle"].model)
@@ -559,7 +620,7 @@ def test_edit_budget_is_spread_over_groups():
 
 def test_bench_train_command(world, tmp_path, capsys):
     from w2e.cli.bench import add_bench_parser
-    from w2e.bench.hyperedit import default_hyper_settings, hyper_editor_path
+    from w2e.bench.methods.hyperedit import hyper_editor_path
 
     rng = np.random.default_rng(1)
     (tmp_path / "train").mkdir()
@@ -573,6 +634,6 @@ def test_bench_train_command(world, tmp_path, capsys):
     args.func(args)
     out = capsys.readouterr().out
     assert "mend:" in out and "w2e-cutmix:" in out
-    settings = {**default_hyper_settings("mend", True), "iterations": 2, "batch_size": 2}
-    assert hyper_editor_path(tmp_path / "out", "mend", world["bundle"], settings, 0).is_file()
+    settings = method_entry("mend").build_settings(world["bundle"], Resources(quick=True), {"iterations": 2, "batch_size": 2})
+    assert hyper_editor_path(tmp_path / "out", world["bundle"], settings, 0).is_file()
     assert list((tmp_path / "out" / "ablation").glob("cutmix-*/hypernet.safetensors"))

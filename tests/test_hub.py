@@ -15,7 +15,8 @@ from huggingface_hub import HfApi, ModelCard
 from PIL import Image
 
 from tests.conftest import tiny_model, write_model_dir
-from w2e.app import workbench as logic
+from w2e.app.config import AppConfig, parse_app_args
+from w2e.app.model_cache import ModelCache
 from w2e.cli import main
 from w2e.cli.edit import _export
 from w2e.engine.edits import Edit
@@ -214,13 +215,13 @@ def test_cli_takes_hub_specs_and_refuses_a_mismatched_hypernetwork(hub_cache, ti
 def test_app_takes_a_hub_hypernetwork_from_a_flag_or_the_environment(hub_cache, tiny_dir, hyper_file):
     hub_cache("me/tiny", {p.name: p for p in tiny_dir.iterdir()})
     hub_cache("me/hyper", {"hypernet.safetensors": hyper_file, "hypernet.json": hyper_file.with_suffix(".json")})
-    from_env, _ = logic.parse_app_args([], env={"W2E_APP_MODELS": "hf://me/tiny", "W2E_APP_HYPERNETWORK": "hf://me/hyper"})
-    from_flag, _ = logic.parse_app_args(["--models", "hf://me/tiny", "--hypernetwork", "hf://me/hyper"], env={})
+    from_env, _ = parse_app_args([], env={"W2E_APP_MODELS": "hf://me/tiny", "W2E_APP_HYPERNETWORK": "hf://me/hyper"})
+    from_flag, _ = parse_app_args(["--models", "hf://me/tiny", "--hypernetwork", "hf://me/hyper"], env={})
     assert from_env.hypernetwork == from_flag.hypernetwork == "hf://me/hyper"
-    assert logic.parse_app_args([], env={})[0].hypernetwork is None
-    bench = logic.Hub(logic.AppConfig(models=from_env.models, hypernetwork=from_env.hypernetwork, device="cpu")).get()
+    assert parse_app_args([], env={})[0].hypernetwork is None
+    bench = ModelCache(AppConfig(models=from_env.models, hypernetwork=from_env.hypernetwork, device="cpu")).get()
     assert bench.editor.mask_source == "hypernetwork" and not bench.mask_needs_label
-    plain = logic.Hub(logic.AppConfig(models=from_env.models, device="cpu")).get()
+    plain = ModelCache(AppConfig(models=from_env.models, device="cpu")).get()
     assert plain.editor.mask_source == "test-time search"
 
 

@@ -142,7 +142,8 @@ import torch
 import torch.distributed as dist
 from w2e.inputs.sources import TensorSource
 from w2e.where.configs import MaskSearchConfig, MetaTrainConfig
-from w2e.where.meta_train import init_distributed_from_env, meta_train
+from w2e.engine.distributed import init_distributed_from_env
+from w2e.where.meta_train import meta_train
 from w2e.models.loading import load_local_model
 
 torch.set_num_threads(1)
@@ -249,7 +250,7 @@ def test_default_inner_step_moves_each_weight_by_lr_times_mask_times_gradient(ti
 
 
 def test_distributed_start_picks_the_device_and_refuses_missing_gpus(monkeypatch):
-    from w2e.where.meta_train import init_distributed_from_env
+    from w2e.engine.distributed import init_distributed_from_env
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert init_distributed_from_env("cpu") == torch.device("cpu")

@@ -11,13 +11,14 @@ import torch
 from tests.conftest import tiny_model, write_model_dir
 from tests.test_bench import write_fake_benchmark
 from w2e.bench.data import BenchContext, EditSample, EvalLimits, accuracy_rows, load_any_benchmark
-from w2e.bench.grace import Codebook, place_key
 from w2e.bench.hooks import has_hooks
-from w2e.bench.methods import Resources, SiteStack, registry
+from w2e.bench.methods import Resources, method_entry
+from w2e.bench.methods.grace import Codebook, place_key
+from w2e.bench.methods.site_methods import SiteStack
+from w2e.bench.methods.wise import activation_scores, ties_merge
 from w2e.bench.sequential import (BaseState, SequentialInputError, SequentialOptions, checkpoint_counts,
                                   checkpoint_metrics, edit_stream, fixes_held, resolve_checkpoints, run_sequential)
 from w2e.bench.state import read_state, save_state
-from w2e.bench.wise import activation_scores, ties_merge
 from w2e.formats.benchmark_file import BenchmarkData
 from w2e.engine.edits import dense_sum, edits_applied
 from w2e.engine.fine_tune import EditConfig, masked_fine_tune
@@ -52,7 +53,8 @@ def world(tmp_path_factory):
 
 def _method(world, name, tmp_path, **extra):
     resources = Resources(world["hyper"], world["source"], tmp_path, quick=True, seed=0, log=lambda _: None)
-    method = registry()[name](world["ctx"], resources, None, **{**SETTINGS[name], **extra})
+    entry = method_entry(name)
+    method = entry.create(world["ctx"], resources, entry.build_settings(world["bundle"], resources, {**SETTINGS[name], **extra}))
     method.prepare()
     return method
 
@@ -235,7 +237,7 @@ def test_wise_routes_an_irrelevant_input_to_the_main_memory(world, tmp_path):
     sample = ctx.samples[0]
     state, edit = method.sequential_edit(method.initial_state(0.88), sample, 0.88)
     assert edit.success
-    from w2e.bench.methods import capture_input
+    from w2e.bench.methods.capture import capture_input
 
     inputs = capture_input(model, state.fc2, ctx.tokens(method.level), method.level)
     scores = activation_scores(inputs, state.shard - state.main)
@@ -356,7 +358,7 @@ def test_sequential_run_writes_curves_and_resumes_after_a_kill(world, tmp_path, 
     assert [r["step"] for r in records if r["checkpoint"]] == [1, 3, length] * 3
     assert "Retention after every edit" in (tmp_path / "a" / "report.html").read_text()
     # a kill in the middle of grace's stream, after its third edit was saved
-    from w2e.bench.grace import GRACEMethod
+    from w2e.bench.methods.grace import GRACEMethod
 
     original = GRACEMethod.sequential_edit
     calls = {"n": 0}

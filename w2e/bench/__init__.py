@@ -38,9 +38,10 @@ iterations suffice). T-Patcher's memory loss, ROME's key covariance, w2e-mean's 
 KE/MEND and the CutMix/PGD hypernetworks use "seen" training images (``--train-data``; the fashion world's
 own by default), never benchmark images. Every setting is in results.json; ``--set
 METHOD.key=value`` and ``--knob METHOD=v1,v2`` change them. The lifelong editors GRACE
-(:mod:`w2e.bench.grace`: a key-value codebook on the [cls] state after one block; knob: the
-deferral radius) and WISE (:mod:`w2e.bench.wise`: a routed side memory for one FFN's second FC;
-knob: the routing threshold ratio) are in the same registry.
+(:mod:`w2e.bench.methods.grace`: a key-value codebook on the [cls] state after one block; knob: the
+deferral radius) and WISE (:mod:`w2e.bench.methods.wise`: a routed side memory for one FFN's second
+FC; knob: the routing threshold ratio) are in the same registry (:mod:`w2e.bench.methods`: one
+module per family, each method with a typed settings dataclass).
 
 Sequential protocol (``--sequential``, :mod:`w2e.bench.sequential`): a seeded stream of editing
 samples edited one after another, each edit on the model the previous ones left; retention,
@@ -75,6 +76,11 @@ locality images (seeded subsets; ``all`` lifts a cap), every knob value, KE/MEND
 iterations, all ablations (CutMix/PGD hypernetworks 30 iterations each).
 ``--edits-per-group N`` replaces the budget by N samples in every group.
 
+Sharding (:mod:`w2e.bench.sharding`): under ``torchrun`` every process makes every
+``world_size``-th edit of each method; the records are gathered after the method, in the
+single-process order, and rank 0 alone writes ``edits.jsonl``, ``results.json`` and ``report.html``
+(equal to a single-process run's, timings aside). The sequential protocol runs in one process.
+
 Speed: tokens entering the first edited block are computed once for every image of the run
 and shared by all methods editing at or after that block; methods that edit later blocks
 (T-Patcher, ROME: last block; KE/MEND: last three) derive their cache from it; LoRA, which
@@ -84,13 +90,13 @@ is one batched pass over its group's images and the locality set.
 from w2e.bench.data import BenchContext, EditSample, EvalLimits, load_any_benchmark, load_image_folder
 from w2e.where.diagnostics import iou_matrix
 from w2e.bench.metrics import group_generalization, locality_rate, paired_sign_tests, sign_test, success_rate, summarise_records
-from w2e.bench.methods import BenchEdit, Method, Resources, registry
+from w2e.bench.methods import BenchEdit, Method, MethodSettings, Resources, method_entry, method_names
 from w2e.bench.protocol import BenchOptions, run_bench
 from w2e.bench.sequential import SequentialOptions, run_sequential
 
 __all__ = [
-    "BenchContext", "BenchEdit", "BenchOptions", "EditSample", "EvalLimits", "Method", "Resources",
+    "BenchContext", "BenchEdit", "BenchOptions", "EditSample", "EvalLimits", "Method", "MethodSettings", "Resources",
     "SequentialOptions", "group_generalization", "iou_matrix", "load_any_benchmark", "load_image_folder",
-    "locality_rate", "paired_sign_tests", "registry", "run_bench", "run_sequential", "sign_test", "success_rate",
-    "summarise_records",
+    "locality_rate", "method_entry", "method_names", "paired_sign_tests", "run_bench", "run_sequential", "sign_test",
+    "success_rate", "summarise_records",
 ]

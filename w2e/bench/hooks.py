@@ -1,10 +1,11 @@
-"""Thread-scoped forward hooks and weight overrides for layers outside the edit site.
+"""Thread-scoped forward hooks for layers outside the edit site, and the check that none is left.
 
 Baselines that are not site-structured (T-Patcher's extra neuron, KN's activation scaling,
-ROME's hidden-state search) change a module's output. :func:`scoped_forward_hook` registers a
-hook only for the duration of a ``with`` block, and the hook acts only in the context (thread)
-that entered the block, so other users of the shared model never see it. LoRA uses the core
-per-thread weight override (:mod:`w2e.engine.overrides`) on timm's fused ``attn.qkv`` layers.
+ROME's hidden-state search, GRACE's codebook, WISE's routing) change a module's output.
+:func:`scoped_forward_hook` registers a hook only for the duration of a ``with`` block, and the
+hook acts only in the context (thread) that entered the block, so other users of the shared model
+never see it. Weight changes outside the site (LoRA, WISE) use the core per-thread weight
+override (:func:`w2e.engine.overrides.make_linear_overridable`).
 """
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ from contextvars import ContextVar
 from typing import Callable, Iterator
 
 from torch import nn
-
-from w2e.engine.overrides import OverridableLinear
 
 _ACTIVE: ContextVar[frozenset[int]] = ContextVar("w2e_bench_hooks", default=frozenset())
 
@@ -46,15 +45,6 @@ def scoped_forward_hook(module: nn.Module, fn: Callable, pre: bool = False) -> I
         _ACTIVE.reset(token)
         handle.remove()
         del marker
-
-
-def make_linear_overridable(linear: nn.Module) -> OverridableLinear:
-    """Switch one ``nn.Linear`` to :class:`OverridableLinear` (idempotent; same as the site's layers)."""
-    if type(linear) is nn.Linear:
-        linear.__class__ = OverridableLinear
-    elif not isinstance(linear, OverridableLinear):
-        raise TypeError(f"cannot override a {type(linear).__name__}")
-    return linear  # type: ignore[return-value]
 
 
 def has_hooks(model: nn.Module) -> bool:

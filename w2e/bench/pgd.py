@@ -38,7 +38,13 @@ class PGDConfig:
     random_start: bool = False
 
     def to_dict(self) -> dict:
+        """JSON-ready dict."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> PGDConfig:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**raw)
 
 
 def pgd_pseudo_samples(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
@@ -84,7 +90,7 @@ def meta_train_pseudo(bundle: ModelBundle, source, out_dir: str | Path, config: 
     Runs :func:`w2e.where.meta_train.meta_train` (same image picks for both kinds); PGD uses
     ``source.labels`` when the source has them, else the base model's prediction (recorded as
     ``label_source``). Reuses ``out_dir`` when a finished run with identical settings is
-    there. Returns (hypernetwork, summary).
+    there. Trains in this process alone, also under ``torchrun``. Returns (hypernetwork, summary).
     """
     if pseudo not in ("cutmix", "pgd"):
         raise ValueError(f"unknown pseudo-sample kind {pseudo!r}; use 'cutmix' or 'pgd'")
@@ -106,7 +112,8 @@ def meta_train_pseudo(bundle: ModelBundle, source, out_dir: str | Path, config: 
                 f"fit {entry['fit_loss']:.4f}")
 
     sampler = pgd_sampler(bundle, pgd) if pseudo == "pgd" else None
-    path = meta_train(bundle, source, out_dir, config, log=report, show_progress=False, pseudo_samples=sampler)
+    path = meta_train(bundle, source, out_dir, config, log=report, show_progress=False, pseudo_samples=sampler,
+                      distributed=False)
     history = [json.loads(line) for line in (out_dir / LOG_FILE).read_text().splitlines()]
     tail = history[-min(10, len(history)):]
     summary = {"settings": settings, "base_sha256": bundle.sha256, "seconds": time.perf_counter() - started,

@@ -1,4 +1,5 @@
-"""Run the benchmark protocol for a set of methods; resumable; writes results.json and report.html."""
+"""Run the benchmark protocol for a set of methods; resumable; shardable over ``torchrun`` processes;
+writes results.json and report.html."""
 from __future__ import annotations
 
 import json
@@ -11,14 +12,16 @@ from typing import Callable
 
 import torch
 
-from w2e.formats.benchmark_file import BenchmarkData
-from w2e.models.loading import ModelBundle, state_dict_sha256
-from w2e.bench.ablations import ablation_registry, mask_specificity
-from w2e.bench.data import BenchContext, EvalLimits, benchmark_fingerprint
+from w2e.bench.data import BenchContext, EditSample, EvalLimits, benchmark_fingerprint
 from w2e.bench.hooks import has_hooks
-from w2e.bench.methods import Resources, SearchMethod, W2EMethod, registry
+from w2e.bench.methods import Method, Resources, UnknownMethodError, method_entries, method_entry, method_names
 from w2e.bench.metrics import SINGLE_SETTING_RHOS, paired_sign_tests, summarise_records
 from w2e.bench.records import RecordStore, record_key, settings_hash
+from w2e.bench.sharding import Shard, sweep_shard
+from w2e.bench.specificity import mask_specificity
+from w2e.formats.benchmark_file import BenchmarkData
+from w2e.models.loading import ModelBundle, state_dict_sha256
+from w2e.where.meta_train import ImageSource
 
 RECORDS_FILE = "edits.jsonl"
 RESULTS_FILE = "results.json"
@@ -78,33 +81,74 @@ class BenchOptions:
 
 def all_method_names() -> list[str]:
     """Names accepted by ``--methods`` (comparison methods, then ablation variants)."""
-    return [*registry(), *ablation_registry()]
+    return method_names()
 
 
 def selected_methods(options: BenchOptions) -> list[str]:
-    names = list(registry()) if options.methods is None else list(options.methods)
-    unknown = [n for n in names if n not in all_method_names()]
-    if unknown:
-        raise ValueError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(all_method_names())}")
-    if options.methods is None:
-        if "ensemble" in options.chosen_ablations():
-            names.append("w2e-ensemble")
-        if "pseudo" in options.chosen_ablations():
-            names += ["w2e-cutmix", "w2e-pgd"]
-    return names
+    """The methods a run with ``options`` runs, in report order: the given ones, or every comparison
+    method plus the variants of the chosen ablations.
+
+    Raises:
+        UnknownMethodError: a given name is not registered (the message lists the known ones).
+    """
+    if options.methods is not None:
+        unknown = [name for name in options.methods if name not in all_method_names()]
+        if unknown:
+            raise UnknownMethodError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(all_method_names())}")
+        return list(options.methods)
+    chosen = options.chosen_ablations()
+    return [entry.name for entry in method_entries() if entry.ablation is None or entry.ablation in chosen]
 
 
 def run_bench(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path, options: BenchOptions = BenchOptions(),
-              hypernetwork: torch.nn.Module | None = None, train_source=None, benchmark_path: str | None = None,
-              log: Callable[[str], None] | None = None, progress: bool = True) -> dict:
-    """Run (or resume) the benchmark; returns the results dict also written to ``out_dir``.
+              hypernetwork: torch.nn.Module | None = None, train_source: ImageSource | None = None,
+              benchmark_path: str | None = None, log: Callable[[str], None] | None = None,
+              progress: bool = True) -> dict:
+    """Run (or resume) the benchmark; every selected method's edits, scored and summarised.
 
     Every edit is appended to ``edits.jsonl`` as soon as it is evaluated; a rerun with the
     same settings skips recorded edits, so an interrupted run resumes where it stopped.
+
+    Under ``torchrun`` (several processes) the process group is set up if it is not yet (and
+    taken down at the end), each process makes its share of every method's edits (position ``i`` of the method's edit list
+    when ``i % world_size == rank``), and the records are gathered after each method, put back
+    in the single-process order and appended by rank 0, which alone writes files and messages:
+    the outputs equal a single-process run's (timings aside).
+
+    Args:
+        bundle: the model to edit; its weights are checked unchanged after every method. Under
+            ``torchrun`` on GPUs, load it on :func:`w2e.engine.distributed.init_distributed_from_env`'s device.
+        data: the benchmark (failure groups and locality set).
+        out_dir: where ``edits.jsonl``, ``results.json``, ``report.html`` and trained baselines go.
+        options: methods, limits, ablations, knob values and setting overrides (:class:`BenchOptions`).
+        hypernetwork: w2e's hypernetwork (``None``: the methods that need one are skipped).
+        train_source: "seen" training images for the methods that use them (``None``: those that
+            need them are skipped).
+        benchmark_path: where the benchmark was read from, recorded in ``results.json``.
+        log: progress messages (default: printed to stderr); rank 0's only under ``torchrun``.
+        progress: show a progress bar per method (on a terminal, rank 0).
+
+    Returns:
+        The results dict written to ``results.json`` (on every process under ``torchrun``).
+
+    Raises:
+        UnknownMethodError: a method name is not registered.
+        SettingsError: an override in ``options.method_settings`` names no setting of its method.
+        BaseModelChangedError: a method left a hook on the model or changed its weights.
+        ShardPlacementError: under ``torchrun``, the model is on another GPU than this process's.
     """
-    log = log or (lambda text: print(text, file=sys.stderr))
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with sweep_shard(bundle) as shard:
+        return _run_shard(bundle, data, Path(out_dir), options, hypernetwork, train_source, benchmark_path,
+                          log or (lambda text: print(text, file=sys.stderr)), progress, shard)
+
+
+def _run_shard(bundle: ModelBundle, data: BenchmarkData, out_dir: Path, options: BenchOptions,
+               hypernetwork: torch.nn.Module | None, train_source: ImageSource | None, benchmark_path: str | None,
+               log: Callable[[str], None], progress: bool, shard: Shard) -> dict:
+    """:func:`run_bench` in the process ``shard`` describes."""
+    log = log if shard.is_main else _silent
+    if shard.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     limits = options.limits()
     base_sha = state_dict_sha256(bundle.model)
@@ -113,65 +157,77 @@ def run_bench(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path, opt
     common = {"model_sha256": base_sha, "benchmark": benchmark_fingerprint(data), "seed": options.seed,
               "max_group_eval": limits.max_group_eval, "max_locality": limits.max_locality,
               "protocol": PROTOCOL_VERSION}
-    store = RecordStore(out_dir / RECORDS_FILE)
+    store = RecordStore(out_dir / RECORDS_FILE, writer=shard.is_main)
     if store.dropped:
         log(f"dropped {store.dropped} incomplete record line(s) from {out_dir / RECORDS_FILE}")
-    classes = {**registry(), **ablation_registry()}
     names = selected_methods(options)
+    entries = {name: method_entry(name) for name in names}
+    settings = {name: entries[name].build_settings(bundle, resources, options.method_settings.get(name))
+                for name in names}
+    levels = {name: entries[name].level(bundle, settings[name]) for name in names}
     methods_info, skipped, hashes, instances = {}, {}, {}, {}
     for index, name in enumerate(names):
-        method = classes[name](ctx, resources, options.knob_values.get(name), **options.method_settings.get(name, {}))
+        method = entries[name].create(ctx, resources, settings[name], options.knob_values.get(name))
         reason = method.unavailable()
         if reason:
             skipped[name] = reason
             log(f"skipping {name}: {reason}")
             continue
-        digest = settings_hash(method.settings(), common)
+        digest = settings_hash(method.recorded_settings(), common)
         hashes[name] = digest
         todo = [(value, sample) for value in method.values for sample in method.samples(value)
                 if not store.done(record_key(name, value, sample.key), digest)]
         method_started = time.perf_counter()
-        method.prepare()
-        _run_edits(ctx, method, todo, store, digest, progress)
+        shard.main_first(method.prepare)
+        _run_edits(ctx, method, todo, store, digest, shard, progress and shard.is_main)
         check_base_unchanged(bundle, base_sha, name)
         instances[name] = method
-        methods_info[name] = {"title": method.title, "knob": method.knob, "values": list(method.values),
-                              "level": method.level, "settings": method.settings(), "settings_hash": digest,
-                              "new_edits": len(todo), "seconds_this_run": time.perf_counter() - method_started,
-                              **({"training": method.summary} if hasattr(method, "summary") else {})}
-        keep = {bundle.site.start} | {_level_of(classes[n], ctx, resources) for n in names[index + 1 :]}
-        ctx.release_levels(sorted(keep))
-    iou = None
-    if "iou" in options.chosen_ablations():
-        iou = _specificity(ctx, resources, instances, hypernetwork)
-    records = list(store.select(hashes))
-    results = {
-        "format": RESULTS_FORMAT,
-        "model": model_info(bundle, base_sha),
-        "benchmark": {"path": benchmark_path, "fingerprint": common["benchmark"], "groups": _group_table(ctx),
-                      "locality_images": int(len(data.locality_indices)),
-                      "locality_images_evaluated": int(len(ctx.locality_rows)), "editing_samples": len(ctx.samples)},
-        "protocol": {"version": PROTOCOL_VERSION, "quick": options.quick, "seed": options.seed, "limits": limits.to_dict(),
-                     "ablations": list(options.chosen_ablations()),
-                     "editing_samples": "group images the base model gets wrong (seeded order; first edits_per_group)",
-                     "every_edit_from_base": True, "gr": "other images of the group, no -1 bias, mean over groups",
-                     "lr": "agreement with the base model on the locality set",
-                     "stops": {"rule": "the edit loop's stop rule: every editing sample right and cross-entropy "
-                                       "<= loss_stop, or max_steps",
-                               "first_right": "the first optimiser step where every editing sample is right; an "
-                                              "edit never right is scored at the rule stop (the step cap)"}},
-        "methods": methods_info,
-        "skipped": skipped,
-        "summary": summarise_records(records, ctx.data.group_names),
-        "summary_first_right": summarise_records(records, ctx.data.group_names, stop="first_right"),
-        "sign_tests": sign_test_table(records, [n for n in names if n in registry()]),
-        "timing": timing_by_method(records),
-        "iou": iou,
-        "base_model_unchanged": True,
-        "environment": environment(bundle),
-        "seconds": time.perf_counter() - started,
-    }
-    return write_results(results, out_dir, _report_writer, log)
+        methods_info[name] = method_info(method, digest) | {
+            "new_edits": len(todo), "seconds_this_run": time.perf_counter() - method_started,
+            **({"training": method.summary} if method.summary is not None else {})}
+        ctx.release_levels(sorted({bundle.site.start} | {levels[n] for n in names[index + 1 :]}))
+    results = None
+    if shard.is_main:
+        iou = _specificity(ctx, resources, instances, hypernetwork) if "iou" in options.chosen_ablations() else None
+        records = list(store.select(hashes))
+        results = {
+            "format": RESULTS_FORMAT,
+            "model": model_info(bundle, base_sha),
+            "benchmark": {"path": benchmark_path, "fingerprint": common["benchmark"], "groups": _group_table(ctx),
+                          "locality_images": int(len(data.locality_indices)),
+                          "locality_images_evaluated": int(len(ctx.locality_rows)), "editing_samples": len(ctx.samples)},
+            "protocol": {"version": PROTOCOL_VERSION, "quick": options.quick, "seed": options.seed,
+                         "limits": limits.to_dict(), "ablations": list(options.chosen_ablations()),
+                         "editing_samples": "group images the base model gets wrong (seeded order; first edits_per_group)",
+                         "every_edit_from_base": True, "gr": "other images of the group, no -1 bias, mean over groups",
+                         "lr": "agreement with the base model on the locality set",
+                         "stops": {"rule": "the edit loop's stop rule: every editing sample right and cross-entropy "
+                                           "<= loss_stop, or max_steps",
+                                   "first_right": "the first optimiser step where every editing sample is right; an "
+                                                  "edit never right is scored at the rule stop (the step cap)"}},
+            "methods": methods_info,
+            "skipped": skipped,
+            "summary": summarise_records(records, ctx.data.group_names),
+            "summary_first_right": summarise_records(records, ctx.data.group_names, stop="first_right"),
+            "sign_tests": sign_test_table(records, [n for n in names if entries[n].ablation is None]),
+            "timing": timing_by_method(records),
+            "iou": iou,
+            "base_model_unchanged": True,
+            "environment": environment(bundle),
+            "seconds": time.perf_counter() - started,
+        }
+        results = write_results(results, out_dir, _report_writer, log)
+    return shard.from_main(results)
+
+
+def _silent(_text: str) -> None:
+    """The log of a process other than the main one of a sharded sweep."""
+
+
+def method_info(method: Method, digest: str) -> dict:
+    """A method as ``results.json["methods"]`` records it: title, knob, values, level and settings."""
+    return {"title": method.title, "knob": method.knob, "values": list(method.values), "level": method.level,
+            "settings": method.recorded_settings(), "settings_hash": digest}
 
 
 def _report_writer():
@@ -220,13 +276,6 @@ def clean_json(value):
     return str(value)
 
 
-def _level_of(cls, ctx, resources) -> int:
-    try:
-        return cls(ctx, resources).level
-    except Exception:  # noqa: BLE001 - a level that cannot be computed just is not kept
-        return ctx.bundle.site.start
-
-
 def sign_test_table(records: list[dict], baselines: list[str]) -> dict:
     """``results.json["sign_tests"]``: :func:`w2e.bench.metrics.paired_sign_tests` of w2e against
     ``baselines`` at both stops, with what the columns mean."""
@@ -246,25 +295,43 @@ def _first_right_record(ctx: BenchContext, edit, sample, counts: dict) -> dict |
     return {**first_counts, "steps": first.steps, "seconds": first.seconds}
 
 
-def _run_edits(ctx: BenchContext, method, todo, store: RecordStore, digest: str, progress: bool) -> None:
+def _run_edits(ctx: BenchContext, method: Method, todo: list[tuple[object, EditSample]], store: RecordStore,
+               digest: str, shard: Shard, progress: bool) -> None:
+    """Make and score this process's share of ``todo``; records go to ``store`` as soon as they are
+    made (one process) or, gathered in ``todo`` order, when the method is done (several)."""
     from tqdm import tqdm
 
-    bar = tqdm(todo, desc=method.name, disable=not progress or not todo or not sys.stderr.isatty(), leave=False,
+    mine = shard.share(todo)
+    bar = tqdm(mine, desc=method.name, disable=not progress or not mine or not sys.stderr.isatty(), leave=False,
                file=sys.stderr)
-    for value, sample in bar:
-        edit = method.edit(sample, value)
-        eval_started = time.perf_counter()
-        counts = ctx.evaluate(edit, sample)
-        first_right = _first_right_record(ctx, edit, sample, counts)
-        base = [int(ctx.base_row_predictions[r]) for r in sample.rows]
-        store.append({
-            "key": record_key(method.name, value, sample.key), "settings": digest, "method": method.name,
-            "knob": method.knob, "value": value, "group": sample.group, "group_name": ctx.data.group_names[sample.group],
-            "rows": list(sample.rows), "label": sample.label, "pred_before": base, **counts,
-            "train_success": edit.success, "steps": edit.steps, "seconds": edit.seconds,
-            "eval_seconds": time.perf_counter() - eval_started, "num_parameters": edit.num_parameters,
-            "density": edit.density, "level": edit.level, "info": edit.info, "first_right": first_right,
-        })
+    made = []
+    for position, (value, sample) in bar:
+        record = _edit_record(ctx, method, value, sample, digest)
+        if shard.world == 1:
+            store.append(record)
+        else:
+            made.append((position, record))
+    if shard.world > 1:
+        for record in shard.merged(made):
+            if shard.is_main:
+                store.append(record)
+
+
+def _edit_record(ctx: BenchContext, method: Method, value, sample: EditSample, digest: str) -> dict:
+    """Edit ``sample`` with knob ``value`` and score it: the record ``edits.jsonl`` keeps."""
+    edit = method.edit(sample, value)
+    eval_started = time.perf_counter()
+    counts = ctx.evaluate(edit, sample)
+    first_right = _first_right_record(ctx, edit, sample, counts)
+    base = [int(ctx.base_row_predictions[r]) for r in sample.rows]
+    return {
+        "key": record_key(method.name, value, sample.key), "settings": digest, "method": method.name,
+        "knob": method.knob, "value": value, "group": sample.group, "group_name": ctx.data.group_names[sample.group],
+        "rows": list(sample.rows), "label": sample.label, "pred_before": base, **counts,
+        "train_success": edit.success, "steps": edit.steps, "seconds": edit.seconds,
+        "eval_seconds": time.perf_counter() - eval_started, "num_parameters": edit.num_parameters,
+        "density": edit.density, "level": edit.level, "info": edit.info, "first_right": first_right,
+    }
 
 
 def timing_by_method(records) -> dict:
@@ -289,10 +356,12 @@ def check_base_unchanged(bundle: ModelBundle, expected: str, name: str) -> None:
         raise BaseModelChangedError(f"method {name} changed the base model's weights")
 
 
-def _specificity(ctx, resources, instances, hypernetwork):
+def _specificity(ctx: BenchContext, resources: Resources, instances: dict[str, Method],
+                 hypernetwork: torch.nn.Module | None) -> dict:
+    """The IoU ablation on the masks of w2e (or the test-time search), with default settings if they did not run."""
     method = instances.get("w2e") or instances.get("search")
     if method is None:
-        method = W2EMethod(ctx, resources) if hypernetwork is not None else SearchMethod(ctx, resources)
+        method = method_entry("w2e" if hypernetwork is not None else "search").create(ctx, resources)
     return mask_specificity(ctx, method)
 
 

@@ -23,11 +23,14 @@ class RecordStore:
     """Append-only JSONL of per-edit records with crash-safe resume.
 
     On opening, lines that do not parse (a run killed mid-write) are dropped and the file is
-    rewritten atomically without them; :meth:`done` then tells which edits can be skipped.
+    rewritten atomically without them; :meth:`done` then tells which edits can be skipped. A
+    store opened with ``writer=False`` (a process of a sharded sweep other than the main one)
+    only reads: it skips such lines without rewriting the file and refuses :meth:`append`.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, writer: bool = True) -> None:
         self.path = Path(path)
+        self.writer = writer
         self.records: dict[tuple[str, str], dict] = {}
         self.dropped = 0
         if self.path.is_file():
@@ -41,11 +44,11 @@ class RecordStore:
                     continue
                 good.append(line)
                 self.records[key] = record
-            if self.dropped:
+            if self.dropped and writer:
                 tmp = self.path.with_suffix(".tmp")
                 tmp.write_text("".join(line + "\n" for line in good))
                 tmp.replace(self.path)
-        else:
+        elif writer:
             self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def done(self, key: str, settings: str) -> bool:
@@ -54,6 +57,8 @@ class RecordStore:
 
     def append(self, record: dict) -> None:
         """Write one record (must carry ``key`` and ``settings``) and flush it to disk."""
+        if not self.writer:
+            raise PermissionError(f"{self.path} was opened read-only (writer=False)")
         line = json.dumps(record, sort_keys=True)
         with open(self.path, "a") as handle:
             handle.write(line + "\n")

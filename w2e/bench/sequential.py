@@ -20,8 +20,9 @@ Protocol
   (:func:`w2e.bench.data.accuracy_rows`, named in ``results.json``); the base model is scored
   the same way (method ``base``).
 - Methods: one value of each method's knob (``sequential_value``, e.g. w2e at rho 0.1; ``--knob``
-  gives others); settings as in the single-edit protocol (:mod:`w2e.bench.methods`,
-  :mod:`w2e.bench.grace`, :mod:`w2e.bench.wise`).
+  gives others); settings as in the single-edit protocol (:mod:`w2e.bench.methods`). Methods
+  without a sequential form (:class:`~w2e.bench.methods.SequentialForm`) are skipped.
+- One process: edit t needs edit t - 1, so the stream is not sharded (``torchrun`` is refused).
 
 Outputs in ``--out``: ``steps.jsonl`` (one record per edit, flushed at once), ``states/`` (each
 method's state after its last finished edit, safetensors), ``results.json`` (``curves``: the
@@ -44,13 +45,15 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from w2e.bench.data import BenchContext, EditSample, EvalLimits, benchmark_fingerprint
+from w2e.bench.methods import Resources, SequentialForm, method_entry, method_names
+from w2e.bench.protocol import check_base_unchanged, environment, method_info, model_info, write_results
+from w2e.bench.records import RecordStore, settings_hash
+from w2e.bench.state import EditState, read_state, save_state
+from w2e.engine.distributed import launched_by_torchrun
 from w2e.formats.benchmark_file import BenchmarkData
 from w2e.models.loading import ModelBundle, state_dict_sha256
-from w2e.bench.data import BenchContext, EditSample, EvalLimits, benchmark_fingerprint
-from w2e.bench.methods import Resources, registry
-from w2e.bench.records import RecordStore, settings_hash
-from w2e.bench.protocol import check_base_unchanged, environment, model_info, write_results
-from w2e.bench.state import EditState, read_state, save_state
+from w2e.where.meta_train import ImageSource
 
 SEQUENTIAL_PROTOCOL_VERSION = 1
 RESULTS_FORMAT = "w2e.bench.sequential/1"
@@ -184,9 +187,17 @@ def _step_key(name: str, value, step: int) -> str:
 
 def run_sequential(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path,
                    options: SequentialOptions = SequentialOptions(), hypernetwork: torch.nn.Module | None = None,
-                   train_source=None, benchmark_path: str | None = None, log: Callable[[str], None] | None = None,
-                   progress: bool = True) -> dict:
-    """Run (or resume) the sequential protocol; returns the results dict also written to ``out_dir``."""
+                   train_source: ImageSource | None = None, benchmark_path: str | None = None,
+                   log: Callable[[str], None] | None = None, progress: bool = True) -> dict:
+    """Run (or resume) the sequential protocol; returns the results dict also written to ``out_dir``.
+
+    Raises:
+        SequentialInputError: unknown methods, no editing sample, bad checkpoints, or several
+            ``torchrun`` processes.
+    """
+    if launched_by_torchrun():
+        raise SequentialInputError("the sequential protocol runs in one process (every edit starts from the previous "
+                                   "one); start it without torchrun")
     log = log or (lambda text: print(text, file=sys.stderr))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -205,32 +216,34 @@ def run_sequential(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path
     store = RecordStore(out_dir / RECORDS_FILE)
     if store.dropped:
         log(f"dropped {store.dropped} incomplete record line(s) from {out_dir / RECORDS_FILE}")
-    classes = registry()
+    known = method_names(ablations=False)
     names = list(options.methods) if options.methods is not None else list(DEFAULT_METHODS)
-    unknown = [n for n in names if n not in classes]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        raise SequentialInputError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(classes)}")
+        raise SequentialInputError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    entries = {name: method_entry(name) for name in names}
+    settings = {name: entries[name].build_settings(bundle, resources, options.method_settings.get(name))
+                for name in names}
     methods_info, skipped, hashes = {}, {}, {}
     for name in names:
-        cls = classes[name]
-        values = options.knob_values.get(name) or (cls.sequential_value,)
-        method = cls(ctx, resources, values, **options.method_settings.get(name, {}))
-        reason = method.unavailable() or (None if method.supports_sequential() else "no sequential form")
+        entry = entries[name]
+        values = options.knob_values.get(name) or ((entry.method.sequential_value,) if entry.sequential else None)
+        method = entry.create(ctx, resources, settings[name], values)
+        reason = method.unavailable() or (None if entry.sequential else "no sequential form")
         if reason:
             skipped[name] = reason
             log(f"skipping {name}: {reason}")
             continue
-        digest = settings_hash(method.settings(), common)
+        digest = settings_hash(method.recorded_settings(), common)
         hashes[name] = digest
         method_started = time.perf_counter()
         method.prepare()
         new_steps = sum(_run_stream(ctx, method, value, stream, checkpoints, store, digest, out_dir, progress, log)
                         for value in method.values)
         check_base_unchanged(bundle, base_sha, name)
-        methods_info[name] = {"title": method.title, "knob": method.knob, "values": list(method.values),
-                              "level": method.level, "settings": method.settings(), "settings_hash": digest,
-                              "new_steps": new_steps, "seconds_this_run": time.perf_counter() - method_started,
-                              **({"training": method.summary} if hasattr(method, "summary") else {})}
+        methods_info[name] = method_info(method, digest) | {
+            "new_steps": new_steps, "seconds_this_run": time.perf_counter() - method_started,
+            **({"training": method.summary} if method.summary is not None else {})}
     records = list(store.select(hashes))
     base_rows = [{"method": "base", "knob": None, "value": None, "T": t,
                   **checkpoint_metrics(checkpoint_counts(ctx, BaseState(bundle.site.start), stream, t))}
@@ -267,7 +280,7 @@ def _report_writer():
     return write_sequential_report
 
 
-def _run_stream(ctx: BenchContext, method, value, stream: Sequence[EditSample], checkpoints: Sequence[int],
+def _run_stream(ctx: BenchContext, method: SequentialForm, value, stream: Sequence[EditSample], checkpoints: Sequence[int],
                 store: RecordStore, digest: str, out_dir: Path, progress: bool, log: Callable[[str], None]) -> int:
     """Edit the stream with one knob value, resuming after the last saved state; returns the edits made."""
     from tqdm import tqdm

@@ -27,6 +27,8 @@ full (default): 36 editing samples dealt round-robin over the groups (each group
 Every gradient-based edit is scored at the stop rule and when it first becomes right; w2e is
 sign-tested edit by edit against every other method (same rho, else w2e at rho 0.05 and 0.1).
 Results: OUT/edits.jsonl (one record per edit; reruns resume), OUT/results.json, OUT/report.html.
+Under torchrun (torchrun --nproc_per_node N -m w2e bench ...) every process makes its share of the
+  edits, one GPU each (gloo with --device cpu); rank 0 writes the records and the one report.
 
 --sequential: lifelong editing. A stream of editing samples (failures of every group, seeded order)
   edited one after another, each edit on the model the previous ones left; after T edits (--steps,
@@ -136,14 +138,14 @@ def _out_dir(args) -> Path:
     return Path("runs") / f"{kind}-{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}"
 
 
-def _bundle(args):
+def _bundle(args, device):
     import torch
 
-    from w2e.models.loading import best_device, load_model
+    from w2e.models.loading import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load_model(args.model, site_blocks=args.site_blocks, device=args.device or best_device())
+    return load_model(args.model, site_blocks=args.site_blocks, device=device)
 
 
 def resolve_train_source(spec: str | None, model_spec: str, bundle):
@@ -177,28 +179,24 @@ def _method_settings(args) -> dict[str, dict]:
 
 
 def _list_methods(quick: bool, sequential: bool = False) -> str:
-    from w2e.bench.ablations import ablation_registry
-    from w2e.bench.methods import Method, registry
+    from w2e.bench.methods import method_entries
 
     lines = []
-    for name, cls in ({**registry()} if sequential else {**registry(), **ablation_registry()}).items():
+    for entry in method_entries(ablations=not sequential):
+        cls = entry.method
         if sequential:
-            has_form = cls.sequential_edit is not Method.sequential_edit
-            knob = (f"{cls.knob} = {cls.sequential_value}" if cls.knob else "single setting") if has_form else "no sequential form"
+            knob = ((f"{cls.knob} = {cls.sequential_value}" if cls.knob else "single setting") if entry.sequential
+                    else "no sequential form")
         else:
-            values = cls.quick_values if quick and cls.quick_values is not None else cls.full_values
-            knob = f"{cls.knob} in {list(values)}" if cls.knob else "single setting"
-        lines.append(f"{name:<13} {cls.title:<45} {knob}")
+            knob = f"{cls.knob} in {list(cls.default_values(quick))}" if cls.knob else "single setting"
+        lines.append(f"{entry.name:<13} {cls.title:<45} {knob}")
     return "\n".join(lines)
 
 
 def cmd_bench(args) -> None:
     """Run (or resume) the benchmark and print the summary table."""
-    from w2e.where.hypernet import load_hypernetwork
-    from w2e.bench.data import load_any_benchmark
-    from w2e.bench.methods import SettingsError
-    from w2e.bench.report import format_table
-    from w2e.bench.protocol import ABLATIONS, BenchOptions, all_method_names, run_bench
+    from w2e.bench.protocol import ABLATIONS, all_method_names
+    from w2e.engine.distributed import process_group_from_env
 
     if args.list:
         print(_list_methods(args.quick, args.sequential))
@@ -222,7 +220,20 @@ def cmd_bench(args) -> None:
     bad = [a for a in ablations or () if a not in ABLATIONS]
     if bad:
         raise _cli_error(f"unknown ablation(s) {', '.join(bad)}; choose from {', '.join(ABLATIONS)}")
-    bundle = _bundle(args)
+    with process_group_from_env(args.device) as device:
+        _bench_on(args, device, methods, ablations)
+
+
+def _bench_on(args, device, methods: list[str] | None, ablations: tuple[str, ...] | None) -> None:
+    """``w2e bench`` once the options are checked, with the model on ``device``."""
+    from w2e.bench.data import load_any_benchmark
+    from w2e.bench.methods import SettingsError
+    from w2e.bench.protocol import BenchOptions, run_bench
+    from w2e.bench.report import format_table
+    from w2e.engine.distributed import rank_and_world
+    from w2e.where.hypernet import load_hypernetwork
+
+    bundle = _bundle(args, device)
     bench_path = Path(args.benchmark) if args.benchmark else bundle.benchmark_path
     if bench_path is None:
         raise _cli_error(f"model {bundle.name!r} has no bundled benchmark; give --benchmark FILE_OR_FOLDER")
@@ -244,6 +255,8 @@ def cmd_bench(args) -> None:
         results = run_bench(bundle, data, out, options, hypernetwork, source, str(bench_path))
     except SettingsError as error:
         raise _cli_error(str(error)) from None
+    if rank_and_world()[0] != 0:
+        return
     if args.json:
         print(json.dumps({"summary": results["summary"], "skipped": results["skipped"], "out": str(out)}))
     else:
@@ -275,31 +288,29 @@ def _run_sequential(args, bundle, data, methods, hypernetwork, source, bench_pat
 
 def cmd_bench_train(args) -> None:
     """Meta-train KE/MEND (and the ablation hypernetworks) into OUT, where ``w2e bench`` finds them."""
-    from w2e.bench.ablations import ablation_registry
-    from w2e.bench.hyperedit import default_hyper_settings, load_or_train_hyper_editor
-    from w2e.bench.methods import Resources
+    from w2e.bench.methods import Resources, SettingsError, method_entry
+    from w2e.bench.methods.ablations import PseudoSampleSettings, train_pseudo_hypernetwork
+    from w2e.bench.methods.hyperedit import load_or_train_hyper_editor
+    from w2e.engine.distributed import best_device
 
-    bundle = _bundle(args)
+    trainable = ("ke", "mend", "w2e-cutmix", "w2e-pgd")
+    unknown = [which for which in args.which if which not in trainable]
+    if unknown:
+        raise _cli_error(f"bench-train: unknown {unknown[0]!r}; choose from {', '.join(trainable)}")
+    bundle = _bundle(args, args.device or best_device())
     source = resolve_train_source(args.train_data, args.model, bundle)
     if source is None:
         raise _cli_error("meta-training needs training images: give --train-data FOLDER")
     out = _out_dir(args)
-    settings = _method_settings(args)
+    overrides = _method_settings(args)
+    resources = Resources(None, source, out, args.quick, args.seed)
     for which in args.which:
-        if which in ("ke", "mend"):
-            defaults = default_hyper_settings(which, args.quick)
-            unknown = sorted(set(settings.get(which, {})) - set(defaults))
-            if unknown:
-                raise _cli_error(f"{which}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
-            config = {**defaults, **settings.get(which, {})}
-            _, summary = load_or_train_hyper_editor(which, bundle, source, config, out, args.seed)
-            print(f"{which}: {json.dumps(summary)}")
-        elif which in ("w2e-cutmix", "w2e-pgd"):
-            from types import SimpleNamespace
-
-            resources = Resources(None, source, out, args.quick, args.seed)
-            method = ablation_registry()[which](SimpleNamespace(bundle=bundle), resources, None, **settings.get(which, {}))
-            method.prepare()
-            print(f"{which}: {json.dumps(method.summary)}")
+        try:
+            settings = method_entry(which).build_settings(bundle, resources, overrides.get(which))
+        except SettingsError as error:
+            raise _cli_error(str(error)) from None
+        if isinstance(settings, PseudoSampleSettings):
+            _, summary = train_pseudo_hypernetwork(bundle, resources, settings)
         else:
-            raise _cli_error(f"bench-train: unknown {which!r}; choose from ke, mend, w2e-cutmix, w2e-pgd")
+            _, summary = load_or_train_hyper_editor(bundle, source, settings, out, args.seed)
+        print(f"{which}: {json.dumps(summary)}")

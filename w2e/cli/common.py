@@ -101,7 +101,8 @@ def add_mask_options(parser: argparse.ArgumentParser, label_required: bool, prec
 def load_bundle(args: argparse.Namespace, device: torch.device | None = None) -> ModelBundle:
     """The model of ``--model`` with the site of ``--site-blocks``, on ``device`` (default: ``--device``,
     else the best available)."""
-    from w2e.models.loading import best_device, load_model
+    from w2e.engine.distributed import best_device
+    from w2e.models.loading import load_model
 
     return load_model(args.model, site_blocks=args.site_blocks, device=device or args.device or best_device())
 

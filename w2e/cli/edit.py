@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from w2e.cli.common import CliError, add_mask_options, emit, load_editor, progress_bar
 from w2e.engine.edit_config import EditConfig
-from w2e.models.folder import MODEL_FORMAT
 
 if TYPE_CHECKING:
     from w2e.engine.edits import Edit
@@ -79,22 +77,6 @@ def cmd_edit(args: argparse.Namespace) -> None:
 
 
 def _export(bundle: ModelBundle, edit: Edit, out_dir: Path) -> None:
-    from safetensors.torch import save_file
+    from w2e.publish.export import export_model_folder
 
-    from w2e.engine.edits import edited_state_dict
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = dict(bundle.manifest) if bundle.manifest else _timm_manifest(bundle)
-    for key in ("files", "hypernetwork", "benchmark", "subpopulations", "stronger", "figures"):  # files not exported
-        manifest.pop(key, None)
-    manifest["weights"] = "model.safetensors"
-    manifest["name"] = f"{bundle.name}-edited"
-    manifest["edited_from"] = {"name": bundle.name, "sha256": bundle.sha256, "edits": [edit.to_json()]}
-    save_file(edited_state_dict(bundle.model, bundle.site, [edit]), str(out_dir / "model.safetensors"))
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
-
-
-def _timm_manifest(bundle: ModelBundle) -> dict:
-    return {"format": MODEL_FORMAT, "architecture": {"timm_model": bundle.name, "kwargs": {}},
-            "class_names": bundle.class_names, "preprocessing": bundle.preprocessing.to_dict(),
-            "edit": {"lr": bundle.edit_lr, "site_blocks": list(bundle.site.blocks)}}
+    export_model_folder(bundle, [edit], out_dir)

@@ -67,7 +67,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 def cmd_meta_train(args: argparse.Namespace) -> None:
     """Meta-train a hypernetwork for a model on CutMix pseudo-samples of a data source."""
     from w2e.where.diagnostics import benchmark_probe
-    from w2e.where.meta_train import MetaConfigMismatchError, init_distributed_from_env, meta_train, saved_config
+    from w2e.engine.distributed import init_distributed_from_env
+    from w2e.where.meta_train import MetaConfigMismatchError, meta_train, saved_config
 
     device = init_distributed_from_env(args.device)
     bundle = load_bundle(args, device)

@@ -10,20 +10,13 @@ from torch import nn
 
 from w2e.engine.edit_config import EditConfig
 from w2e.engine.edits import Edit, stacked_weights
+from w2e.engine.optimizers import make_optimizer
 from w2e.engine.overrides import make_overridable, weight_overrides
 from w2e.engine.precision import autocast
 from w2e.engine.forward import forward_suffix
 from w2e.engine.site import EditSite
 
 ProgressFn = Callable[[int, int, float], None]
-
-
-def make_optimizer(name: str, params: Sequence[torch.Tensor], lr: float) -> torch.optim.Optimizer:
-    """An optimiser by name: ``rmsprop`` (paper), ``adam`` or ``sgd``."""
-    factories = {"rmsprop": torch.optim.RMSprop, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}
-    if name not in factories:
-        raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(factories)}")
-    return factories[name](params, lr=lr)
 
 
 class FirstRightSnapshot:

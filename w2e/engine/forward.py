@@ -66,13 +66,6 @@ def cached_prefix(model: nn.Module, images: torch.Tensor, start: int, batch_size
     return torch.cat(chunks) if chunks else images.new_zeros(0)
 
 
-@torch.no_grad()
-def suffix_predictions(model: nn.Module, tokens: torch.Tensor, start: int, batch_size: int = 512) -> torch.Tensor:
-    """Top-1 predictions from cached prefix tokens, in batches."""
-    preds = [forward_suffix(model, tokens[i : i + batch_size], start).argmax(-1) for i in range(0, len(tokens), batch_size)]
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
-
-
 def patch_size(model: nn.Module) -> int:
     """Side of the model's square patches (the grid CutMix aligns to)."""
     size = getattr(model.patch_embed, "patch_size", 1)

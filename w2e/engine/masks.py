@@ -5,6 +5,10 @@ from typing import Sequence
 
 import torch
 
+#: Kept fractions rho of the site that the trade-off explorer and the benchmark's GR-LR curves sweep
+#: (the paper's sparsity levels 0.25 ... 0.95).
+RHO_GRID = (0.75, 0.5, 0.25, 0.1, 0.05)
+
 
 def topk_mask(mask: torch.Tensor, density: float) -> torch.Tensor:
     """Keep exactly ``round(density * mask.numel())`` entries with the largest values.

@@ -40,14 +40,22 @@ class OverridableLinear(nn.Linear):
         return out.reshape(*x.shape[:-1], weight.shape[1])
 
 
+def make_linear_overridable(linear: nn.Module, name: str = "layer") -> OverridableLinear:
+    """Switch one ``nn.Linear`` to :class:`OverridableLinear` in place (idempotent, no new state).
+
+    ``name`` names the layer in the error raised for a module that is not a plain ``nn.Linear``.
+    """
+    if type(linear) is nn.Linear:
+        linear.__class__ = OverridableLinear
+    elif not isinstance(linear, OverridableLinear):
+        raise TypeError(f"{name}: cannot override a {type(linear).__name__}")
+    return linear  # type: ignore[return-value]
+
+
 def make_overridable(model: nn.Module, site: EditSite) -> None:
     """Switch the site's linear layers to :class:`OverridableLinear` (idempotent, no new state)."""
     for layer in site.layers:
-        linear = site.linear(model, layer)
-        if type(linear) is nn.Linear:
-            linear.__class__ = OverridableLinear
-        elif not isinstance(linear, OverridableLinear):
-            raise TypeError(f"{layer.param_name}: cannot override a {type(linear).__name__}")
+        make_linear_overridable(site.linear(model, layer), layer.param_name)
 
 
 @contextmanager

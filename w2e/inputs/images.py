@@ -18,6 +18,8 @@ from typing import Iterator
 
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+#: File name endings of the images read from folders (any case).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 #: Largest accepted file, in bytes.
 MAX_FILE_BYTES = 20 * 1024 * 1024
 #: Largest accepted decoded image, in pixels (guards against decompression bombs).

@@ -6,10 +6,8 @@ from pathlib import Path
 
 import torch
 
-from w2e.inputs.images import read_image
+from w2e.inputs.images import IMAGE_SUFFIXES, read_image
 from w2e.inputs.preprocess import PreprocessConfig, preprocess
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclass

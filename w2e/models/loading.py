@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import threading
 from urllib.parse import urlparse
@@ -17,16 +18,21 @@ from safetensors.torch import load_file
 from torch import nn
 
 from w2e.formats.safetensors_header import fingerprint_record
+from w2e.engine.distributed import best_device  # noqa: F401 - callers import it from here too
 from w2e.engine.forward import check_vit
 from w2e.engine.site import EditSite, site_for_model
 from w2e.inputs.preprocess import PreprocessConfig
 from w2e.models.folder import (DEFAULT_MODEL, FALLBACK_EDIT_LR, MANIFEST_NAME, CheckpointError, bundled_worlds,
                                check_weights_file, manifest_file, model_folder, read_manifest)
-from w2e.models.folder import world_dir  # noqa: F401  (w2e.app imports it from here; it belongs to models.folder)
+from w2e.models.folder import world_dir  # noqa: F401 - w2e.app imports it from here; it lives in w2e.models.folder
 
 if TYPE_CHECKING:
     from w2e.where.configs import MaskSearchConfig
 
+#: Manifest entries that name files of a model folder (top level, then inside ``stronger``).
+MANIFEST_FILE_KEYS = ("weights", "hypernetwork", "benchmark", "subpopulations", "examples")
+#: The gallery folder of a model whose manifest names none: ``examples/`` beside the benchmark file.
+EXAMPLES_FOLDER = "examples"
 #: Editing learning rates of the paper (METHOD.md section 5) for its two base models.
 PAPER_EDIT_LR = {
     "vit_base_patch16_224.augreg_in21k_ft_in1k": 2e-5,
@@ -95,6 +101,30 @@ class ModelBundle:
     def benchmark_path(self) -> Path | None:
         """The bundled benchmark (groups and locality set), if the manifest names one."""
         return self.resolve_path("benchmark")
+
+    @property
+    def examples_path(self) -> Path | None:
+        """The gallery folder of benchmark failures (see :func:`examples_folder`), if there is one."""
+        return examples_folder(self.manifest, self.directory) if self.directory is not None else None
+
+
+def manifest_files(manifest: dict) -> dict[str, str]:
+    """Paths a manifest names, by key (``stronger.weights`` for the nested one)."""
+    named = {key: manifest[key] for key in MANIFEST_FILE_KEYS if isinstance(manifest.get(key), str)}
+    stronger = manifest.get("stronger")
+    if isinstance(stronger, dict) and isinstance(stronger.get("weights"), str):
+        named["stronger.weights"] = stronger["weights"]
+    return named
+
+
+def examples_folder(manifest: dict, directory: Path) -> Path | None:
+    """The gallery folder of a model folder: the manifest's ``examples``, else ``examples/``
+    beside its benchmark file; ``None`` when that folder does not exist."""
+    named = manifest.get("examples")
+    benchmark = manifest.get("benchmark")
+    relative = named or (str(Path(benchmark).parent / EXAMPLES_FOLDER) if benchmark else None)
+    folder = Path(os.path.abspath(directory / relative)) if relative else None
+    return folder if folder is not None and folder.is_dir() else None
 
 
 def _freeze(model: nn.Module, device: str | torch.device) -> nn.Module:
@@ -270,8 +300,3 @@ def load_model(spec: str = DEFAULT_MODEL, site_blocks: Sequence[int] | None = No
         f"unknown model {spec!r}: not a bundled world ({', '.join(bundled_worlds()) or 'none built'}), "
         "not a folder with manifest.json, not an hf:// model folder, not a timm model name"
     )
-
-
-def best_device() -> torch.device:
-    """CUDA when available, else CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

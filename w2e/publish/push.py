@@ -25,6 +25,7 @@ from w2e.where.meta_train import LOG_FILE
 from w2e.publish.model_card import (CURVE_COLUMNS, base_license, card_metadata, edit_card, hub_base_model, hypernetwork_card, merge_card,
                          model_card, parse_card, render_card)
 from w2e.models.folder import MANIFEST_NAME, CheckpointError, file_sha256, read_manifest
+from w2e.models.loading import manifest_files
 from w2e.viz.charts import learning_curve, loss_curve
 
 CARD_FILE = "README.md"
@@ -33,8 +34,6 @@ DEFAULT_LICENSE = "mit"
 EDIT_LOG_FILE = "edit_log.json"
 LEARNING_CURVE_FIGURE = "figures/learning_curve.html"
 LOSS_CURVE_FIGURE = "figures/loss_curve.html"
-#: Manifest entries that name files of a model folder (top level, then inside ``stronger``).
-MANIFEST_FILE_KEYS = ("weights", "hypernetwork", "benchmark", "subpopulations", "examples")
 
 
 @dataclass(frozen=True)
@@ -174,18 +173,9 @@ def stage_edit(path: Path, folder: Path, spec: str, options: CardOptions) -> Non
                 options)
 
 
-def _manifest_files(manifest: dict) -> dict[str, str]:
-    """Paths a manifest names, by key (``stronger.weights`` for the nested one)."""
-    named = {key: manifest[key] for key in MANIFEST_FILE_KEYS if isinstance(manifest.get(key), str)}
-    stronger = manifest.get("stronger")
-    if isinstance(stronger, dict) and isinstance(stronger.get("weights"), str):
-        named["stronger.weights"] = stronger["weights"]
-    return named
-
-
 def _check_model_folder(directory: Path, manifest: dict) -> None:
     """Every file the manifest names lies inside the folder, exists, and matches its recorded sha256."""
-    for key, value in _manifest_files(manifest).items():
+    for key, value in manifest_files(manifest).items():
         target = Path(os.path.abspath(directory / value))
         if not target.is_relative_to(directory):
             raise HubError(f"{directory / MANIFEST_NAME} names {key} {value!r} outside the folder; copy it into "

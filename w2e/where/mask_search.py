@@ -17,6 +17,7 @@ from torch import nn
 
 from w2e.where.configs import INNER_RULES, CutMixConfig, MaskSearchConfig
 from w2e.where.cutmix import cutmix
+from w2e.engine.optimizers import make_optimizer
 from w2e.engine.overrides import make_overridable, weight_overrides
 from w2e.engine.precision import autocast
 from w2e.engine.forward import forward_prefix, forward_suffix, patch_size
@@ -127,7 +128,7 @@ def optimise_aux_masks(model: nn.Module, site: EditSite, tokens: torch.Tensor, l
     episodes = num_masks * inits if per_episode else None
     shape = (episodes, *site.mask_shape) if per_episode else site.mask_shape
     aux = initial_aux_masks(shape, config, generator).to(tokens.device).requires_grad_(True)
-    optimizer = _outer_optimizer(config, aux)
+    optimizer = make_optimizer(config.outer_optimizer, [aux], config.outer_lr)
     divisor = num_masks if per_episode and config.outer_reduction == "mean" else 1
     reliability = torch.full((episodes,) if per_episode else (), float("nan"))
     for _ in range(config.outer_steps):
@@ -160,14 +161,6 @@ def aux_mask_target(aux: torch.Tensor, config: MaskSearchConfig) -> torch.Tensor
     """Continuous target masks ``sigmoid(k m~*)``, averaged over initialisations when there are several."""
     masks = torch.sigmoid(config.sharpness * aux)
     return masks.mean(0) if config.aux_inits > 1 else masks
-
-
-def _outer_optimizer(config: MaskSearchConfig, aux: torch.Tensor) -> torch.optim.Optimizer:
-    if config.outer_optimizer == "rmsprop":
-        return torch.optim.RMSprop([aux], lr=config.outer_lr)
-    if config.outer_optimizer == "adam":
-        return torch.optim.Adam([aux], lr=config.outer_lr)
-    raise ValueError(f"unknown outer optimizer {config.outer_optimizer!r}; use 'rmsprop' or 'adam'")
 
 
 def distillation_kl(target_logits: torch.Tensor, temperature: float) -> LossFn:

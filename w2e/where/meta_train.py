@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -18,16 +17,19 @@ from typing import Callable, Protocol, Sequence
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from w2e.formats.checkpoints import load_optimizer_tensors, optimizer_tensors, read_checkpoint, save_atomically
 from w2e.where.configs import MetaTrainConfig
 from w2e.where.cutmix import cutmix
 from w2e.where.hypernet import Hypernetwork, load_hypernetwork, new_hypernetwork
 from w2e.where.hypernet_file import HYPERNET_FILE
 from w2e.where.diagnostics import MaskProbe
 from w2e.where.mask_search import aux_mask_target, distillation_kl, optimise_aux_masks
-from w2e.models.loading import ModelBundle, best_device
+from w2e.models.loading import ModelBundle
+from w2e.engine.distributed import init_distributed_from_env, rank_and_world  # noqa: F401 - w2e meta-train's import
+from w2e.engine.optimizers import make_optimizer
+from w2e.engine.seeds import mixed_seed
 from w2e.engine.forward import forward_prefix, forward_suffix, patch_size
 
 STATE_FILE = "meta_state.safetensors"
@@ -47,12 +49,6 @@ class ImageSource(Protocol):
     def __len__(self) -> int: ...
 
     def get(self, indices: torch.Tensor) -> torch.Tensor: ...
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 PseudoSampler = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", torch.Generator], torch.Tensor]
@@ -134,13 +130,7 @@ def _lr(iteration: int, config: MetaTrainConfig) -> float:
 
 def _save_checkpoint(out_dir: Path, hypernet: Hypernetwork, optimizer: torch.optim.Optimizer, iteration: int) -> None:
     hypernet.save(out_dir / HYPERNET_FILE)
-    tensors = {}
-    for index, state in optimizer.state_dict()["state"].items():
-        for name, value in state.items():
-            tensors[f"{index}.{name}"] = torch.as_tensor(value).contiguous()
-    tmp = out_dir / (STATE_FILE + ".tmp")
-    save_file(tensors, str(tmp), metadata={"iteration": str(iteration)})
-    tmp.replace(out_dir / STATE_FILE)
+    save_atomically(optimizer_tensors(optimizer), out_dir / STATE_FILE, {"iteration": str(iteration)})
 
 
 def _resume(out_dir: Path, bundle: ModelBundle, hypernet: Hypernetwork, optimizer: torch.optim.Optimizer) -> int:
@@ -150,17 +140,9 @@ def _resume(out_dir: Path, bundle: ModelBundle, hypernet: Hypernetwork, optimize
     saved = load_hypernetwork(out_dir / HYPERNET_FILE, bundle.site, bundle.sha256, bundle.name)
     hypernet.load_state_dict(saved.state_dict())
     hypernet.config = replace(hypernet.config, diagnostics=saved.config.diagnostics)
-    from safetensors import safe_open
-
-    with safe_open(str(state_path), "pt") as handle:
-        iteration = int(handle.metadata()["iteration"])
-    state: dict[int, dict] = {}
-    for key, value in load_file(str(state_path)).items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    optim_state = optimizer.state_dict()
-    optim_state["state"] = state
-    optimizer.load_state_dict(optim_state)
+    tensors, metadata = read_checkpoint(state_path)
+    iteration = int(metadata["iteration"])
+    load_optimizer_tensors(optimizer, tensors)
     log_path = out_dir / LOG_FILE
     if log_path.is_file():
         kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["iteration"] <= iteration]
@@ -170,7 +152,8 @@ def _resume(out_dir: Path, bundle: ModelBundle, hypernet: Hypernetwork, optimize
 
 def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, config: MetaTrainConfig = MetaTrainConfig(),
                log: Callable[[dict], None] | None = None, show_progress: bool = True,
-               pseudo_samples: PseudoSampler | None = None, probes: Sequence[MaskProbe] = ()) -> Path:
+               pseudo_samples: PseudoSampler | None = None, probes: Sequence[MaskProbe] = (),
+               distributed: bool = True) -> Path:
     """Meta-train (or resume) a hypernetwork for ``bundle``; returns the hypernetwork path.
 
     Args:
@@ -185,6 +168,8 @@ def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, co
             (and at the end) the input dependence of the masks on each probe
             (:func:`w2e.where.diagnostics.input_dependence` at ``config.probe_rho``) is logged
             under ``probe`` and stored in the hypernetwork's config as ``diagnostics``.
+        distributed: under ``torchrun``, share the episodes with the other processes (DDP);
+            ``False`` trains in this process alone, as a single-process run would.
 
     Returns:
         The path of the written hypernetwork (``hypernet.safetensors``).
@@ -201,14 +186,14 @@ def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, co
     rank 0 writes files.
     """
     out_dir = Path(out_dir)
-    rank, world = _rank_world()
+    rank, world = rank_and_world() if distributed else (0, 1)
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         _check_and_save_config(out_dir, config)
     torch.manual_seed(config.seed)
     hypernet = new_hypernetwork(bundle.site, bundle.name, bundle.sha256, depth=config.hyper_depth,
                                 sharpness=config.search.sharpness).to(bundle.device)
-    optimizer = torch.optim.RMSprop(hypernet.parameters(), lr=config.hyper_lr)
+    optimizer = make_optimizer("rmsprop", hypernet.parameters(), config.hyper_lr)
     if world > 1:
         dist.barrier()
     start = _resume(out_dir, bundle, hypernet, optimizer)
@@ -221,7 +206,7 @@ def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, co
     postfix: dict[str, str] = {}
     for iteration in bar:
         started = time.perf_counter()
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + iteration * world + rank)
+        generator = torch.Generator().manual_seed(mixed_seed(config.seed, iteration * world + rank))
         picks = torch.randint(0, len(source), (2, config.batch_size), generator=generator)
         images = source.get(picks[0]).to(bundle.device)
         donors = source.get(picks[1]).to(bundle.device)
@@ -257,25 +242,3 @@ def meta_train(bundle: ModelBundle, source: ImageSource, out_dir: str | Path, co
     if world > 1:
         dist.barrier()
     return out_dir / HYPERNET_FILE
-
-
-def init_distributed_from_env(device: str | torch.device | None = None) -> torch.device:
-    """The device this process should use; under ``torchrun`` also initialise ``torch.distributed``.
-
-    ``device`` ``None`` means CUDA when available, else CPU. On CUDA each process takes the GPU
-    of its ``LOCAL_RANK`` and the NCCL backend; on CPU the gloo backend. Asking for more
-    processes per node than there are GPUs is a clear error, not a crash inside NCCL.
-    """
-    wanted = torch.device(device) if device is not None else best_device()
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return wanted
-    if wanted.type == "cuda":
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if local_rank >= torch.cuda.device_count():
-            raise RuntimeError(f"process {local_rank} of this node has no GPU (only {torch.cuda.device_count()} visible); "
-                               "start at most that many processes per node, or pass --device cpu")
-        wanted = torch.device("cuda", local_rank)
-        torch.cuda.set_device(wanted)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if wanted.type == "cuda" else "gloo")
-    return wanted

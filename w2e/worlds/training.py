@@ -4,15 +4,16 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
+from w2e.formats.checkpoints import load_optimizer_tensors, optimizer_tensors, read_checkpoint, save_atomically
 from w2e.worlds.registry import WorldBuildError
 
 #: Each epoch's shuffle seed is ``seed * EPOCH_SEED_STRIDE + epoch`` (keeps the shipped runs' order).
@@ -91,31 +92,32 @@ def _lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
     return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+def _save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int = 0,
+                generators: tuple[torch.Generator, ...] = (), loss_sum: float = 0.0) -> None:
+    """Checkpoint after ``step`` steps of epoch ``epoch`` (0: the epoch has not started), with the
+    random generators' states and the epoch's running loss, so a resume repeats nothing."""
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
-    for index, state in optimizer.state_dict()["state"].items():
-        for name, value in state.items():
-            tensors[f"optim.{index}.{name}"] = torch.as_tensor(value).contiguous()
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"epoch": str(epoch)})
-    tmp.replace(path)
+    tensors.update({f"rng.{i}": generator.get_state() for i, generator in enumerate(generators)})
+    metadata = {"epoch": str(epoch), "step": str(step), "loss_sum": repr(loss_sum)}
+    save_atomically({**tensors, **optimizer_tensors(optimizer, "optim.")}, path, metadata)
 
 
-def _load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> int:
-    tensors = load_file(str(path))
+@dataclass(frozen=True)
+class _Position:
+    """Where a resumed run starts: an epoch, a step inside it, and what that step needs."""
+
+    epoch: int = 0
+    step: int = 0
+    loss_sum: float = 0.0
+    generator_states: tuple[torch.Tensor, ...] = ()
+
+
+def _load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> _Position:
+    tensors, metadata = read_checkpoint(path)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    optim_state = optimizer.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = value
-    optim_state["state"] = state
-    optimizer.load_state_dict(optim_state)
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as handle:
-        return int(handle.metadata()["epoch"])
+    load_optimizer_tensors(optimizer, tensors, "optim.")
+    states = tuple(tensors[f"rng.{i}"] for i in range(sum(k.startswith("rng.") for k in tensors)))
+    return _Position(int(metadata["epoch"]), int(metadata.get("step", 0)), float(metadata.get("loss_sum", 0.0)), states)
 
 
 @torch.no_grad()
@@ -137,33 +139,41 @@ def train_classifier(
     work_dir: Path,
     eval_inputs: torch.Tensor | None = None,
     eval_labels: torch.Tensor | None = None,
+    checkpoint_steps: int = 0,
 ) -> list[dict]:
     """Train ``model`` with AdamW and a warm-up + cosine schedule; resume from ``work_dir``.
 
-    A checkpoint (model and optimiser state, safetensors) is written after every epoch, so an
-    interrupted run continues from the last finished epoch with the same data order.
+    A checkpoint (model and optimiser state, safetensors) is written after every epoch and,
+    with ``checkpoint_steps`` > 0, every that many steps inside an epoch, with the random
+    generators' states: an interrupted run continues from the last checkpoint exactly as if it
+    had not stopped (same data order, augmentations and weights).
     Returns the per-epoch log (loss, learning rate, held-out accuracy, seconds).
     """
     work_dir.mkdir(parents=True, exist_ok=True)
     state_path = work_dir / "train_state.safetensors"
     log_path = work_dir / "train_log.json"
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    start_epoch = 0
+    position = _Position()
     log: list[dict] = []
     if state_path.exists():
-        start_epoch = _load_state(state_path, model, optimizer)
+        position = _load_state(state_path, model, optimizer)
         log = json.loads(log_path.read_text()) if log_path.exists() else []
     steps_per_epoch = math.ceil(len(inputs) / recipe.batch_size)
     total_steps = recipe.epochs * steps_per_epoch
     warmup_steps = int(recipe.warmup_epochs * steps_per_epoch)
-    for epoch in range(start_epoch, recipe.epochs):
+    for epoch in range(position.epoch, recipe.epochs):
         generator = torch.Generator().manual_seed(recipe.seed * EPOCH_SEED_STRIDE + epoch)
         mixing = torch.Generator().manual_seed(recipe.seed * EPOCH_SEED_STRIDE + epoch + CUTMIX_SEED_OFFSET)
         order = torch.randperm(len(inputs), generator=generator)
+        first_step, total_loss = 0, 0.0
+        if epoch == position.epoch and position.step > 0:
+            first_step, total_loss = position.step, position.loss_sum
+            for saved, live in zip(position.generator_states, (generator, mixing)):
+                live.set_state(saved)
         model.train()
         started = time.time()
-        total_loss = 0.0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False)
+        bar = tqdm(range(first_step, steps_per_epoch), desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False,
+                   initial=first_step, total=steps_per_epoch)
         for step_in_epoch in bar:
             step = epoch * steps_per_epoch + step_in_epoch
             for group in optimizer.param_groups:
@@ -183,6 +193,9 @@ def train_classifier(
             optimizer.step()
             total_loss += float(loss.detach())
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+            done = step_in_epoch + 1
+            if checkpoint_steps > 0 and done % checkpoint_steps == 0 and done < steps_per_epoch:
+                _save_state(state_path, model, optimizer, epoch, done, (generator, mixing), total_loss)
         entry = {
             "epoch": epoch + 1,
             "train_loss": total_loss / steps_per_epoch,
@@ -196,11 +209,6 @@ def train_classifier(
         log_path.write_text(json.dumps(log, indent=1))
     model.eval()
     return log
-
-
-def recipe_dict(recipe: TrainRecipe) -> dict:
-    """The recipe as a JSON-ready dict."""
-    return asdict(recipe)
 
 
 def to_model_input(images: np.ndarray, mean: float, std: float) -> torch.Tensor:
@@ -217,10 +225,11 @@ def train_and_export(
     eval_inputs: torch.Tensor | None = None,
     eval_labels: torch.Tensor | None = None,
     data_key: str | None = None,
+    checkpoint_steps: int = 0,
 ) -> Path:
     """Train ``model`` (resuming from ``run_dir``) and export its weights; reuse an earlier export.
 
-    ``data_key`` names the training data (e.g. a hash of how it was made); it is stored in
+    ``checkpoint_steps`` as in :func:`train_classifier`. ``data_key`` names the training data (e.g. a hash of how it was made); it is stored in
     ``run_dir`` and a run started on other data is refused instead of resumed. Returns
     ``run_dir / "model.safetensors"``.
     """
@@ -234,6 +243,6 @@ def train_and_export(
     if final.exists():
         return final
     torch.manual_seed(recipe.seed)
-    train_classifier(model, inputs, labels, recipe, run_dir, eval_inputs, eval_labels)
+    train_classifier(model, inputs, labels, recipe, run_dir, eval_inputs, eval_labels, checkpoint_steps)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(final))
     return final

@@ -89,12 +89,17 @@ def normalisation(images: np.ndarray) -> tuple[float, float]:
     return round(float(pixels.mean()), 4), round(float(pixels.std()), 4)
 
 
+#: Steps between mid-epoch checkpoints: a glyph epoch takes most of an hour on a 2-core CPU.
+TRAIN_CHECKPOINT_STEPS = 100
+
+
 def _train(model: torch.nn.Module, name: str, work: Path, data: GlyphSet, evaluation: GlyphSet,
            mean: float, std: float, recipe: TrainRecipe, data_key: dict) -> Path:
     return train_and_export(
         model, to_model_input(data.images, mean, std), torch.from_numpy(data.labels.astype(np.int64)), recipe,
         work / name, to_model_input(evaluation.images, mean, std), torch.from_numpy(evaluation.labels.astype(np.int64)),
         data_key=hashlib.sha256(json.dumps(data_key, sort_keys=True).encode()).hexdigest(),
+        checkpoint_steps=TRAIN_CHECKPOINT_STEPS,
     )
 
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import time
 from contextlib import ExitStack
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Callable, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -33,18 +34,27 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from w2e.engine.edits import Edit
-from w2e.models.loading import ModelBundle
-from w2e.engine.overrides import make_overridable, weight_overrides
-from w2e.engine.forward import cached_prefix, forward_suffix
-from w2e.engine.site import EditSite, site_for_model
 from w2e.bench.data import EditSample
 from w2e.bench.hooks import scoped_forward_hook
-from w2e.bench.methods import BenchEdit, Method
+from w2e.bench.methods.base import BenchEdit, Method, MethodSettings, Resources
+from w2e.bench.methods.registry import register_method
 from w2e.bench.records import settings_hash
+from w2e.engine.edits import Edit, edits_applied
+from w2e.engine.forward import cached_prefix, forward_suffix
+from w2e.engine.optimizers import make_optimizer
+from w2e.engine.overrides import make_overridable, weight_overrides
+from w2e.engine.seeds import mixed_seed
+from w2e.engine.site import EditSite, site_for_model
+from w2e.models.loading import ModelBundle
+from w2e.where.meta_train import ImageSource
+
+#: FFNs edited by KE and MEND: the model's last ones.
+EDITED_FFNS = 3
+#: Meta-training iterations of KE and MEND in the full sweep and with ``--quick``.
+FULL_ITERATIONS, QUICK_ITERATIONS = 400, 60
 
 
-def last_ffns_site(model: nn.Module, count: int = 3) -> EditSite:
+def last_ffns_site(model: nn.Module, count: int = EDITED_FFNS) -> EditSite:
     """The edit site of the model's last ``count`` FFNs."""
     depth = len(model.blocks)
     return site_for_model(model, list(range(max(0, depth - count), depth)))
@@ -100,16 +110,21 @@ class MENDLayer(nn.Module):
 
 
 class MENDNet(nn.Module):
+    """MEND: one :class:`MENDLayer` per edited layer; reads only the layers' inputs and output gradients."""
+
     def __init__(self, site: EditSite, model: nn.Module, rank: int) -> None:
         super().__init__()
         dims = [(site.linear(model, l).in_features, site.linear(model, l).out_features) for l in site.layers]
         self.layers = nn.ModuleList(MENDLayer(i, o, rank) for i, o in dims)
 
-    def updates(self, io, features: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
+    def updates(self, io) -> list[torch.Tensor]:
+        """Per layer, the batch's updates ``(B, out, in)`` from its ``(u, delta)`` pairs."""
         return [layer(u, d) for layer, (u, d) in zip(self.layers, io)]
 
 
 class KENet(nn.Module):
+    """KnowledgeEditor: a conditioning network on (feature, target class) gates the gradient per layer."""
+
     def __init__(self, site: EditSite, model: nn.Module, num_classes: int, hidden: int) -> None:
         super().__init__()
         self.num_classes = num_classes
@@ -123,6 +138,7 @@ class KENet(nn.Module):
         self.log_lr = nn.Parameter(torch.zeros(len(self.dims)))
 
     def updates(self, io, features: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
+        """Per layer, the batch's updates ``(B, out, in)`` for ``targets``, given the samples' ``features``."""
         h = self.condition(torch.cat([features, F.one_hot(targets, self.num_classes).float()], dim=-1))
         out = []
         for l, ((i, o), head, (u, d)) in enumerate(zip(self.dims, self.heads, io)):
@@ -134,11 +150,49 @@ class KENet(nn.Module):
         return out
 
 
-def default_hyper_settings(kind: str, quick: bool) -> dict:
+def generated_updates(net: MENDNet | KENet, io, features: torch.Tensor, targets: torch.Tensor) -> list[torch.Tensor]:
+    """The updates ``net`` generates for a batch (KE also reads the features and targets; MEND does not)."""
+    if isinstance(net, KENet):
+        return net.updates(io, features, targets)
+    return net.updates(io)
+
+
+@dataclass(frozen=True)
+class HyperEditorSettings(MethodSettings):
     """Meta-training settings of KE / MEND (paper: Adam 1e-5 on ImageNet; scaled for CPU)."""
-    return {"iterations": 60 if quick else 400, "batch_size": 8, "lr": 1e-3, "lr_paper": 1e-5, "log_lr_lr": 1e-2,
-            "top_k": 5, "locality_weight": 1.0, "blocks": "last 3 FFNs",
-            **({"rank": 64} if kind == "mend" else {"hidden": 128})}
+
+    kind: ClassVar[str]
+
+    iterations: int = FULL_ITERATIONS
+    batch_size: int = 8
+    lr: float = 1e-3
+    lr_paper: float = 1e-5
+    log_lr_lr: float = 1e-2
+    top_k: int = 5
+    locality_weight: float = 1.0
+    blocks: str = f"last {EDITED_FFNS} FFNs"
+
+    @classmethod
+    def defaults(cls, bundle: ModelBundle, resources: Resources) -> HyperEditorSettings:
+        return cls(iterations=QUICK_ITERATIONS if resources.quick else FULL_ITERATIONS)
+
+
+@dataclass(frozen=True)
+class KESettings(HyperEditorSettings):
+    """KE: ``hidden`` units in the conditioning network."""
+
+    kind: ClassVar[str] = "ke"
+
+    hidden: int = 128
+
+
+@dataclass(frozen=True)
+class MENDSettings(HyperEditorSettings):
+    """MEND: ``rank`` of each layer editor's residual MLP."""
+
+    kind: ClassVar[str] = "mend"
+
+    rank: int = 64
 
 
 def _random_top_k_targets(logits: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
@@ -148,50 +202,50 @@ def _random_top_k_targets(logits: torch.Tensor, k: int, generator: torch.Generat
     return top[torch.arange(len(logits)), pick.to(top.device)]
 
 
-def _new_net(kind: str, bundle: ModelBundle, site: EditSite, settings: dict) -> nn.Module:
-    if kind == "mend":
-        return MENDNet(site, bundle.model, settings["rank"]).to(bundle.device)
-    return KENet(site, bundle.model, len(bundle.class_names), settings["hidden"]).to(bundle.device)
+def _new_net(bundle: ModelBundle, site: EditSite, settings: HyperEditorSettings) -> MENDNet | KENet:
+    if isinstance(settings, MENDSettings):
+        return MENDNet(site, bundle.model, settings.rank).to(bundle.device)
+    return KENet(site, bundle.model, len(bundle.class_names), settings.hidden).to(bundle.device)
 
 
 def _edited(model: nn.Module, site: EditSite, updates: list[torch.Tensor]) -> dict:
     return {site.linear(model, l): site.linear(model, l).weight - upd for l, upd in zip(site.layers, updates)}
 
 
-def meta_train_hyper_editor(kind: str, bundle: ModelBundle, source, settings: dict, seed: int = 0,
-                            log=None) -> tuple[nn.Module, list[dict]]:
-    """Meta-train KE (``kind="ke"``) or MEND (``"mend"``) on ``source`` images; returns (net, log)."""
-    model = bundle.model
+def meta_train_hyper_editor(bundle: ModelBundle, source: ImageSource, settings: HyperEditorSettings, seed: int = 0,
+                            log: Callable[[str], None] | None = None) -> tuple[MENDNet | KENet, list[dict]]:
+    """Meta-train KE or MEND (by the type of ``settings``) on ``source`` images; returns (net, log)."""
+    model, kind = bundle.model, settings.kind
     site = last_ffns_site(model)
     make_overridable(model, site)
     torch.manual_seed(seed)
-    net = _new_net(kind, bundle, site, settings)
+    net = _new_net(bundle, site, settings)
     log_lr = [p for n, p in net.named_parameters() if n.endswith("log_lr")]
     rest = [p for n, p in net.named_parameters() if not n.endswith("log_lr")]
-    optimizer = torch.optim.Adam([{"params": rest, "lr": settings["lr"]},
-                                  {"params": log_lr, "lr": settings["log_lr_lr"]}])
+    optimizer = make_optimizer("adam", [{"params": rest, "lr": settings.lr}, {"params": log_lr, "lr": settings.log_lr_lr}],
+                               settings.lr)
     history = []
-    for iteration in range(settings["iterations"]):
+    for iteration in range(settings.iterations):
         started = time.perf_counter()
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + iteration)
-        picks = torch.randint(0, len(source), (2, settings["batch_size"]), generator=generator)
+        generator = torch.Generator().manual_seed(mixed_seed(seed, iteration))
+        picks = torch.randint(0, len(source), (2, settings.batch_size), generator=generator)
         with torch.no_grad():
             tokens = cached_prefix(model, source.get(picks[0]).to(bundle.device), site.start)
             loc_tokens = cached_prefix(model, source.get(picks[1]).to(bundle.device), site.start)
             features = forward_suffix(model, tokens, site.start, pre_logits=True)
             base_logits = model.head(features)
             loc_base = forward_suffix(model, loc_tokens, site.start)
-        targets = _random_top_k_targets(base_logits, settings["top_k"], generator)
+        targets = _random_top_k_targets(base_logits, settings.top_k, generator)
         io = layer_inputs_and_grads(model, site, tokens, targets)
         with torch.enable_grad():
-            updates = net.updates(io, features, targets)
+            updates = generated_updates(net, io, features, targets)
             with weight_overrides(_edited(model, site, updates)):
                 edit_logits = forward_suffix(model, tokens, site.start)
                 loc_logits = forward_suffix(model, loc_tokens, site.start)
             edit_loss = F.cross_entropy(edit_logits, targets)
             loc_loss = F.kl_div(loc_logits.log_softmax(-1), loc_base.log_softmax(-1), log_target=True,
                                 reduction="batchmean")
-            loss = edit_loss + settings["locality_weight"] * loc_loss
+            loss = edit_loss + settings.locality_weight * loc_loss
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -199,35 +253,38 @@ def meta_train_hyper_editor(kind: str, bundle: ModelBundle, source, settings: di
                  "edit_success": float((edit_logits.argmax(-1) == targets).float().mean()),
                  "seconds": time.perf_counter() - started}
         history.append(entry)
-        if log is not None and ((iteration + 1) % 50 == 0 or iteration + 1 == settings["iterations"]):
-            log(f"{kind} meta-train {iteration + 1}/{settings['iterations']}: edit CE {entry['edit_loss']:.3f}, "
+        if log is not None and ((iteration + 1) % 50 == 0 or iteration + 1 == settings.iterations):
+            log(f"{kind} meta-train {iteration + 1}/{settings.iterations}: edit CE {entry['edit_loss']:.3f}, "
                 f"success {entry['edit_success']:.2f}, locality KL {entry['locality_kl']:.4f}")
     return net.eval(), history
 
 
-def hyper_editor_path(work_dir: Path, kind: str, bundle: ModelBundle, settings: dict, seed: int) -> Path:
+def hyper_editor_path(work_dir: Path, bundle: ModelBundle, settings: HyperEditorSettings, seed: int) -> Path:
     """Where a trained editor with these settings is kept (the hash covers model and settings)."""
-    return Path(work_dir) / "baselines" / f"{kind}-{settings_hash(kind, bundle.sha256, settings, seed)}.safetensors"
+    digest = settings_hash(settings.kind, bundle.sha256, settings.to_dict(), seed)
+    return Path(work_dir) / "baselines" / f"{settings.kind}-{digest}.safetensors"
 
 
-def load_or_train_hyper_editor(kind: str, bundle: ModelBundle, source, settings: dict, work_dir: Path, seed: int = 0,
-                               log=print) -> tuple[nn.Module, dict]:
-    """Load the trained editor from ``work_dir/baselines`` or meta-train and save it."""
-    path = hyper_editor_path(work_dir, kind, bundle, settings, seed)
+def load_or_train_hyper_editor(bundle: ModelBundle, source: ImageSource | None, settings: HyperEditorSettings,
+                               work_dir: Path, seed: int = 0,
+                               log: Callable[[str], None] = print) -> tuple[MENDNet | KENet, dict]:
+    """Load the trained editor from ``work_dir/baselines`` or meta-train and save it; returns (net, summary)."""
+    kind = settings.kind
+    path = hyper_editor_path(work_dir, bundle, settings, seed)
     site = last_ffns_site(bundle.model)
     if path.is_file():
-        net = _new_net(kind, bundle, site, settings)
+        net = _new_net(bundle, site, settings)
         net.load_state_dict(load_file(str(path)))
         with safe_open(str(path), "pt") as handle:
             summary = json.loads(handle.metadata()["summary"])
         return net.eval(), summary
     if source is None:
         raise ValueError(f"{kind} needs training images to meta-train (give --train-data)")
-    log(f"meta-training {kind.upper()} ({settings['iterations']} iterations, batch {settings['batch_size']})")
+    log(f"meta-training {kind.upper()} ({settings.iterations} iterations, batch {settings.batch_size})")
     started = time.perf_counter()
-    net, history = meta_train_hyper_editor(kind, bundle, source, settings, seed, log)
+    net, history = meta_train_hyper_editor(bundle, source, settings, seed, log)
     tail = history[-min(20, len(history)):]
-    summary = {"kind": kind, "settings": settings, "seed": seed, "seconds": time.perf_counter() - started,
+    summary = {"kind": kind, "settings": settings.to_dict(), "seed": seed, "seconds": time.perf_counter() - started,
                "final_edit_loss": sum(h["edit_loss"] for h in tail) / len(tail),
                "final_edit_success": sum(h["edit_success"] for h in tail) / len(tail),
                "final_locality_kl": sum(h["locality_kl"] for h in tail) / len(tail)}
@@ -237,52 +294,44 @@ def load_or_train_hyper_editor(kind: str, bundle: ModelBundle, source, settings:
     return net, summary
 
 
-class HyperEditorMethod(Method):
+HyperEditorSettingsT = TypeVar("HyperEditorSettingsT", bound=HyperEditorSettings)
+
+
+class HyperEditorMethod(Method[HyperEditorSettingsT]):
     """Shared edit path of KE and MEND: one forward/backward for the gradient, one generated update."""
 
-    kind = "mend"
     needs = ("train_data",)
 
-    def default_settings(self) -> dict:
-        return default_hyper_settings(self.kind, self.resources.quick)
-
-    @property
-    def level(self) -> int:
-        return self.edit_site.start
-
-    @property
-    def edit_site(self) -> EditSite:
-        return last_ffns_site(self.model)
+    @classmethod
+    def edit_level(cls, bundle: ModelBundle, settings: HyperEditorSettingsT) -> int:
+        return last_ffns_site(bundle.model).start
 
     def unavailable(self) -> str | None:
         if self.resources.work_dir is not None and self.resources.train_source is None:
-            path = hyper_editor_path(self.resources.work_dir, self.kind, self.bundle, self.config, self.resources.seed)
-            if path.is_file():
+            if hyper_editor_path(self.resources.work_dir, self.bundle, self.settings, self.resources.seed).is_file():
                 return None
         return super().unavailable()
 
     def prepare(self) -> None:
-        self.net, self.summary = load_or_train_hyper_editor(self.kind, self.bundle, self.resources.train_source,
-                                                            self.config, Path(self.resources.work_dir),
-                                                            self.resources.seed, self.resources.log)
+        self.net, self.summary = load_or_train_hyper_editor(self.bundle, self.resources.train_source, self.settings,
+                                                            Path(self.resources.work_dir), self.resources.seed,
+                                                            self.resources.log)
 
     def edit(self, sample: EditSample, value) -> BenchEdit:
         started = time.perf_counter()
-        site = self.edit_site
+        site = last_ffns_site(self.model)
         tokens = self.ctx.sample_tokens(sample, site.start)
         labels = self.ctx.sample_labels(sample)
         io = layer_inputs_and_grads(self.model, site, tokens, labels)
         with torch.no_grad():
             features = forward_suffix(self.model, tokens, site.start, pre_logits=True)
-            updates = [u.mean(0) for u in self.net.updates(io, features, labels)]
+            updates = [u.mean(0) for u in generated_updates(self.net, io, features, labels)]
             with weight_overrides(_edited(self.model, site, updates)):
                 success = bool((forward_suffix(self.model, tokens, site.start).argmax(-1) == labels).all())
         full = [torch.arange(site.hidden_size) for _ in site.layers]
         edit = Edit(site, full, [(-u).cpu() for u in updates], sample.label, success, 1, [],
                     time.perf_counter() - started)
         model = self.model
-        from w2e.engine.edits import edits_applied
-
         bench_edit = BenchEdit(level=site.start, apply=lambda: edits_applied(model, site, [edit]), success=success,
                                steps=1, seconds=edit.seconds, num_parameters=edit.num_parameters,
                                info={"update_norm": float(sum(u.norm() ** 2 for u in updates) ** 0.5)})
@@ -290,13 +339,16 @@ class HyperEditorMethod(Method):
         return bench_edit
 
 
-class KEMethod(HyperEditorMethod):
+@register_method("ke", settings=KESettings)
+class KEMethod(HyperEditorMethod[KESettings]):
     """KnowledgeEditor on the last three FFNs (see the module docstring)."""
 
-    name, title, kind = "ke", "KE", "ke"
+    title = "KE"
 
 
-class MENDMethod(HyperEditorMethod):
+@register_method("mend", settings=MENDSettings)
+class MENDMethod(HyperEditorMethod[MENDSettings]):
     """MEND on the last three FFNs (see the module docstring)."""
 
-    name, title, kind = "mend", "MEND", "mend"
+    title = "MEND"
+

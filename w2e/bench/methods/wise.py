@@ -44,12 +44,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from w2e.engine.fine_tune import fit_until_correct
-from w2e.engine.overrides import weight_overrides
-from w2e.engine.forward import forward_suffix
 from w2e.bench.data import EditSample
-from w2e.bench.hooks import make_linear_overridable, scoped_forward_hook
-from w2e.bench.methods import BenchEdit, Method, capture_input, seeded_picks, train_tokens
+from w2e.bench.hooks import scoped_forward_hook
+from w2e.bench.methods.base import BenchEdit, Method, MethodSettings, Resources, SequentialForm
+from w2e.bench.methods.capture import capture_input, seeded_picks, train_tokens
+from w2e.bench.methods.registry import register_method
+from w2e.engine.fine_tune import fit_until_correct
+from w2e.engine.forward import forward_suffix
+from w2e.engine.optimizers import make_optimizer
+from w2e.engine.overrides import make_linear_overridable, weight_overrides
+from w2e.engine.seeds import mixed_seed
+from w2e.models.loading import ModelBundle
 
 #: WISE's edited layer in LLaMA-2-7B (layer 27 of 32) as a fraction of the depth.
 PAPER_BLOCK_FRACTION = 27 / 32
@@ -159,75 +164,93 @@ def merge_shards(main: torch.Tensor, side: torch.Tensor, shards: Sequence[torch.
     return ties_merge(main, [*shards, side], [LATER_MERGE_SHARDS / count] * count + [LATER_MERGE_SIDE], density)
 
 
-class WISEMethod(Method):
+@dataclass(frozen=True)
+class WISESettings(MethodSettings):
+    """WISE's block, shard training (SGD lr 1.0, <= 70 steps, stop at 0.02), shards, merging and scaling."""
+
+    block: int = 0
+    lr: float = 1.0
+    optimizer: str = "sgd"
+    max_steps: int = 70
+    loss_stop: float = 0.02
+    mask_ratio: float = 0.2
+    margins: tuple[float, float, float] = (0.25, 1.0, 0.5)
+    merge_density: float = 0.53
+    shard_edits: int = 10
+    merge_edits: int = 20
+    irrelevant_per_edit: int = 1
+    irrelevant_images: int = 256
+    scale_images: int = 64
+
+    @classmethod
+    def defaults(cls, bundle: ModelBundle, resources: Resources) -> WISESettings:
+        return cls(block=wise_block(len(bundle.model.blocks)))
+
+
+@register_method("wise", settings=WISESettings)
+class WISEMethod(Method[WISESettings], SequentialForm):
     """WISE: side memory, knowledge shards, TIES merging, routing (see the module docstring)."""
 
-    name, title = "wise", "WISE"
+    title = "WISE"
     knob = "act_ratio"
     full_values = (0.7, 0.88, 1.0)
     quick_values = (0.88,)
     sequential_value = 0.88
     needs = ("train_data",)
 
-    def default_settings(self) -> dict:
-        return {"block": wise_block(self.ctx.depth), "lr": 1.0, "optimizer": "sgd", "max_steps": 70,
-                "loss_stop": 0.02, "mask_ratio": 0.2, "margins": [0.25, 1.0, 0.5], "merge_density": 0.53,
-                "shard_edits": 10, "merge_edits": 20, "irrelevant_per_edit": 1, "irrelevant_images": 256,
-                "scale_images": 64}
-
-    @property
-    def level(self) -> int:
-        return self.config["block"]
+    @classmethod
+    def edit_level(cls, bundle: ModelBundle, settings: WISESettings) -> int:
+        return settings.block
 
     def unavailable(self) -> str | None:
-        c = self.config
-        if not 0 <= c["block"] < self.ctx.depth - 1:
-            return f"wise.block must be before the last of the {self.ctx.depth} blocks (got {c['block']})"
-        if c["merge_edits"] % c["shard_edits"]:
+        s = self.settings
+        if not 0 <= s.block < self.ctx.depth - 1:
+            return f"wise.block must be before the last of the {self.ctx.depth} blocks (got {s.block})"
+        if s.merge_edits % s.shard_edits:
             return "wise.merge_edits must be a multiple of wise.shard_edits"
         return super().unavailable()
 
     def prepare(self) -> None:
-        c = self.config
-        self.fc2 = make_linear_overridable(self.model.blocks[self.level].mlp.fc2)
-        count = max(c["irrelevant_images"], c["scale_images"])
+        s = self.settings
+        self.fc2 = make_linear_overridable(self.model.blocks[self.level].mlp.fc2, "mlp.fc2")
+        count = max(s.irrelevant_images, s.scale_images)
         tokens = train_tokens(self.ctx, self.resources, count, self.level)
         self.irrelevant = capture_input(self.model, self.fc2, tokens, self.level)
         with torch.no_grad():
-            outputs = self.fc2(self.irrelevant[: c["scale_images"]])
+            outputs = self.fc2(self.irrelevant[: s.scale_images])
         scale = float(outputs.norm(dim=-1).mean(1).median())
-        self.alpha, self.beta, self.gamma = (m * scale for m in c["margins"])
+        self.alpha, self.beta, self.gamma = (m * scale for m in s.margins)
         self.summary = {"output_norm": scale, "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma}
 
     def shard_mask(self, shard: int) -> torch.Tensor:
         """The random gradient mask of shard number ``shard`` (seeded)."""
-        generator = torch.Generator().manual_seed(self.resources.seed * 1_000_003 + shard)
-        return (torch.rand(self.fc2.weight.shape, generator=generator) < self.config["mask_ratio"]).to(self.fc2.weight.device)
+        generator = torch.Generator().manual_seed(mixed_seed(self.resources.seed, shard))
+        return (torch.rand(self.fc2.weight.shape, generator=generator) < self.settings.mask_ratio).to(self.fc2.weight.device)
 
     def initial_state(self, value) -> SideMemory:
         main = self.fc2.weight.detach()
-        return SideMemory(self.fc2, self.level, float(value), self.config["merge_density"],
+        return SideMemory(self.fc2, self.level, float(value), self.settings.merge_density,
                           main.clone(), main.clone(), self.shard_mask(0), [], float("inf"), 0)
 
     def restore_state(self, tensors: dict[str, torch.Tensor], meta: dict, value) -> SideMemory:
         device = self.fc2.weight.device
         closed = [tensors[f"closed.{i}"].to(device) for i in range(sum(k.startswith("closed.") for k in tensors))]
         min_score = float("inf") if meta["min_score"] is None else float(meta["min_score"])
-        return SideMemory(self.fc2, self.level, float(value), self.config["merge_density"],
+        return SideMemory(self.fc2, self.level, float(value), self.settings.merge_density,
                           tensors["side"].to(device), tensors["shard"].to(device), tensors["shard_mask"].to(device),
                           closed, min_score, int(meta["edits"]))
 
     def train_shard(self, memory: SideMemory, sample: EditSample) -> tuple[torch.Tensor, float, bool, int, list[float]]:
         """Train the open shard on ``sample``: ``(shard, sample's final score, success, steps, losses)``."""
-        c = self.config
+        s = self.settings
         tokens = self.ctx.sample_tokens(sample, self.level)
         labels = self.ctx.sample_labels(sample)
         edit_inputs = capture_input(self.model, self.fc2, tokens, self.level)
-        picks = seeded_picks(len(self.irrelevant), c["irrelevant_per_edit"], self.sample_seed(sample))
+        picks = seeded_picks(len(self.irrelevant), s.irrelevant_per_edit, self.sample_seed(sample))
         irrelevant = self.irrelevant[picks.to(self.irrelevant.device)]
         shard = memory.shard.clone().requires_grad_(True)
         shard.register_hook(lambda grad: grad * memory.shard_mask)
-        optimizer = torch.optim.SGD([shard], lr=c["lr"])
+        optimizer = make_optimizer(s.optimizer, [shard], s.lr)
         main = memory.main
 
         def step_loss():
@@ -241,7 +264,7 @@ class WISEMethod(Method):
                 loss = F.cross_entropy(logits, labels) + margin
             return logits, loss, loss
 
-        steps, success, losses = fit_until_correct(step_loss, labels, optimizer, c["max_steps"], c["loss_stop"])
+        steps, success, losses = fit_until_correct(step_loss, labels, optimizer, s.max_steps, s.loss_stop)
         trained = shard.detach()
         with torch.no_grad():
             score = float(activation_scores(edit_inputs, trained - main).mean())
@@ -249,13 +272,13 @@ class WISEMethod(Method):
 
     def add_edit(self, memory: SideMemory, shard: torch.Tensor, score: float) -> SideMemory:
         """The memory after one more edit: the trained shard, closed and merged on schedule."""
-        c = self.config
+        s = self.settings
         edits = memory.edits + 1
         new = replace(memory, shard=shard, min_score=min(memory.min_score, score), edits=edits)
-        if edits % c["shard_edits"] == 0:
+        if edits % s.shard_edits == 0:
             new = replace(new, closed=[*new.closed, shard], shard=new.main.clone(),
-                          shard_mask=self.shard_mask(edits // c["shard_edits"]))
-        if edits % c["merge_edits"] == 0:
+                          shard_mask=self.shard_mask(edits // s.shard_edits))
+        if edits % s.merge_edits == 0:
             new = replace(new, side=new.merged_side(), closed=[])
         return new
 
@@ -267,7 +290,7 @@ class WISEMethod(Method):
         return new, BenchEdit(level=self.level, apply=new.apply, success=success, steps=steps,
                               seconds=time.perf_counter() - started, num_parameters=changed,
                               info={"final_loss": losses[steps], "score": score, "threshold": new.act_ratio * new.min_score,
-                                    "shard_edits": new.edits % self.config["shard_edits"], "closed_shards": len(new.closed)})
+                                    "shard_edits": new.edits % self.settings.shard_edits, "closed_shards": len(new.closed)})
 
     def edit(self, sample: EditSample, value) -> BenchEdit:
         return self.sequential_edit(self.initial_state(value), sample, value)[1]

@@ -34,11 +34,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from w2e.engine.fine_tune import FirstRightSnapshot, fit_until_correct
-from w2e.engine.forward import forward_suffix
 from w2e.bench.data import EditSample
 from w2e.bench.hooks import scoped_forward_hook
-from w2e.bench.methods import BenchEdit, Method, with_first_right
+from w2e.bench.methods.base import BenchEdit, Method, MethodSettings, Resources, SequentialForm, with_first_right
+from w2e.bench.methods.registry import register_method
+from w2e.engine.fine_tune import EditConfig, FirstRightSnapshot, fit_until_correct
+from w2e.engine.forward import forward_suffix
+from w2e.engine.optimizers import make_optimizer
+from w2e.models.loading import ModelBundle
 
 #: GRACE's edited layer in GPT2-XL (layer 35 of 48) as a fraction of the depth.
 PAPER_BLOCK_FRACTION = 35 / 48
@@ -132,30 +135,45 @@ def place_key(codebook: Codebook, key: torch.Tensor, label: int, radius: torch.T
     return grown, len(grown) - 1, "add"
 
 
-class GRACEMethod(Method):
+@dataclass(frozen=True)
+class GRACESettings(MethodSettings):
+    """GRACE's block, value training (Adam lr 1.0, GRACE's early stop) and value initialisation."""
+
+    block: int = 0
+    lr: float = 1.0
+    optimizer: str = "adam"
+    max_steps: int = EditConfig.max_steps
+    loss_stop: float = EditConfig.loss_stop
+    value_init: str = "cold"
+    radius_unit: str = "norm of the entry's own key"
+
+    @classmethod
+    def defaults(cls, bundle: ModelBundle, resources: Resources) -> GRACESettings:
+        return cls(block=grace_block(len(bundle.model.blocks)))
+
+
+@register_method("grace", settings=GRACESettings)
+class GRACEMethod(Method[GRACESettings], SequentialForm):
     """GRACE: a key-value codebook on the [cls] state after one block (see the module docstring)."""
 
-    name, title = "grace", "GRACE"
+    title = "GRACE"
     knob = "radius"
     full_values = (0.1, 0.25, 0.5)
     quick_values = (0.25,)
     sequential_value = 0.25
 
-    def default_settings(self) -> dict:
-        return {"block": grace_block(self.ctx.depth), "lr": 1.0, "optimizer": "adam", "max_steps": 100,
-                "loss_stop": 0.01, "value_init": "cold", "radius_unit": "norm of the entry's own key"}
-
-    @property
-    def level(self) -> int:
-        return self.config["block"]
+    @classmethod
+    def edit_level(cls, bundle: ModelBundle, settings: GRACESettings) -> int:
+        return settings.block
 
     def unavailable(self) -> str | None:
+        block = self.settings.block
         if getattr(self.model, "cls_token", None) is None:
             return "GRACE keys inputs on the [cls] token and this model has none"
-        if not 0 <= self.config["block"] < self.ctx.depth - 1:
-            return f"GRACE's block must be before the last of {self.ctx.depth} blocks (got {self.config['block']})"
-        if self.config["value_init"] not in ("cold", "warm"):
-            return f"grace.value_init must be 'cold' or 'warm' (got {self.config['value_init']!r})"
+        if not 0 <= block < self.ctx.depth - 1:
+            return f"GRACE's block must be before the last of {self.ctx.depth} blocks (got {block})"
+        if self.settings.value_init not in ("cold", "warm"):
+            return f"grace.value_init must be 'cold' or 'warm' (got {self.settings.value_init!r})"
         return super().unavailable()
 
     def prepare(self) -> None:
@@ -174,20 +192,20 @@ class GRACEMethod(Method):
         Returns ``(codebook with the key placed, entry, action, value, snapshot, success, steps,
         losses, started)``; the codebook still holds the entry's starting value.
         """
-        c = self.config
+        s = self.settings
         started = time.perf_counter()
         labels = self.ctx.sample_labels(sample)
         with torch.no_grad():
             hidden = self.block(self.ctx.sample_tokens(sample, self.level))
         key = hidden[:, 0].mean(0)
-        if c["value_init"] == "cold":
+        if s.value_init == "cold":
             generator = torch.Generator().manual_seed(self.sample_seed(sample))
             start = torch.rand(key.shape, generator=generator).to(key)
         else:
             start = key.clone()
         codebook, entry, action = place_key(codebook, key, sample.label, radius * key.norm(), start)
         value = codebook.values[entry].clone().requires_grad_(True)
-        optimizer = torch.optim.Adam([value], lr=c["lr"])
+        optimizer = make_optimizer(s.optimizer, [value], s.lr)
 
         def step_loss():
             with torch.enable_grad():
@@ -197,7 +215,7 @@ class GRACEMethod(Method):
             return logits, loss, loss
 
         snapshot = FirstRightSnapshot([value], started)
-        steps, success, losses = fit_until_correct(step_loss, labels, optimizer, c["max_steps"], c["loss_stop"],
+        steps, success, losses = fit_until_correct(step_loss, labels, optimizer, s.max_steps, s.loss_stop,
                                                    on_first_right=snapshot)
         return codebook, entry, action, value, snapshot, success, steps, losses, started
 
