@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from w2e.where.diagnostics import benchmark_probe
-from w2e.where.configs import MaskSearchConfig
+from w2e.engine.search_config import MaskSearchConfig
 from w2e.where.meta_train import LOG_FILE, meta_train
 from w2e.models.loading import load_model
 from w2e.worlds.fashion.world import FASHION_META, meta_probe, meta_training_source

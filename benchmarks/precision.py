@@ -32,7 +32,8 @@ from w2e.editor.editor import Editor  # noqa: E402
 from w2e.inputs.images import read_image  # noqa: E402
 from w2e.inputs.labels import resolve_label  # noqa: E402
 from w2e.where.diagnostics import pairwise_iou  # noqa: E402
-from w2e.where.configs import MaskSearchConfig, MetaTrainConfig  # noqa: E402
+from w2e.engine.search_config import MaskSearchConfig  # noqa: E402
+from w2e.where.configs import MetaTrainConfig  # noqa: E402
 from w2e.where.mask_search import search_mask  # noqa: E402
 from w2e.engine.masks import topk_mask  # noqa: E402
 from w2e.where.meta_train import episode_batch  # noqa: E402

@@ -30,7 +30,8 @@ from w2e.engine.edit_config import EditConfig
 from w2e.engine.fine_tune import masked_fine_tune
 from w2e.editor.editor import PrefixCache
 from w2e.engine.masks import topk_mask
-from w2e.where.configs import MaskSearchConfig, MetaTrainConfig
+from w2e.engine.search_config import MaskSearchConfig
+from w2e.where.configs import MetaTrainConfig
 from w2e.where.mask_search import distillation_kl, optimise_aux_masks
 from w2e.where.hypernet import new_hypernetwork
 from w2e.where.meta_train import episode_batch, fit_hypernetwork

@@ -15,7 +15,8 @@ from w2e.engine.edits import edits_applied
 from w2e.engine.edit_config import EditConfig
 from w2e.editor.editor import Editor
 from w2e.where.hypernet import load_hypernetwork
-from w2e.where.configs import MaskSearchConfig, MetaTrainConfig
+from w2e.engine.search_config import MaskSearchConfig
+from w2e.where.configs import MetaTrainConfig
 from w2e.where.meta_train import LOG_FILE, meta_train
 from w2e.models.loading import ModelBundle, load_local_model
 from w2e.engine.forward import forward_prefix, forward_suffix

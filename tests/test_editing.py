@@ -95,7 +95,7 @@ def test_failed_edit_is_reported_as_failed(tiny_bundle):
 
 
 def test_bf16_autocast_edit_and_mask_search_keep_float32_state(tiny_bundle):
-    from w2e.where.configs import MaskSearchConfig
+    from w2e.engine.search_config import MaskSearchConfig
     from w2e.where.mask_search import search_mask
 
     editor = Editor(tiny_bundle)

@@ -12,7 +12,8 @@ import torch
 
 from w2e.formats.benchmark_file import load_benchmark, save_benchmark
 from w2e.inputs.labels import resolve_label
-from w2e.where.configs import MaskSearchConfig, MetaTrainConfig
+from w2e.engine.search_config import MaskSearchConfig
+from w2e.where.configs import MetaTrainConfig
 from w2e.models.folder import file_sha256
 from w2e.models.loading import load_model
 from w2e.worlds.glyphs.benchmark import GlyphBenchmarkConfig

@@ -12,7 +12,8 @@ from w2e.inputs.sources import TensorSource
 from w2e.editor.editor import Editor
 from w2e.where.hypernet import load_hypernetwork, new_hypernetwork
 from w2e.where.hypernet_file import HypernetworkMismatchError
-from w2e.where.configs import MaskSearchConfig, MetaTrainConfig
+from w2e.engine.search_config import MaskSearchConfig
+from w2e.where.configs import MetaTrainConfig
 from w2e.where.mask_search import distillation_kl, inner_loop, search_mask
 from w2e.where.meta_train import LOG_FILE, meta_train
 from w2e.models.loading import load_local_model
@@ -141,7 +142,8 @@ import sys
 import torch
 import torch.distributed as dist
 from w2e.inputs.sources import TensorSource
-from w2e.where.configs import MaskSearchConfig, MetaTrainConfig
+from w2e.engine.search_config import MaskSearchConfig
+from w2e.where.configs import MetaTrainConfig
 from w2e.engine.distributed import init_distributed_from_env
 from w2e.where.meta_train import meta_train
 from w2e.models.loading import load_local_model

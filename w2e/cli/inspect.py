@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Sequence
 from w2e.cli.common import CliError, add_mask_options, add_model_options, emit, load_bundle, load_editor
 from w2e.editor.constants import HYPERNETWORK_MASKS, SEARCHED_MASKS
 from w2e.models.folder import manifest_file
-from w2e.where.configs import MaskSearchConfig
+from w2e.engine.search_config import MaskSearchConfig
 from w2e.where.hypernet_file import check_pairing, read_hypernet_config
 
 if TYPE_CHECKING:

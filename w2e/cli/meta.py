@@ -11,14 +11,15 @@ from typing import TYPE_CHECKING, Sequence
 
 from w2e.cli.common import CliError, add_model_options, fraction, load_bundle, training_images
 from w2e.engine.precision import PRECISIONS
-from w2e.where.configs import AUX_INITS, INNER_RULES, OUTER_REDUCTIONS, MetaTrainConfig
+from w2e.engine.search_config import AUX_INITS, INNER_RULES, OUTER_REDUCTIONS
+from w2e.where.configs import MetaTrainConfig
 
 if TYPE_CHECKING:
     from w2e.inputs.sources import FolderSource, TensorSource
     from w2e.models.loading import ModelBundle
     from w2e.where.diagnostics import MaskProbe
 
-#: ``w2e meta-train`` options that set a :class:`w2e.where.configs.MaskSearchConfig` field of the same name.
+#: ``w2e meta-train`` options that set a :class:`w2e.engine.search_config.MaskSearchConfig` field of the same name.
 SEARCH_OPTIONS = ("sharpness", "inner_lr", "inner_steps", "inner_rule", "outer_steps", "outer_reduction",
                   "sparsity_weight", "aux_init", "aux_inits", "precision")
 #: ``w2e meta-train`` options that set a :class:`w2e.where.configs.MetaTrainConfig` field of the same name.

@@ -14,7 +14,7 @@ from w2e.engine.edits import Edit, edits_applied
 from w2e.engine.edit_config import EditConfig
 from w2e.engine.fine_tune import ProgressFn, masked_fine_tune
 from w2e.where.hypernet import Hypernetwork, load_hypernetwork
-from w2e.where.configs import MaskSearchConfig
+from w2e.engine.search_config import MaskSearchConfig
 from w2e.where.mask_search import search_mask
 from w2e.engine.masks import binarize, ensemble
 from w2e.models.loading import ModelBundle

@@ -9,7 +9,7 @@ from urllib.parse import urlparse
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import timm
 import torch
@@ -20,14 +20,12 @@ from torch import nn
 from w2e.formats.safetensors_header import fingerprint_record
 from w2e.engine.distributed import best_device  # noqa: F401 - callers import it from here too
 from w2e.engine.forward import check_vit
+from w2e.engine.search_config import MaskSearchConfig
 from w2e.engine.site import EditSite, site_for_model
 from w2e.inputs.preprocess import PreprocessConfig
 from w2e.models.folder import (DEFAULT_MODEL, FALLBACK_EDIT_LR, MANIFEST_NAME, CheckpointError, bundled_worlds,
                                check_weights_file, manifest_file, model_folder, read_manifest)
 from w2e.models.folder import world_dir  # noqa: F401 - w2e.app imports it from here; it lives in w2e.models.folder
-
-if TYPE_CHECKING:
-    from w2e.where.configs import MaskSearchConfig
 
 #: Manifest entries that name files of a model folder (top level, then inside ``stronger``).
 MANIFEST_FILE_KEYS = ("weights", "hypernetwork", "benchmark", "subpopulations", "examples")
@@ -90,8 +88,6 @@ class ModelBundle:
     def mask_search_config(self) -> MaskSearchConfig:
         """The model's own mask-search settings: the manifest's ``edit.mask_search``, else those
         its hypernetwork was meta-trained with (``recipes.meta_training.search``), else the defaults."""
-        from w2e.where.configs import MaskSearchConfig
-
         raw = self.manifest.get("edit", {}).get("mask_search")
         if raw is None:
             raw = self.manifest.get("recipes", {}).get("meta_training", {}).get("search")

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from w2e.where.configs import INNER_RULES, CutMixConfig, MaskSearchConfig
+from w2e.engine.search_config import INNER_RULES, MaskSearchConfig
+from w2e.where.configs import CutMixConfig
 from w2e.where.cutmix import cutmix
 from w2e.engine.optimizers import make_optimizer
 from w2e.engine.overrides import make_overridable, weight_overrides

@@ -12,7 +12,8 @@ import torch
 from w2e.formats.benchmark_file import IN_DISTRIBUTION_GROUP, load_benchmark
 from w2e.inputs.sources import TensorSource
 from w2e.where.diagnostics import MaskProbe
-from w2e.where.configs import MaskSearchConfig, MetaTrainConfig
+from w2e.engine.search_config import MaskSearchConfig
+from w2e.where.configs import MetaTrainConfig
 from w2e.where.hypernet_file import HYPERNET_FILE, read_hypernet_config
 from w2e.where.meta_train import CONFIG_FILE, LOG_FILE, saved_config
 from w2e.models.loading import ModelBundle, load_local_model

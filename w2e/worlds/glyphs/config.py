@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from w2e.where.configs import MaskSearchConfig, MetaTrainConfig
+from w2e.engine.search_config import MaskSearchConfig
+from w2e.where.configs import MetaTrainConfig
 from w2e.worlds.training import TrainRecipe
 from w2e.worlds.glyphs.benchmark import GlyphBenchmarkConfig
 from w2e.worlds.glyphs.classes import GLYPH_CLASSES, GlyphClass
