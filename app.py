@@ -382,7 +382,7 @@ def build_app(config: AppConfig) -> gr.Blocks:
         title = f"Block {view.block + 1}, head {view.head + 1}: where it looks"
         return {attention_heat: attention_plots.attention_heatmaps(report.base, report.edited, report.edit_blocks),
                 attention_map: attention_plots.attention_map_figure(session.sample.view, view.base_map, view.edited_map, title),
-                attention_md: text.describe_attention(view), details: report.to_json(), notice: cleared,
+                attention_md: text.describe_attention(view), details: report.to_dict(), notice: cleared,
                 attention_block: gr.Slider(maximum=blocks), attention_head: gr.Slider(maximum=heads)}
 
     def on_close(request: gr.Request) -> None:

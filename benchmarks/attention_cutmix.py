@@ -109,10 +109,10 @@ def main() -> None:
                                  "train_seconds": round(sum(entry["seconds"] for entry in log), 1),
                                  "test_accuracy": evaluate_accuracy(model, data["test_inputs"], data["test_labels"]),
                                  "layers": layer_rows(stats), "min_mad": float(stats.mad.min()),
-                                 "attention": stats.to_json()}
+                                 "attention": stats.to_dict()}
     shipped = load_model("fashion")
     stats = attention_statistics(shipped.model, measured)
-    results["shipped_base"] = {"layers": layer_rows(stats), "min_mad": float(stats.mad.min()), "attention": stats.to_json()}
+    results["shipped_base"] = {"layers": layer_rows(stats), "min_mad": float(stats.mad.min()), "attention": stats.to_dict()}
     results["seconds_this_invocation"] = round(time.time() - started, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))

@@ -175,7 +175,7 @@ def test_edited_attention_equals_base_before_the_edit_site_and_changes_after(tin
     assert torch.equal(report.edited.entropy[: start + 1], report.base.entropy[: start + 1])
     assert (report.difference.mad[start + 1 :].abs() > 1e-6).any()
     assert all(torch.equal(value, before[name]) for name, value in tiny_bundle.model.state_dict().items())
-    data = report.to_json()
+    data = report.to_dict()
     assert data["edit_blocks"] == list(tiny_bundle.site.blocks)
     assert len(data["difference"]["mad"]) == 6 and data["difference"]["mad"][0] == [0.0, 0.0]
 

@@ -30,7 +30,7 @@ from w2e.bench.specificity import mask_specificity
 from w2e.inputs.sources import TensorSource
 from w2e.engine.fine_tune import fit_until_correct, masked_fine_tune
 from w2e.where.hypernet import new_hypernetwork
-from w2e.where.meta_train import MetaTrainConfig
+from w2e.where.configs import MetaTrainConfig
 from w2e.models.loading import load_local_model
 from w2e.inputs.preprocess import normalise_array
 
@@ -216,7 +216,7 @@ def test_registry_lists_methods_in_report_order_and_names_the_known_ones():
 
 
 def test_settings_come_from_the_engine_defaults_and_refuse_unknown_keys(tiny_bundle):
-    from w2e.engine.fine_tune import EditConfig
+    from w2e.engine.edit_config import EditConfig
 
     quick = Resources(quick=True, seed=3)
     ft = method_entry("ft").build_settings(tiny_bundle, quick)
@@ -355,7 +355,7 @@ def test_masked_fine_tune_keeps_a_snapshot_only_when_asked(world):
     sample = ctx.samples[0]
     tokens, labels = ctx.sample_tokens(sample, bundle.site.start), ctx.sample_labels(sample)
     everything = torch.ones(bundle.site.mask_shape, dtype=torch.bool)
-    from w2e.engine.fine_tune import EditConfig
+    from w2e.engine.edit_config import EditConfig
 
     config = EditConfig(lr=1e-2, max_steps=8, loss_stop=-1.0)
     plain = masked_fine_tune(bundle.model, bundle.site, tokens, labels, everything, config)

@@ -21,7 +21,8 @@ from w2e.bench.sequential import (BaseState, SequentialInputError, SequentialOpt
 from w2e.bench.state import read_state, save_state
 from w2e.formats.benchmark_file import BenchmarkData
 from w2e.engine.edits import dense_sum, edits_applied
-from w2e.engine.fine_tune import EditConfig, masked_fine_tune
+from w2e.engine.fine_tune import masked_fine_tune
+from w2e.engine.edit_config import EditConfig
 from w2e.inputs.sources import TensorSource
 from w2e.editor.editor import Editor
 from w2e.where.hypernet import new_hypernetwork

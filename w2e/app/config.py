@@ -11,8 +11,10 @@ from typing import Mapping, Sequence
 import torch
 
 from w2e.inputs.images import MAX_FILE_BYTES, MAX_PIXELS
-from w2e.models.loading import (DEFAULT_MODEL, best_device, bundled_worlds, cached_hub_weights, examples_folder,
-                                hub_reachable, is_hub_model, read_manifest, world_dir)
+from w2e.engine.distributed import best_device
+from w2e.models.folder import world_dir
+from w2e.models.loading import (DEFAULT_MODEL, bundled_worlds, cached_hub_weights, examples_folder, hub_reachable,
+                                is_hub_model, read_manifest)
 
 #: The paper's ImageNet base model (needs internet the first time it is loaded).
 PAPER_MODEL = "vit_base_patch16_224.augreg_in21k_ft_in1k"

@@ -124,7 +124,7 @@ def apply_edit(bench: Workbench, session: Session, label: int, rho: float, max_e
     evaluation = bench.evaluate(session.sample, session.edits, prior)
     outcome = EditOutcome(edit, edit.success, label, before, after, evaluation, summary)
     if edit.success:
-        session.log.append({**outcome.to_dict(bench, session), "edit": edit.to_json(), "time": time.time()})
+        session.log.append({**outcome.to_dict(bench, session), "edit": edit.to_dict(), "time": time.time()})
     return outcome
 
 

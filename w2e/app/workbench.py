@@ -89,7 +89,7 @@ class Evaluation:
         return {"locality_rate": loc.rate if loc is not None else None,
                 "locality_images": int(len(loc.before)) if loc is not None else 0,
                 "locality_flipped": int(len(loc.flipped)) if loc is not None else 0,
-                "locality": {name: result.to_json() for name, result in self.localities.items()},
+                "locality": {name: result.to_dict() for name, result in self.localities.items()},
                 "generalization": self.generalization, "generalization_before": self.generalization_before,
                 "group": self.group_name, "group_images": self.group_size}
 

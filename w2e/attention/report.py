@@ -47,7 +47,7 @@ class AttentionStats:
         return AttentionStats(self.mad - other.mad, self.entropy - other.entropy,
                               self.prefix_share - other.prefix_share, self.num_images)
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         """Per-head lists (outer index: block, 0-based) and per-block summaries over the heads."""
         return {"mad": _rounded(self.mad), "entropy": _rounded(self.entropy), "prefix_share": _rounded(self.prefix_share),
                 "block_mad": _rounded(self.mad.mean(1)), "block_min_mad": _rounded(self.mad.min(1).values),
@@ -123,14 +123,14 @@ class AttentionReport:
         """Edited minus base, per head (``None`` without edits)."""
         return self.edited.minus(self.base) if self.edited is not None else None
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         """JSON-ready report; per-head lists are indexed by block (0-based), then head."""
         difference = self.difference
         return {"images": self.base.num_images, "grid": self.grid.to_dict(),
                 "queries": "patch tokens", "keys": "patch tokens (prefix tokens left out; their share is prefix_share)",
                 "distance_unit": "image side", "edit_blocks": list(self.edit_blocks),
-                "base": self.base.to_json(), "edited": self.edited.to_json() if self.edited is not None else None,
-                "difference": difference.to_json() if difference is not None else None}
+                "base": self.base.to_dict(), "edited": self.edited.to_dict() if self.edited is not None else None,
+                "difference": difference.to_dict() if difference is not None else None}
 
     def table(self) -> str:
         """Per-block text table (means and range over the heads); with edits, edited values and their changes."""

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from w2e.where.hypernet import Hypernetwork, load_hypernetwork
-from w2e.where.meta_train import LOG_FILE, MetaTrainConfig, PseudoSampler, meta_train
+from w2e.where.meta_train import LOG_FILE, PseudoSampler, meta_train
+from w2e.where.configs import MetaTrainConfig
 from w2e.models.loading import ModelBundle
 from w2e.inputs.preprocess import PreprocessConfig
 

@@ -46,5 +46,5 @@ def cmd_attention(args: argparse.Namespace) -> None:
             report = attention_report(bundle, inputs, edits, args.batch_size, lambda done, _total: bar.update(done - bar.n))
     except ValueError as error:
         raise CliError(str(error)) from None
-    payload = {"model": bundle.name, "source": source, "edits": list(args.edit), **report.to_json()}
+    payload = {"model": bundle.name, "source": source, "edits": list(args.edit), **report.to_dict()}
     emit(args, payload, f"{bundle.name} on {source}\n{report.table()}")

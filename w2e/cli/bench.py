@@ -7,8 +7,7 @@ import re
 import sys
 from pathlib import Path
 
-from w2e.cli.common import CliError, parse_site_blocks
-from w2e.models.folder import DEFAULT_MODEL
+from w2e.cli.common import CliError, add_model_options, load_bundle, training_images
 
 EPILOG = """\
 methods (--methods, comma list; default: all of the paper's comparison plus the ablation variants):
@@ -79,9 +78,7 @@ def _setting(text: str) -> tuple[str, str, object]:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, help="bundled world, model folder or timm name (default: fashion)")
-    p.add_argument("--site-blocks", type=parse_site_blocks, default=None, help="edit site blocks, e.g. 7:10")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: best available)")
+    add_model_options(p)
     p.add_argument("--train-data", default="auto",
                    help="training images for KE/MEND meta-training, T-Patcher's memory, ROME's key covariance and "
                         "the CutMix/PGD ablation: an image folder, a world's name, or 'none' (default: the world's own)")
@@ -126,10 +123,6 @@ def add_bench_parser(subparsers) -> None:
     p.set_defaults(func=cmd_bench_train)
 
 
-def _cli_error(message: str) -> Exception:
-    return CliError(message)
-
-
 def _out_dir(args) -> Path:
     if args.out:
         return Path(args.out)
@@ -141,34 +134,30 @@ def _out_dir(args) -> Path:
 def _bundle(args, device):
     import torch
 
-    from w2e.models.loading import load_model
-
     if args.threads:
         torch.set_num_threads(args.threads)
-    return load_model(args.model, site_blocks=args.site_blocks, device=device)
+    return load_bundle(args, device)
 
 
 def resolve_train_source(spec: str | None, model_spec: str, bundle):
-    """Training images ("seen data"): a folder, a bundled world's (``auto``: the model's own world), or ``None``."""
-    from w2e.inputs.sources import FolderSource
-    from w2e.worlds.registry import WORLDS, meta_training_source
+    """Training images ("seen data"): a folder or a bundled world's (:func:`training_images`), the model's own
+    world's with ``auto`` (skipped with a note when it has none), or ``None`` with ``none``."""
+    from w2e.worlds.registry import WORLDS
 
     if spec in (None, "none"):
         return None
-    if spec != "auto" and spec not in WORLDS:
-        if Path(spec).is_dir():
-            return FolderSource(spec, bundle.preprocessing)
-        raise _cli_error(f"--train-data {spec!r}: not a folder of images, a world ({', '.join(WORLDS)}), "
-                         "'auto' or 'none'")
-    world = model_spec if spec == "auto" else spec
-    if world in WORLDS:
+    if spec != "auto":
         try:
-            return meta_training_source(world, bundle)
+            return training_images(spec, bundle, "--train-data")
         except (ImportError, FileNotFoundError, OSError, RuntimeError) as error:
-            if spec != "auto":
-                raise _cli_error(f"{world} training images unavailable: {error}") from None
-            print(f"w2e bench: no training images ({error}); methods that need them are skipped", file=sys.stderr)
-    return None
+            raise CliError(f"{spec} training images unavailable: {error}") from None
+    if model_spec not in WORLDS:
+        return None
+    try:
+        return training_images(model_spec, bundle, "--train-data")
+    except (CliError, ImportError, FileNotFoundError, OSError, RuntimeError) as error:
+        print(f"w2e bench: no training images ({error}); methods that need them are skipped", file=sys.stderr)
+        return None
 
 
 def _method_settings(args) -> dict[str, dict]:
@@ -202,15 +191,15 @@ def cmd_bench(args) -> None:
         print(_list_methods(args.quick, args.sequential))
         return
     if not args.sequential and (args.steps is not None or args.stream_length != -1):
-        raise _cli_error("--steps and --stream-length belong to --sequential")
+        raise CliError("--steps and --stream-length belong to --sequential")
     if args.sequential and args.ablations is not None:
-        raise _cli_error("--ablations belongs to the single-edit protocol, not --sequential")
+        raise CliError("--ablations belongs to the single-edit protocol, not --sequential")
     methods = None
     if args.methods:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
         unknown = [m for m in methods if m not in all_method_names()]
         if unknown:
-            raise _cli_error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(all_method_names())}")
+            raise CliError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(all_method_names())}")
     if args.ablations is None:
         ablations = None
     elif args.ablations in ("", "none"):
@@ -219,7 +208,7 @@ def cmd_bench(args) -> None:
         ablations = tuple(a.strip() for a in args.ablations.split(","))
     bad = [a for a in ablations or () if a not in ABLATIONS]
     if bad:
-        raise _cli_error(f"unknown ablation(s) {', '.join(bad)}; choose from {', '.join(ABLATIONS)}")
+        raise CliError(f"unknown ablation(s) {', '.join(bad)}; choose from {', '.join(ABLATIONS)}")
     with process_group_from_env(args.device) as device:
         _bench_on(args, device, methods, ablations)
 
@@ -236,11 +225,11 @@ def _bench_on(args, device, methods: list[str] | None, ablations: tuple[str, ...
     bundle = _bundle(args, device)
     bench_path = Path(args.benchmark) if args.benchmark else bundle.benchmark_path
     if bench_path is None:
-        raise _cli_error(f"model {bundle.name!r} has no bundled benchmark; give --benchmark FILE_OR_FOLDER")
+        raise CliError(f"model {bundle.name!r} has no bundled benchmark; give --benchmark FILE_OR_FOLDER")
     try:
         data = load_any_benchmark(bench_path, bundle.preprocessing)
     except ValueError as error:
-        raise _cli_error(str(error)) from None
+        raise CliError(str(error)) from None
     hyper_path = args.hypernetwork or bundle.hypernetwork_path
     hypernetwork = load_hypernetwork(hyper_path, bundle.site, bundle.sha256, bundle.name).to(bundle.device) if hyper_path else None
     source = resolve_train_source(args.train_data, args.model, bundle)
@@ -254,7 +243,7 @@ def _bench_on(args, device, methods: list[str] | None, ablations: tuple[str, ...
     try:
         results = run_bench(bundle, data, out, options, hypernetwork, source, str(bench_path))
     except SettingsError as error:
-        raise _cli_error(str(error)) from None
+        raise CliError(str(error)) from None
     if rank_and_world()[0] != 0:
         return
     if args.json:
@@ -278,7 +267,7 @@ def _run_sequential(args, bundle, data, methods, hypernetwork, source, bench_pat
     try:
         results = run_sequential(bundle, data, out, options, hypernetwork, source, bench_path)
     except (SettingsError, SequentialInputError) as error:
-        raise _cli_error(str(error)) from None
+        raise CliError(str(error)) from None
     if args.json:
         print(json.dumps({"curves": results["curves"], "skipped": results["skipped"], "out": str(out)}))
     else:
@@ -296,11 +285,11 @@ def cmd_bench_train(args) -> None:
     trainable = ("ke", "mend", "w2e-cutmix", "w2e-pgd")
     unknown = [which for which in args.which if which not in trainable]
     if unknown:
-        raise _cli_error(f"bench-train: unknown {unknown[0]!r}; choose from {', '.join(trainable)}")
+        raise CliError(f"bench-train: unknown {unknown[0]!r}; choose from {', '.join(trainable)}")
     bundle = _bundle(args, args.device or best_device())
     source = resolve_train_source(args.train_data, args.model, bundle)
     if source is None:
-        raise _cli_error("meta-training needs training images: give --train-data FOLDER")
+        raise CliError("meta-training needs training images: give --train-data FOLDER")
     out = _out_dir(args)
     overrides = _method_settings(args)
     resources = Resources(None, source, out, args.quick, args.seed)
@@ -308,7 +297,7 @@ def cmd_bench_train(args) -> None:
         try:
             settings = method_entry(which).build_settings(bundle, resources, overrides.get(which))
         except SettingsError as error:
-            raise _cli_error(str(error)) from None
+            raise CliError(str(error)) from None
         if isinstance(settings, PseudoSampleSettings):
             _, summary = train_pseudo_hypernetwork(bundle, resources, settings)
         else:

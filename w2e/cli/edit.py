@@ -62,7 +62,7 @@ def cmd_edit(args: argparse.Namespace) -> None:
         "mask_source": edit.info["mask_source"], "rho": args.rho,
         "locality_rate": locality.rate if locality is not None else None,
         "locality_flipped": int(len(locality.flipped)) if locality is not None else None,
-        "locality": {name: result.to_json() for name, result in localities.items()},
+        "locality": {name: result.to_dict() for name, result in localities.items()},
         "saved": args.save, "exported": args.export,
     }
     status = "succeeded" if edit.success else "FAILED (prediction still wrong after the step limit)"

@@ -68,20 +68,20 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 def cmd_meta_train(args: argparse.Namespace) -> None:
     """Meta-train a hypernetwork for a model on CutMix pseudo-samples of a data source."""
     from w2e.where.diagnostics import benchmark_probe
-    from w2e.engine.distributed import init_distributed_from_env
+    from w2e.engine.distributed import process_group_from_env
     from w2e.where.meta_train import MetaConfigMismatchError, meta_train, saved_config
 
-    device = init_distributed_from_env(args.device)
-    bundle = load_bundle(args, device)
-    source, probe = _source_and_probe(args.data, bundle, args.probe_size)
-    base = saved_config(args.out) or MetaTrainConfig()
-    search = replace(base.search, **_given(args, SEARCH_OPTIONS))
-    config = replace(base, search=search, **_given(args, META_OPTIONS))
-    probes = [p for p in (probe, benchmark_probe(bundle)) if p is not None]
-    try:
-        path = meta_train(bundle, source, args.out, config, probes=probes)
-    except MetaConfigMismatchError as error:
-        raise CliError(str(error)) from None
+    with process_group_from_env(args.device) as device:
+        bundle = load_bundle(args, device)
+        source, probe = _source_and_probe(args.data, bundle, args.probe_size)
+        base = saved_config(args.out) or MetaTrainConfig()
+        search = replace(base.search, **_given(args, SEARCH_OPTIONS))
+        config = replace(base, search=search, **_given(args, META_OPTIONS))
+        probes = [p for p in (probe, benchmark_probe(bundle)) if p is not None]
+        try:
+            path = meta_train(bundle, source, args.out, config, probes=probes)
+        except MetaConfigMismatchError as error:
+            raise CliError(str(error)) from None
     print(f"hypernetwork written to {path}")
 
 

@@ -41,7 +41,7 @@ class LocalityResult:
     accuracy_before: float | None = None
     accuracy_after: float | None = None
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         """JSON-ready numbers (no arrays)."""
         return {"rate": self.rate, "images": int(len(self.before)), "flipped": int(len(self.flipped)),
                 "accuracy_before": self.accuracy_before, "accuracy_after": self.accuracy_after}

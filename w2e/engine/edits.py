@@ -83,7 +83,7 @@ class Edit:
                 weight.copy_(self.add_to(layer, weight))
         return AppliedEdit(self, model, saved)
 
-    def to_json(self) -> dict:
+    def to_dict(self) -> dict:
         """Metadata (everything but the tensors) as a JSON-ready dict."""
         return {
             "format": EDIT_FORMAT,
@@ -105,7 +105,7 @@ class Edit:
         for row, layer in enumerate(self.site.layers):
             tensors[f"{layer.param_name}.indices"] = self.indices[row].contiguous()
             tensors[f"{layer.param_name}.delta"] = self.deltas[row].contiguous()
-        save_file(tensors, str(path), metadata={"w2e_edit": json.dumps(self.to_json())})
+        save_file(tensors, str(path), metadata={"w2e_edit": json.dumps(self.to_dict())})
 
     @classmethod
     def load(cls, path: str | Path) -> "Edit":

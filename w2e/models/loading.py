@@ -18,14 +18,12 @@ from safetensors.torch import load_file
 from torch import nn
 
 from w2e.formats.safetensors_header import fingerprint_record
-from w2e.engine.distributed import best_device  # noqa: F401 - callers import it from here too
 from w2e.engine.forward import check_vit
 from w2e.engine.search_config import MaskSearchConfig
 from w2e.engine.site import EditSite, site_for_model
 from w2e.inputs.preprocess import PreprocessConfig
 from w2e.models.folder import (DEFAULT_MODEL, FALLBACK_EDIT_LR, MANIFEST_NAME, CheckpointError, bundled_worlds,
                                check_weights_file, manifest_file, model_folder, read_manifest)
-from w2e.models.folder import world_dir  # noqa: F401 - w2e.app imports it from here; it lives in w2e.models.folder
 
 #: Manifest entries that name files of a model folder (top level, then inside ``stronger``).
 MANIFEST_FILE_KEYS = ("weights", "hypernetwork", "benchmark", "subpopulations", "examples")

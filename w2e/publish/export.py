@@ -95,7 +95,7 @@ def export_model_folder(bundle: ModelBundle, edits: Sequence[Edit], out_dir: Pat
         else:
             manifest[key] = name
     manifest.update(format=MODEL_FORMAT, weights=WEIGHTS_FILE, name=f"{bundle.name}-edited",
-                    edited_from={"name": bundle.name, "sha256": bundle.sha256, "edits": [e.to_json() for e in edits]},
+                    edited_from={"name": bundle.name, "sha256": bundle.sha256, "edits": [e.to_dict() for e in edits]},
                     files={path.relative_to(out_dir).as_posix(): file_sha256(path) for path in [weights, *carried]})
     (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1))
     logs = []

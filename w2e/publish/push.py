@@ -162,7 +162,7 @@ def stage_edit(path: Path, folder: Path, spec: str, options: CardOptions) -> Non
         edit = Edit.load(path)
     except (ValueError, KeyError, SafetensorError, OSError) as error:
         raise HubError(f"{path}: not a loadable w2e edit ({error})") from None
-    meta = edit.to_json()
+    meta = edit.to_dict()
     _place(path, folder / EDIT_FILE)
     figure = None
     if edit.losses:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from w2e.formats.checkpoints import load_optimizer_tensors, optimizer_tensors, read_checkpoint, save_atomically
+from w2e.engine.distributed import rank_and_world
 from w2e.where.configs import MetaTrainConfig
 from w2e.where.cutmix import cutmix
 from w2e.where.hypernet import Hypernetwork, load_hypernetwork, new_hypernetwork
@@ -27,7 +28,6 @@ from w2e.where.hypernet_file import HYPERNET_FILE
 from w2e.where.diagnostics import MaskProbe
 from w2e.where.mask_search import aux_mask_target, distillation_kl, optimise_aux_masks
 from w2e.models.loading import ModelBundle
-from w2e.engine.distributed import init_distributed_from_env, rank_and_world  # noqa: F401 - w2e meta-train's import
 from w2e.engine.optimizers import make_optimizer
 from w2e.engine.seeds import mixed_seed
 from w2e.engine.forward import forward_prefix, forward_suffix, patch_size

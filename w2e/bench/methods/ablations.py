@@ -22,8 +22,8 @@ from w2e.bench.records import settings_hash
 from w2e.engine.masks import ensemble
 from w2e.models.loading import ModelBundle
 from w2e.where.hypernet import Hypernetwork
-from w2e.where.mask_search import MaskSearchConfig
-from w2e.where.meta_train import MetaTrainConfig
+from w2e.engine.search_config import MaskSearchConfig
+from w2e.where.configs import MetaTrainConfig
 
 #: Kept fraction of the ensemble ablation's edits.
 ENSEMBLE_RHO = 0.1

@@ -13,7 +13,8 @@ from w2e.bench.methods.registry import register_method
 from w2e.bench.methods.site_methods import (FineTuneSettings, MaskMethod, MaskSettings, SiteStack, SiteStackMethod,
                                             site_bench_edit, stacked_edit)
 from w2e.engine.edits import Edit
-from w2e.engine.fine_tune import EditConfig, masked_fine_tune
+from w2e.engine.fine_tune import masked_fine_tune
+from w2e.engine.edit_config import EditConfig
 from w2e.engine.site import EditSite
 
 

@@ -14,7 +14,8 @@ from torch import nn
 from w2e.bench.data import EditSample
 from w2e.bench.methods.base import BenchEdit, Method, MethodSettings, Resources, with_first_right
 from w2e.bench.methods.registry import register_method
-from w2e.engine.fine_tune import EditConfig, FirstRightSnapshot, fit_until_correct
+from w2e.engine.fine_tune import FirstRightSnapshot, fit_until_correct
+from w2e.engine.edit_config import EditConfig
 from w2e.engine.forward import forward_suffix
 from w2e.engine.optimizers import make_optimizer
 from w2e.engine.overrides import make_linear_overridable, weight_overrides

@@ -19,12 +19,14 @@ from w2e.bench.data import EditSample
 from w2e.bench.methods.base import BenchEdit, Method, MethodSettings, Resources, SequentialForm
 from w2e.editor.editor import DEFAULT_RHO
 from w2e.engine.edits import Edit, dense_sum, edits_applied
-from w2e.engine.fine_tune import EditConfig, masked_fine_tune
+from w2e.engine.fine_tune import masked_fine_tune
+from w2e.engine.edit_config import EditConfig
 from w2e.engine.forward import forward_suffix
 from w2e.engine.masks import RHO_GRID, binarize, ensemble
 from w2e.engine.site import EditSite
 from w2e.models.loading import ModelBundle
-from w2e.where.mask_search import MaskSearchConfig, search_mask
+from w2e.where.mask_search import search_mask
+from w2e.engine.search_config import MaskSearchConfig
 
 #: Kept fractions swept with ``--quick``.
 QUICK_RHOS = (0.25, 0.05)

@@ -15,7 +15,8 @@ from w2e.bench.hooks import scoped_forward_hook
 from w2e.bench.methods.base import BenchEdit, Method, MethodSettings, Resources, SequentialForm, with_first_right
 from w2e.bench.methods.capture import capture_input, head_token, train_tokens
 from w2e.bench.methods.registry import register_method
-from w2e.engine.fine_tune import EditConfig, FirstRightSnapshot, fit_until_correct
+from w2e.engine.fine_tune import FirstRightSnapshot, fit_until_correct
+from w2e.engine.edit_config import EditConfig
 from w2e.engine.forward import forward_suffix
 from w2e.engine.optimizers import make_optimizer
 from w2e.models.loading import ModelBundle

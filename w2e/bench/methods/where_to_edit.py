@@ -15,7 +15,7 @@ from w2e.bench.methods.site_methods import (SEARCH_PSEUDO_SAMPLES, MaskMethod, M
 from w2e.engine.forward import forward_prefix, forward_suffix
 from w2e.engine.site import EditSite
 from w2e.models.loading import ModelBundle
-from w2e.where.mask_search import MaskSearchConfig
+from w2e.engine.search_config import MaskSearchConfig
 
 
 @register_method("w2e", settings=MaskSettings)
