@@ -82,3 +82,17 @@ def test_a_folder_without_a_run_is_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=CONFIG_FILE):
         ship_hypernetwork(tmp_path / "empty", root=tmp_path)
+
+
+def test_the_command_ships_a_run_and_refuses_a_foreign_one(tmp_path, monkeypatch, capsys):
+    from w2e.cli import main
+
+    monkeypatch.setenv("W2E_HOME", str(tmp_path))
+    ckpt = _world(tmp_path)
+    foreign = _run(tmp_path / "foreign", replace(FASHION_META, iterations=300))
+    assert main(["world", "ship-hypernetwork", "fashion", str(foreign)]) == 2
+    assert "iterations" in capsys.readouterr().err and not (ckpt / HYPERNET_FILE).exists()
+    run = _run(tmp_path / "run")
+    assert main(["world", "ship-hypernetwork", "fashion", str(run)]) == 0
+    assert json.loads(capsys.readouterr().out)["held-out"]["iou_with_mean"] == 0.36
+    assert json.loads((ckpt / "manifest.json").read_text())["hypernetwork"] == HYPERNET_FILE

@@ -31,6 +31,7 @@ class WorldEntry:
     build: str
     meta_training_source: str | None
     description: str
+    ship_hypernetwork: str | None = None
 
     def function(self, attribute: str) -> Callable:
         """A function of the world's module, imported on first use."""
@@ -41,7 +42,7 @@ WORLDS: dict[str, WorldEntry] = {
     entry.name: entry
     for entry in (
         WorldEntry("fashion", ".fashion.world", "build_fashion_world", "meta_training_source",
-                   "Fashion-MNIST ViT with held-out subpopulations"),
+                   "Fashion-MNIST ViT with held-out subpopulations", "ship_hypernetwork"),
         WorldEntry("glyphs", ".glyphs.world", "build_glyphs_world", "meta_training_source",
                    "glyph classes of many scripts rendered from Debian fonts, rare font styles held out"),
     )
@@ -66,3 +67,14 @@ def meta_training_source(name: str, bundle: "ModelBundle") -> "TensorSource":
     if entry.meta_training_source is None:
         raise UnknownWorldError(f"world {name!r} provides no meta-training images yet")
     return entry.function(entry.meta_training_source)(bundle)
+
+
+def ship_hypernetwork(name: str, run_dir: str) -> dict:
+    """Ship the hypernetwork of a finished ``w2e meta-train`` run with world ``name``; returns its mask diagnostics."""
+    entry = world_entry(name)
+    if entry.ship_hypernetwork is None:
+        raise WorldBuildError(f"world {name!r} ships its hypernetwork from its own build only")
+    try:
+        return entry.function(entry.ship_hypernetwork)(run_dir)
+    except (FileNotFoundError, ValueError) as error:
+        raise WorldBuildError(str(error)) from None
