@@ -213,8 +213,8 @@ def main() -> None:
         "meta_vit_base": lambda: bench_meta(vitb, batch=4, repeats=1, search=MaskSearchConfig(outer_steps=1, inner_steps=1)),
         "meta_floor_fashion": lambda: bench_meta_floor(fashion, batch=8, repeats=repeats + 2,
                                                        search=MaskSearchConfig(inner_steps=5, outer_steps=10)),
-        "meta_floor_vit_base": lambda: bench_meta_floor(vitb, batch=2, repeats=repeats,
-                                                        search=MaskSearchConfig(inner_steps=2, outer_steps=2)),
+        "meta_floor_vit_base": lambda: bench_meta_floor(vitb, batch=4, repeats=1,
+                                                        search=MaskSearchConfig(inner_steps=5, outer_steps=10)),
         "locality_vit_base": lambda: bench_locality(vitb, count=64 if args.quick else 128, repeats=repeats),
         "locality_fashion": lambda: bench_locality(fashion, count=2000, repeats=repeats),
     }

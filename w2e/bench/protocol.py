@@ -14,7 +14,7 @@ import torch
 
 from w2e.bench.data import BenchContext, EditSample, EvalLimits, benchmark_fingerprint
 from w2e.bench.hooks import has_hooks
-from w2e.bench.methods import Method, Resources, UnknownMethodError, method_entries, method_entry, method_names
+from w2e.bench.methods import Method, Resources, check_method_names, method_entries, method_entry
 from w2e.bench.metrics import SINGLE_SETTING_RHOS, paired_sign_tests, summarise_records
 from w2e.bench.records import RecordStore, record_key, settings_hash
 from w2e.bench.sharding import Shard, sweep_shard
@@ -79,11 +79,6 @@ class BenchOptions:
                        max_locality=pick(self.max_locality, base.max_locality))
 
 
-def all_method_names() -> list[str]:
-    """Names accepted by ``--methods`` (comparison methods, then ablation variants)."""
-    return method_names()
-
-
 def selected_methods(options: BenchOptions) -> list[str]:
     """The methods a run with ``options`` runs, in report order: the given ones, or every comparison
     method plus the variants of the chosen ablations.
@@ -92,9 +87,7 @@ def selected_methods(options: BenchOptions) -> list[str]:
         UnknownMethodError: a given name is not registered (the message lists the known ones).
     """
     if options.methods is not None:
-        unknown = [name for name in options.methods if name not in all_method_names()]
-        if unknown:
-            raise UnknownMethodError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(all_method_names())}")
+        check_method_names(options.methods)
         return list(options.methods)
     chosen = options.chosen_ablations()
     return [entry.name for entry in method_entries() if entry.ablation is None or entry.ablation in chosen]

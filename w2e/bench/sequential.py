@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from w2e.bench.data import BenchContext, EditSample, EvalLimits, benchmark_fingerprint
-from w2e.bench.methods import Resources, SequentialForm, method_entry, method_names
+from w2e.bench.methods import Resources, SequentialForm, UnknownMethodError, check_method_names, method_entry, method_names
 from w2e.bench.protocol import check_base_unchanged, environment, method_info, model_info, write_results
 from w2e.bench.records import RecordStore, settings_hash
 from w2e.bench.state import EditState, read_state, save_state
@@ -216,11 +216,11 @@ def run_sequential(bundle: ModelBundle, data: BenchmarkData, out_dir: str | Path
     store = RecordStore(out_dir / RECORDS_FILE)
     if store.dropped:
         log(f"dropped {store.dropped} incomplete record line(s) from {out_dir / RECORDS_FILE}")
-    known = method_names(ablations=False)
     names = list(options.methods) if options.methods is not None else list(DEFAULT_METHODS)
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise SequentialInputError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
+    try:
+        check_method_names(names, method_names(ablations=False))
+    except UnknownMethodError as error:
+        raise SequentialInputError(str(error)) from None
     entries = {name: method_entry(name) for name in names}
     settings = {name: entries[name].build_settings(bundle, resources, options.method_settings.get(name))
                 for name in names}

@@ -184,7 +184,8 @@ def _list_methods(quick: bool, sequential: bool = False) -> str:
 
 def cmd_bench(args) -> None:
     """Run (or resume) the benchmark and print the summary table."""
-    from w2e.bench.protocol import ABLATIONS, all_method_names
+    from w2e.bench.methods import UnknownMethodError, check_method_names
+    from w2e.bench.protocol import ABLATIONS
     from w2e.engine.distributed import process_group_from_env
 
     if args.list:
@@ -197,9 +198,10 @@ def cmd_bench(args) -> None:
     methods = None
     if args.methods:
         methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-        unknown = [m for m in methods if m not in all_method_names()]
-        if unknown:
-            raise CliError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(all_method_names())}")
+        try:
+            check_method_names(methods)
+        except UnknownMethodError as error:
+            raise CliError(str(error)) from None
     if args.ablations is None:
         ablations = None
     elif args.ablations in ("", "none"):

@@ -18,10 +18,10 @@ The families are imported below in report order, which registers them in that or
 from w2e.bench.methods import (where_to_edit, fine_tuning, selection, tpatcher, rome, lora, hyperedit,  # noqa: F401
                                grace, wise, ablations)
 from w2e.bench.methods.base import BenchEdit, Method, MethodSettings, Resources, SequentialForm, SettingsError
-from w2e.bench.methods.registry import (MethodEntry, UnknownMethodError, method_entries, method_entry, method_names,
-                                        register_method)
+from w2e.bench.methods.registry import (MethodEntry, UnknownMethodError, check_method_names, method_entries,
+                                        method_entry, method_names, register_method)
 
 __all__ = [
     "BenchEdit", "Method", "MethodEntry", "MethodSettings", "Resources", "SequentialForm", "SettingsError",
-    "UnknownMethodError", "method_entries", "method_entry", "method_names", "register_method",
+    "UnknownMethodError", "check_method_names", "method_entries", "method_entry", "method_names", "register_method",
 ]

@@ -6,6 +6,8 @@ adds them when that ablation runs.
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 from dataclasses import dataclass
 from typing import Callable, Mapping, TypeVar
 
@@ -101,3 +103,15 @@ def method_entries(ablations: bool = True) -> list[MethodEntry]:
 def method_names(ablations: bool = True) -> list[str]:
     """Names of :func:`method_entries`: the comparison methods, then the ablation variants."""
     return [entry.name for entry in method_entries(ablations)]
+
+
+def check_method_names(names: Sequence[str], known: Sequence[str] | None = None) -> None:
+    """Refuse names that are not among ``known`` (default: every registered method).
+
+    Raises:
+        UnknownMethodError: naming every unknown name and listing the known ones.
+    """
+    known = list(known) if known is not None else method_names()
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UnknownMethodError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(known)}")
