@@ -14,6 +14,7 @@ from w2e.where.meta_train import LOG_FILE
 from w2e.models.loading import ModelBundle, load_local_model
 from w2e.inputs.preprocess import normalise_array
 from w2e.worlds.locality import top2_gap
+from w2e.worlds.predictions import predict_probs
 from w2e.worlds.registry import WorldBuildError
 from w2e.worlds.shipping import (StageClock, count_misclassified_editing_samples, file_problems, stage_meta_train,
                         world_paths, write_manifest)
@@ -150,7 +151,7 @@ def check_glyphs_world(paths: dict[str, Path], config: GlyphWorldConfig = GLYPH_
         problems.append(f"{samples - wrong} editing samples are classified correctly by the base model")
     locality = bench.locality_indices
     with torch.no_grad():
-        probs = bundle.model(normalise_array(bench.images[locality], bundle.preprocessing)).softmax(-1).double().numpy()
+        probs = predict_probs(bundle.model, bench.images[locality], bundle.preprocessing.mean[0], bundle.preprocessing.std[0])
     margin = manifest["figures"]["locality"]["margin"]
     if not ((probs.argmax(1) == bench.labels[locality]) & (top2_gap(probs) < margin)).all():
         problems.append(f"locality images off the margin {margin} or misclassified")
