@@ -158,6 +158,19 @@ def _table(headers: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+PAGE_STYLE = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
+              "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
+              "td:first-child,td:nth-child(2){text-align:left}pre{font-size:12px;background:#f8f8f8;padding:1em}")
+
+
+def write_html_page(path: Path, title: str, intro: str, parts: list[str]) -> Path:
+    """Write a self-contained report page (``title`` and ``intro`` already escaped) and return ``path``."""
+    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{PAGE_STYLE}</style></head>"
+            f"<body><h1>{title}</h1>{intro}{''.join(parts)}</body></html>")
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
 def write_report(results: dict, path: str | Path) -> Path:
     """Write one self-contained HTML file (plotly.js inlined, works offline)."""
     import plotly.graph_objects as go
@@ -247,10 +260,4 @@ def write_report(results: dict, path: str | Path) -> Path:
              f"{len(groups)} groups; {results['benchmark']['locality_images_evaluated']} locality images; "
              f"{'quick run' if results['protocol']['quick'] else 'full sweep'}, "
              f"{results['seconds'] / 60:.1f} min.</p>")
-    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
-             "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
-             "td:first-child,td:nth-child(2){text-align:left}pre{font-size:12px;background:#f8f8f8;padding:1em}")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style></head>"
-            f"<body><h1>{title}</h1>{intro}{''.join(parts)}</body></html>")
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_html_page(path, title, intro, parts)

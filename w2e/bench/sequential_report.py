@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from w2e.bench.report import _colour, _figure_html, _fmt, _knob, _table
+from w2e.bench.report import _colour, _figure_html, _fmt, _knob, _table, write_html_page
 
 #: The four checkpoint metrics, their results.json keys and axis titles.
 PANELS = (("retention", "retention (earlier fixes still right)"), ("gr", "GR over the touched groups"),
@@ -120,10 +120,4 @@ def write_sequential_report(results: dict, path: str | Path) -> Path:
              f"checkpoints T = {', '.join(map(str, protocol['checkpoints']))}; "
              f"{results['benchmark']['locality_images_evaluated']} locality images; "
              f"{'quick run' if protocol['quick'] else 'full run'}, {results['seconds'] / 60:.1f} min.</p>")
-    style = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:1400px}table{border-collapse:collapse;"
-             "margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
-             "td:first-child,td:nth-child(2){text-align:left}pre{font-size:12px;background:#f8f8f8;padding:1em}")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{title}</title><style>{style}</style></head>"
-            f"<body><h1>{title}</h1>{intro}{''.join(parts)}</body></html>")
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_html_page(path, title, intro, parts)
