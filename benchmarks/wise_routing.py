@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from w2e.cli.bench import resolve_train_source
-from w2e.bench.data import BenchContext, EvalLimits, load_any_benchmark
+from w2e.bench.context import BenchContext, EvalLimits, load_any_benchmark
 from w2e.bench.methods import Resources, method_entry
 from w2e.bench.methods.capture import capture_input
 from w2e.bench.methods.wise import activation_scores

@@ -15,7 +15,7 @@ from safetensors.numpy import save_file
 
 from tests.conftest import tiny_model, write_model_dir
 from w2e.bench import BenchOptions, run_bench
-from w2e.bench.data import BenchContext, EvalLimits, load_any_benchmark, load_image_folder
+from w2e.bench.context import BenchContext, EvalLimits, load_any_benchmark, load_image_folder
 from w2e.bench.hooks import has_hooks
 import w2e.bench.methods
 from w2e.bench.methods import (Resources, SettingsError, UnknownMethodError, method_entries, method_entry,
@@ -200,7 +200,7 @@ def test_method_families_import_only_the_shared_layer_of_the_package():
         assert not outside & {"w2e.bench.protocol", "w2e.bench.sequential", "w2e.bench.sharding"}, path.name
         if path.stem not in ("__init__", *(name.rsplit(".", 1)[1] for name in shared)):
             assert inside <= shared, f"{path.name} imports another family: {sorted(inside - shared)}"
-    assert _bench_imports(folder / "base.py") <= {"w2e.bench.data", "w2e.bench.state"}
+    assert _bench_imports(folder / "base.py") <= {"w2e.bench.context", "w2e.bench.state"}
 
 
 def test_registry_lists_methods_in_report_order_and_names_the_known_ones():
@@ -609,7 +609,7 @@ def test_pseudo_sample_hypernetworks_train_and_edit_reversibly(world, name, tmp_
 
 
 def test_edit_budget_is_spread_over_groups():
-    from w2e.bench.data import spread_edits
+    from w2e.bench.context import spread_edits
 
     assert spread_edits([5, 1, 3], total=5, per_group=None) == [2, 1, 2]
     assert spread_edits([5, 1, 3], total=2, per_group=None) == [1, 0, 1]  # most failures first

@@ -10,7 +10,7 @@ import torch
 
 from tests.conftest import tiny_model, write_model_dir
 from tests.test_bench import write_fake_benchmark
-from w2e.bench.data import BenchContext, EditSample, EvalLimits, accuracy_rows, load_any_benchmark
+from w2e.bench.context import BenchContext, EditSample, EvalLimits, accuracy_rows, load_any_benchmark
 from w2e.bench.hooks import has_hooks
 from w2e.bench.methods import Resources, method_entry
 from w2e.bench.methods.grace import Codebook, place_key

@@ -87,7 +87,7 @@ and shared by all methods editing at or after that block; methods that edit late
 changes every MSA, runs batched full forwards from block 0's tokens. Evaluation of one edit
 is one batched pass over its group's images and the locality set.
 """
-from w2e.bench.data import BenchContext, EditSample, EvalLimits, load_any_benchmark, load_image_folder
+from w2e.bench.context import BenchContext, EditSample, EvalLimits, load_any_benchmark, load_image_folder
 from w2e.where.diagnostics import iou_matrix
 from w2e.bench.metrics import group_generalization, locality_rate, paired_sign_tests, sign_test, success_rate, summarise_records
 from w2e.bench.methods import BenchEdit, Method, MethodSettings, Resources, method_entry, method_names

@@ -84,7 +84,7 @@ def summarise_records(records: Iterable[dict], group_names: Sequence[str] = (), 
     """One row per (method, knob value): SR, GR (mean over groups), LR, per-group GR/LR, timing.
 
     Each record carries ``method``, ``knob``, ``value``, ``group`` and the counts written by
-    :meth:`w2e.bench.data.BenchContext.evaluate` plus ``seconds`` and ``steps`` of the edit;
+    :meth:`w2e.bench.context.BenchContext.evaluate` plus ``seconds`` and ``steps`` of the edit;
     ``stop`` picks the stopping point they are read at (:func:`at_stop`). ``became_right``
     counts the edits whose samples were all predicted right at some step.
     """

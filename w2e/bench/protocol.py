@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from w2e.bench.data import BenchContext, EditSample, EvalLimits, benchmark_fingerprint
+from w2e.bench.context import BenchContext, EditSample, EvalLimits, benchmark_fingerprint
 from w2e.bench.hooks import has_hooks
 from w2e.bench.methods import Method, Resources, check_method_names, method_entries, method_entry
 from w2e.bench.metrics import SINGLE_SETTING_RHOS, paired_sign_tests, summarise_records

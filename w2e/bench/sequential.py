@@ -17,7 +17,7 @@ Protocol
   the edited ones predicted right, averaged over the touched groups; **LR**, the share of the
   locality images whose prediction equals the base model's; **accuracy** on the benchmark's random
   in-distribution set (group -2) or, without one, on labelled locality images not used for LR
-  (:func:`w2e.bench.data.accuracy_rows`, named in ``results.json``); the base model is scored
+  (:func:`w2e.bench.context.accuracy_rows`, named in ``results.json``); the base model is scored
   the same way (method ``base``).
 - Methods: one value of each method's knob (``sequential_value``, e.g. w2e at rho 0.1; ``--knob``
   gives others); settings as in the single-edit protocol (:mod:`w2e.bench.methods`). Methods
@@ -45,7 +45,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from w2e.bench.data import BenchContext, EditSample, EvalLimits, benchmark_fingerprint
+from w2e.bench.context import BenchContext, EditSample, EvalLimits, benchmark_fingerprint
 from w2e.bench.methods import Resources, SequentialForm, UnknownMethodError, check_method_names, method_entry, method_names
 from w2e.bench.protocol import check_base_unchanged, environment, method_info, model_info, write_results
 from w2e.bench.records import RecordStore, settings_hash

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from w2e.bench.data import BenchContext
+from w2e.bench.context import BenchContext
 from w2e.bench.methods.site_methods import MaskMethod
 from w2e.engine.forward import cached_prefix, forward_suffix
 from w2e.engine.masks import binarize

@@ -217,7 +217,7 @@ def cmd_bench(args) -> None:
 
 def _bench_on(args, device, methods: list[str] | None, ablations: tuple[str, ...] | None) -> None:
     """``w2e bench`` once the options are checked, with the model on ``device``."""
-    from w2e.bench.data import load_any_benchmark
+    from w2e.bench.context import load_any_benchmark
     from w2e.bench.methods import SettingsError
     from w2e.bench.protocol import BenchOptions, run_bench
     from w2e.bench.report import format_table

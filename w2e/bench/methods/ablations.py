@@ -12,7 +12,7 @@ from typing import ClassVar, TypeVar
 import torch
 from torch import nn
 
-from w2e.bench.data import EditSample
+from w2e.bench.context import EditSample
 from w2e.bench.methods.base import Resources
 from w2e.bench.methods.registry import register_method
 from w2e.bench.methods.site_methods import (SEARCH_PSEUDO_SAMPLES, MaskMethod, MaskSettings, hypernetwork_mask,

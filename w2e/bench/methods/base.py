@@ -1,6 +1,6 @@
 """What every benchmark method is: typed settings, the edits it makes, and (for some) a sequential form.
 
-Every method turns an :class:`~w2e.bench.data.EditSample` into a :class:`BenchEdit`: a
+Every method turns an :class:`~w2e.bench.context.EditSample` into a :class:`BenchEdit`: a
 description of the edit plus ``apply()``, a context manager that makes the model behave
 edited *for the current thread only*. Nothing ever writes the shared base weights.
 
@@ -34,7 +34,7 @@ from typing import Callable, ClassVar, ContextManager, Generic, Protocol, Sequen
 import torch
 from torch import nn
 
-from w2e.bench.data import BenchContext, EditSample
+from w2e.bench.context import BenchContext, EditSample
 from w2e.bench.state import EditState
 from w2e.engine.fine_tune import FirstRightSnapshot
 from w2e.engine.seeds import mixed_seed

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from w2e.bench.data import BenchContext
+from w2e.bench.context import BenchContext
 from w2e.bench.hooks import scoped_forward_hook
 from w2e.bench.methods.base import Resources
 from w2e.engine.forward import cached_prefix

@@ -7,7 +7,7 @@ from typing import Sequence, TypeVar
 import torch
 from torch import nn
 
-from w2e.bench.data import EditSample
+from w2e.bench.context import EditSample
 from w2e.bench.methods.base import BenchEdit
 from w2e.bench.methods.registry import register_method
 from w2e.bench.methods.site_methods import (FineTuneSettings, MaskMethod, MaskSettings, SiteStack, SiteStackMethod,

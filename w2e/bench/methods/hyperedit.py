@@ -34,7 +34,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from w2e.bench.data import EditSample
+from w2e.bench.context import EditSample
 from w2e.bench.hooks import scoped_forward_hook
 from w2e.bench.methods.base import BenchEdit, Method, MethodSettings, Resources
 from w2e.bench.methods.registry import register_method

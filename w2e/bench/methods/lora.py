@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from w2e.bench.data import EditSample
+from w2e.bench.context import EditSample
 from w2e.bench.methods.base import BenchEdit, Method, MethodSettings, Resources, with_first_right
 from w2e.bench.methods.registry import register_method
 from w2e.engine.fine_tune import FirstRightSnapshot, fit_until_correct

@@ -11,7 +11,7 @@ from typing import Sequence
 from dataclasses import dataclass
 from typing import Callable, Mapping, TypeVar
 
-from w2e.bench.data import BenchContext
+from w2e.bench.context import BenchContext
 from w2e.bench.methods.base import Method, MethodSettings, Resources, SequentialForm
 from w2e.models.loading import ModelBundle
 

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from w2e.bench.data import EditSample
+from w2e.bench.context import EditSample
 from w2e.bench.hooks import scoped_forward_hook
 from w2e.bench.methods.base import BenchEdit, Method, MethodSettings, Resources, with_first_right
 from w2e.bench.methods.capture import capture_input, train_tokens

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from w2e.bench.data import EditSample
+from w2e.bench.context import EditSample
 from w2e.bench.hooks import scoped_forward_hook
 from w2e.bench.methods.registry import register_method
 from w2e.bench.methods.site_methods import MaskMethod, MaskSettings

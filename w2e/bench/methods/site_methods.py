@@ -15,7 +15,7 @@ from typing import ContextManager, Sequence, TypeVar
 import torch
 from torch import nn
 
-from w2e.bench.data import EditSample
+from w2e.bench.context import EditSample
 from w2e.bench.methods.base import BenchEdit, Method, MethodSettings, Resources, SequentialForm
 from w2e.editor.editor import DEFAULT_RHO
 from w2e.engine.edits import Edit, dense_sum, edits_applied

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from w2e.bench.data import EditSample
+from w2e.bench.context import EditSample
 from w2e.bench.hooks import scoped_forward_hook
 from w2e.bench.methods.base import BenchEdit, Method, MethodSettings, Resources, SequentialForm, with_first_right
 from w2e.bench.methods.capture import capture_input, head_token, train_tokens

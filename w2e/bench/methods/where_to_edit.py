@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 import torch
 from torch import nn
 
-from w2e.bench.data import EditSample
+from w2e.bench.context import EditSample
 from w2e.bench.methods.base import Resources
 from w2e.bench.methods.capture import TRAIN_IMAGES_SEED_OFFSET, seeded_picks
 from w2e.bench.methods.registry import register_method
