@@ -146,18 +146,17 @@ def resolve_train_source(spec: str | None, model_spec: str, bundle):
 
     if spec in (None, "none"):
         return None
-    if spec != "auto":
-        try:
-            return training_images(spec, bundle, "--train-data")
-        except (ImportError, FileNotFoundError, OSError, RuntimeError) as error:
-            raise CliError(f"{spec} training images unavailable: {error}") from None
-    if model_spec not in WORLDS:
+    automatic = spec == "auto"
+    if automatic and model_spec not in WORLDS:
         return None
     try:
-        return training_images(model_spec, bundle, "--train-data")
+        return training_images(model_spec if automatic else spec, bundle, "--train-data")
     except (CliError, ImportError, FileNotFoundError, OSError, RuntimeError) as error:
-        print(f"w2e bench: no training images ({error}); methods that need them are skipped", file=sys.stderr)
-        return None
+        if automatic:
+            print(f"w2e bench: no training images ({error}); methods that need them are skipped", file=sys.stderr)
+            return None
+        unavailable = CliError(f"{spec} training images unavailable: {error}")
+        raise (error if isinstance(error, CliError) else unavailable) from None
 
 
 def _method_settings(args) -> dict[str, dict]:

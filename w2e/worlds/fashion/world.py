@@ -162,8 +162,9 @@ def ship_hypernetwork(run_dir: Path, root: Path | None = None) -> dict:
     config = saved_config(run_dir)
     if config is None:
         raise FileNotFoundError(f"{run_dir} holds no meta-training run ({CONFIG_FILE} missing)")
-    differences = {key: (value, FASHION_META.to_dict()[key]) for key, value in config.to_dict().items()
-                   if key not in _BOOKKEEPING and value != FASHION_META.to_dict()[key]}
+    recipe = FASHION_META.to_dict()
+    differences = {key: (value, recipe[key]) for key, value in config.to_dict().items()
+                   if key not in _BOOKKEEPING and value != recipe[key]}
     if differences:
         raise ValueError(f"run in {run_dir} differs from the fashion recipe: {differences}")
     diagnostics = read_hypernet_config(Path(run_dir) / HYPERNET_FILE).diagnostics or {}
