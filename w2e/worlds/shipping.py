@@ -13,6 +13,7 @@ import torch
 
 from w2e.formats.benchmark_file import load_benchmark
 from w2e.inputs.sources import TensorSource
+from w2e.engine.search_config import MaskSearchConfig
 from w2e.where.configs import MetaTrainConfig
 from w2e.where.meta_train import LOG_FILE, meta_train
 from w2e.models.folder import file_sha256, project_root
@@ -20,6 +21,13 @@ from w2e.models.loading import ModelBundle
 from w2e.inputs.preprocess import normalise_array
 
 T = TypeVar("T")
+
+#: The bundled worlds' meta-training recipe: the paper's 7,000 iterations of 8 episodes and its
+#: inner-loop rule, scaled to small models (hypernetwork lr 1e-3, inner lr 0.1 x 3 steps, 5 outer
+#: steps) with zero-initialised auxiliary masks (chosen on the fashion world's held-out probe
+#: diagnostics in ``benchmarks/meta_recipes.py``).
+WORLD_META = MetaTrainConfig(iterations=7000, batch_size=8, hyper_lr=1e-3,
+                             search=MaskSearchConfig(inner_lr=0.1, inner_steps=3, outer_steps=5, aux_init="zero"))
 
 
 def world_paths(name: str, root: Path | None = None) -> dict[str, Path]:

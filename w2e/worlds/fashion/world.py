@@ -12,13 +12,12 @@ import torch
 from w2e.formats.benchmark_file import IN_DISTRIBUTION_GROUP, load_benchmark
 from w2e.inputs.sources import TensorSource
 from w2e.where.diagnostics import MaskProbe
-from w2e.engine.search_config import MaskSearchConfig
 from w2e.where.configs import MetaTrainConfig
 from w2e.where.hypernet_file import HYPERNET_FILE, read_hypernet_config
 from w2e.where.meta_train import CONFIG_FILE, LOG_FILE, saved_config
 from w2e.models.loading import ModelBundle, load_local_model
 from w2e.inputs.preprocess import normalise_array
-from w2e.worlds.shipping import (StageClock, count_misclassified_editing_samples, file_problems, stage_meta_train,
+from w2e.worlds.shipping import (WORLD_META, StageClock, count_misclassified_editing_samples, file_problems, stage_meta_train,
                         write_manifest)
 from w2e.worlds.shipping import world_paths as shared_world_paths
 from w2e.worlds.subpopulations import SubpopulationConfig
@@ -33,12 +32,8 @@ from w2e.worlds.fashion.stages import (BASE_CONTINUE_RECIPE, BASE_RECIPE, STRONG
 WORLD = "fashion"
 #: Edit learning rate for the fashion ViT (RMSProp; the paper's 2e-5 is for ViT-B/16).
 FASHION_EDIT_LR = 1e-4
-#: Meta-training of the bundled hypernetwork, scaled down to a few minutes on a 2-core CPU.
-#: The shipped hypernetwork's recipe: the paper's 7,000 iterations and inner-loop rule, scaled to the
-#: small model (hypernetwork lr 1e-3, inner lr 0.1 x 3 steps, 5 outer steps) with zero-initialised
-#: auxiliary masks (chosen by the held-out diagnostics in ``benchmarks/meta_recipes.py``).
-FASHION_META = MetaTrainConfig(iterations=7000, batch_size=8, hyper_lr=1e-3,
-                               search=MaskSearchConfig(inner_lr=0.1, inner_steps=3, outer_steps=5, aux_init="zero"))
+#: The shipped hypernetwork's recipe (shared by the bundled worlds).
+FASHION_META = WORLD_META
 #: Settings that may differ between a finished run and FASHION_META without changing what it trains.
 _BOOKKEEPING = ("checkpoint_every", "probe_every")
 
