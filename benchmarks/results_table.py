@@ -3,6 +3,7 @@
     python benchmarks/results_table.py benchmarks/results/bench-fashion-full.json
     python benchmarks/results_table.py RESULTS --stop first_right   # scored when each edit first became right
     python benchmarks/results_table.py RESULTS --sign-tests          # w2e against every baseline, both stops
+    python benchmarks/results_table.py RESULTS --both                # both stops side by side
     python benchmarks/results_table.py benchmarks/results/bench-seq-fashion-quick.json   # a sequential run
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import sys
 
 from w2e.bench.metrics import STOPS
-from w2e.bench.report import format_markdown, format_sign_tests
+from w2e.bench.report import format_both_stops, format_markdown, format_sign_tests
 from w2e.bench.sequential import RESULTS_FORMAT as SEQUENTIAL_FORMAT
 from w2e.bench.sequential_report import format_sequential_markdown
 
@@ -23,16 +24,22 @@ def main() -> None:
     parser.add_argument("--stop", choices=STOPS, default=None,
                         help="stopping point of the summary (default: rule; with --sign-tests: both)")
     parser.add_argument("--sign-tests", action="store_true", help="print the paired sign tests instead")
+    parser.add_argument("--both", action="store_true", help="print both stopping points side by side")
     args = parser.parse_args()
     with open(args.results) as handle:
         results = json.load(handle)
     if results.get("format") == SEQUENTIAL_FORMAT:
-        if args.stop or args.sign_tests:
-            sys.exit("results_table.py: --stop and --sign-tests belong to single-edit results, not sequential ones")
+        if args.stop or args.sign_tests or args.both:
+            sys.exit("results_table.py: --stop, --sign-tests and --both belong to single-edit results, not sequential ones")
         print(format_sequential_markdown(results))
         return
     try:
-        print(format_sign_tests(results, args.stop) if args.sign_tests else format_markdown(results, args.stop or "rule"))
+        if args.both:
+            print(format_both_stops(results))
+        elif args.sign_tests:
+            print(format_sign_tests(results, args.stop))
+        else:
+            print(format_markdown(results, args.stop or "rule"))
     except ValueError as error:
         sys.exit(f"results_table.py: {error}")
 

@@ -25,7 +25,7 @@ from w2e.bench.metrics import (at_stop, group_generalization, locality_rate, pai
 from w2e.where.diagnostics import iou_matrix
 from w2e.bench.pgd import PGDConfig, pgd_pseudo_samples
 from w2e.bench.records import RecordStore
-from w2e.bench.report import format_markdown, format_sign_tests
+from w2e.bench.report import format_both_stops, format_markdown, format_sign_tests
 from w2e.bench.specificity import mask_specificity
 from w2e.inputs.sources import TensorSource
 from w2e.engine.fine_tune import fit_until_correct, masked_fine_tune
@@ -98,6 +98,9 @@ def test_markdown_table_keeps_method_order_and_marks_missing_values():
         format_markdown(results, "first_right")
     results["summary_first_right"] = [{**row, "method": "w2e", "knob": "rho", "value": 0.05, "lr": 0.625}]
     assert format_markdown(results, "first_right").splitlines()[2] == "| w2e | rho=0.05 | 2 | 1.000 | 0.750 | 0.625 | 0.12 | 7 |"
+    both = format_both_stops(results).splitlines()
+    assert both[2] == "| w2e | rho=0.05 | 1.000 | 0.750 / 0.500 | 0.750 / 0.625 | 7 / 7 |"
+    assert both[3] == "| ke | - | 1.000 | 0.750 / - | - | 7 / - |"  # no first-right row for it
 
 
 def test_sign_test_exact_p_values():

@@ -83,6 +83,19 @@ def format_markdown(results: dict, stop: str = "rule") -> str:
     return "\n".join(lines)
 
 
+def format_both_stops(results: dict) -> str:
+    """SR, GR / LR and median steps at the stop rule and when first right, one row per method and knob."""
+    first_right = {(r["method"], r.get("knob"), r.get("value")): r for r in summary_rows(results, "first_right")}
+    lines = ["| method | knob | SR | GR / LR at the stop rule | GR / LR when first right | median steps (rule / first right) |",
+             "|---|---|---|---|---|---|"]
+    for row in _ordered(summary_rows(results, "rule"), results.get("methods", {})):
+        early = first_right.get((row["method"], row.get("knob"), row.get("value")))
+        early_cells = (f"{_fmt(early['gr'])} / {_fmt(early['lr'])}", _fmt(early["median_steps"], 0)) if early else ("-", "-")
+        lines.append(f"| {row['method']} | {_knob(row)} | {_fmt(row['sr'])} | {_fmt(row['gr'])} / {_fmt(row['lr'])} | "
+                     f"{early_cells[0]} | {_fmt(row['median_steps'], 0)} / {early_cells[1]} |")
+    return "\n".join(lines)
+
+
 def _sign_cells(row: dict, metric: str) -> str:
     return f"{row[f'{metric}_up']} / {row[f'{metric}_down']} / {row[f'{metric}_ties']} ({row[f'{metric}_p']:.2g})"
 
