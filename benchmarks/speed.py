@@ -211,7 +211,7 @@ def main() -> None:
         "edit_fashion": lambda: bench_edit(fashion, steps=20, repeats=repeats),
         "meta_fashion": lambda: bench_meta(fashion, batch=8, repeats=repeats, search=MaskSearchConfig()),
         "meta_vit_base": lambda: bench_meta(vitb, batch=4, repeats=1, search=MaskSearchConfig(outer_steps=1, inner_steps=1)),
-        "meta_floor_fashion": lambda: bench_meta_floor(fashion, batch=8, repeats=repeats + 2,
+        "meta_floor_fashion": lambda: bench_meta_floor(fashion, batch=8, repeats=3 * repeats + 1,
                                                        search=MaskSearchConfig(inner_steps=5, outer_steps=10)),
         "meta_floor_vit_base": lambda: bench_meta_floor(vitb, batch=4, repeats=1,
                                                         search=MaskSearchConfig(inner_steps=5, outer_steps=10)),

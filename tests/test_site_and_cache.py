@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from tests.conftest import tiny_model
-from w2e.engine.overrides import make_overridable, weight_overrides
+from w2e.engine.overrides import GradientSink, make_linear_overridable, make_overridable, weight_overrides
 from w2e.engine.forward import cached_prefix, forward_prefix, forward_suffix, reads_class_token_only
 from w2e.engine.site import UnsupportedModelError, default_site_blocks, site_for_model, site_from_weight_shapes
 
@@ -77,3 +77,42 @@ def test_site_from_weight_shapes_rejects_what_site_for_model_rejects():
     del shapes["blocks.4.mlp.fc2.weight"]
     with pytest.raises(UnsupportedModelError, match=r"blocks\[4\].mlp has no linear fc1/fc2"):
         site_from_weight_shapes(shapes)
+
+
+@pytest.mark.parametrize("factor_shape", [None, "rows", "columns"])
+@pytest.mark.parametrize("batched", [True, False])
+def test_gradient_sink_accumulates_the_scaled_weight_gradient(factor_shape, batched):
+    torch.manual_seed(0)
+    linear = make_linear_overridable(torch.nn.Linear(6, 5))
+    lead = (3,) if batched else ()
+    weight = (linear.weight.detach() + 0.1 * torch.randn(*lead, 5, 6)).requires_grad_(True)
+    factor = {None: None, "rows": torch.rand(*lead, 5, 1), "columns": torch.rand(*lead, 1, 6)}[factor_shape]
+    inputs = [torch.randn(3, 4, 6) for _ in range(2)]
+    expected = torch.zeros(*lead, 5, 6)
+    for x in inputs:
+        with weight_overrides({linear: weight}):
+            (grad,) = torch.autograd.grad(linear(x).square().sum(), weight)
+        expected += -0.5 * grad * (1 if factor is None else factor)
+    into = torch.full((*lead, 5, 6), float("nan"))  # the first backward overwrites it
+    for step, x in enumerate(inputs):
+        sink = GradientSink(weight, into, -0.5, factor, fresh=step == 0)
+        with weight_overrides({linear: sink}):
+            out = linear(x)
+        with weight_overrides({linear: weight}):
+            assert torch.allclose(out, linear(x))
+        out.square().sum().backward()
+        assert not sink.fresh and weight.grad is None
+    assert torch.allclose(into, expected, atol=1e-5)
+
+
+def test_gradient_sink_under_bf16_autocast_keeps_a_float32_buffer():
+    torch.manual_seed(0)
+    linear = make_linear_overridable(torch.nn.Linear(8, 4))
+    weight = linear.weight.detach().expand(2, 4, 8).clone().requires_grad_(True)
+    into = torch.zeros(2, 4, 8)
+    x = torch.randn(2, 3, 8)
+    with weight_overrides({linear: GradientSink(weight, into, 1.0)}), torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = linear(x).float().sum()
+    loss.backward()
+    exact = x.sum(1)[:, None, :].expand(2, 4, 8)  # d sum(x W^T) / dW
+    assert into.dtype == torch.float32 and torch.allclose(into, exact, rtol=0.02, atol=0.05)

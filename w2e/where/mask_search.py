@@ -19,7 +19,7 @@ from w2e.engine.search_config import INNER_RULES, MaskSearchConfig
 from w2e.where.configs import CutMixConfig
 from w2e.where.cutmix import cutmix
 from w2e.engine.optimizers import make_optimizer
-from w2e.engine.overrides import make_overridable, weight_overrides
+from w2e.engine.overrides import GradientSink, make_overridable, weight_overrides
 from w2e.engine.precision import autocast
 from w2e.engine.forward import forward_prefix, forward_suffix, patch_size
 from w2e.engine.site import EditSite
@@ -33,27 +33,69 @@ def _mask_factor(masks: torch.Tensor, row: int, axis: int) -> torch.Tensor:
     return mask.unsqueeze(-1) if axis == 0 else mask.unsqueeze(-2)
 
 
-def _masked_weights(model: nn.Module, site: EditSite, masks: torch.Tensor, deltas: list[torch.Tensor]) -> dict:
-    """``W + m (.) delta`` per site layer; ``masks`` is ``(B, L, N)`` or ``(L, N)``."""
+class _MaskedDeltaInto(torch.autograd.Function):
+    """``out = W + m * delta`` written into ``out`` (a reused buffer), differentiable in ``m`` only.
+
+    The backward multiplies ``delta`` by the incoming gradient *in place* and reduces it to the
+    mask's shape: no tensor of the weights' size is allocated, and ``delta`` is consumed (it is
+    scratch of one outer step of :func:`optimise_aux_masks`).
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, factor: torch.Tensor, delta: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        ctx.delta, ctx.factor_shape = delta, factor.shape
+        ctx.mark_dirty(out)
+        return torch.addcmul(weight, factor, delta, out=out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, ctx.delta.mul_(grad).sum_to_size(ctx.factor_shape), None, None
+
+
+def _masked_weights(model: nn.Module, site: EditSite, masks: torch.Tensor, deltas: list[torch.Tensor],
+                    buffers: list[torch.Tensor]) -> dict:
+    """``W + m (.) delta`` per site layer, written into ``buffers``; consumes ``deltas`` on backward.
+
+    ``masks`` is ``(B, L, N)`` or ``(L, N)``.
+    """
     linears = [site.linear(model, layer) for layer in site.layers]
-    return {linear: torch.addcmul(linear.weight, _mask_factor(masks, row, layer.axis), deltas[row])
+    return {linear: _MaskedDeltaInto.apply(linear.weight, _mask_factor(masks, row, layer.axis), deltas[row],
+                                           buffers[row].detach())
             for row, (layer, linear) in enumerate(zip(site.layers, linears))}
 
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
+class EpisodeBuffers:
+    """Site-sized tensors of one mask optimisation, allocated once and reused by every outer step.
+
+    ``weights[i]`` holds layer ``i``'s effective weights (inner loop, then ``W + m * delta`` of
+    the outer pass) and ``deltas[i]`` its accumulated update; ``lead`` is ``(B,)`` for one
+    episode per sample, ``()`` for one shared mask. Reusing them avoids allocating (and, on CPU,
+    page-faulting) fresh weight-sized tensors at every step.
+    """
+
+    def __init__(self, linears: list[nn.Module], lead: tuple[int, ...]) -> None:
+        self.weights = [linear.weight.new_empty((*lead, *linear.weight.shape)) for linear in linears]
+        self.deltas = [torch.empty_like(weight) for weight in self.weights]
+
+
 def inner_loop(model: nn.Module, site: EditSite, tokens: torch.Tensor, loss_fn: LossFn, masks: torch.Tensor,
-               steps: int, lr: float, forward: Forward, rule: str = "paper", precision: str = "fp32") -> list[torch.Tensor]:
+               steps: int, lr: float, forward: Forward, rule: str = "paper", precision: str = "fp32",
+               buffers: EpisodeBuffers | None = None) -> list[torch.Tensor]:
     """``steps`` of masked SGD from the base weights; returns the (detached) deltas.
 
     With ``rule="paper"`` (Eq. 2) ``delta -= lr * dL/dW`` and the effective weight
     ``W + m * delta`` moves by ``-lr * m * dL/dW``; with ``"masked-delta"`` the delta takes the
     gradient of ``W + m * delta`` w.r.t. itself, ``delta -= lr * m * dL/dW``, and the weight
-    moves by ``-lr * m^2 * dL/dW``. The effective weights are updated in place and are the
-    leaves differentiated at each step: no per-step rebuild of ``W + m * delta``. ``masks`` of
-    shape ``(B, L, N)`` give each sample its own episode (its own weights, and the gradient of
-    its own loss); ``(L, N)`` one episode on the mean loss of all samples.
+    moves by ``-lr * m^2 * dL/dW``. Each step's backward pass adds the scaled weight gradient
+    straight into the deltas (:class:`~w2e.engine.overrides.GradientSink`: one fused matrix
+    product, no gradient tensor), then the effective weights are rewritten as ``W + m * delta``.
+    ``masks`` of shape ``(B, L, N)`` give each sample its own episode (its own weights, and the
+    gradient of its own loss); ``(L, N)`` one episode on the mean loss of all samples.
+    ``buffers`` (from :class:`EpisodeBuffers`) hold the weights and the returned deltas; new
+    ones are made if None.
     """
     if rule not in INNER_RULES:
         raise ValueError(f"inner rule {rule!r}: use one of {', '.join(INNER_RULES)}")
@@ -61,38 +103,28 @@ def inner_loop(model: nn.Module, site: EditSite, tokens: torch.Tensor, loss_fn: 
     reduce = torch.sum if batch is not None else torch.mean
     masks = masks.detach()
     linears = [site.linear(model, layer) for layer in site.layers]
+    buffers = buffers or EpisodeBuffers(linears, () if batch is None else (batch,))
     factors = [_mask_factor(masks, row, layer.axis) for row, layer in enumerate(site.layers)]
-    paper = rule == "paper"
-    delta_factors = [None if paper else factor for factor in factors]
-    weight_factors = factors if paper else [factor.square() for factor in factors]
-    lead = () if batch is None else (batch,)
-    weights = [linear.weight.detach().expand(*lead, *linear.weight.shape).clone() for linear in linears]
-    deltas: list[torch.Tensor] = []
+    gradient_factors = [None if rule == "paper" else factor for factor in factors]
+    weights = [buffer.detach().copy_(linear.weight).requires_grad_(True)
+               for buffer, linear in zip(buffers.weights, linears)]
+    deltas = buffers.deltas
     for step in range(steps):
-        for weight in weights:
-            weight.requires_grad_(True)
-        with weight_overrides(dict(zip(linears, weights))), autocast(precision, tokens.device):
+        sinks = [GradientSink(weight, delta, -lr, factor, fresh=step == 0)
+                 for weight, delta, factor in zip(weights, deltas, gradient_factors)]
+        with weight_overrides(dict(zip(linears, sinks))), autocast(precision, tokens.device):
             loss = reduce(loss_fn(forward(tokens).float()))
-        grads = torch.autograd.grad(loss, weights)
+        loss.backward()
         with torch.no_grad():
-            for row, (weight, grad) in enumerate(zip(weights, grads)):
-                _accumulate_delta(deltas, row, grad, delta_factors[row], -lr)
+            for row, sink in enumerate(sinks):
+                if sink.fresh:  # the first loss did not reach this layer: its delta starts at zero
+                    deltas[row].zero_()
                 if step + 1 < steps:
-                    weight.addcmul_(weight_factors[row], grad, value=-lr)
-    if not deltas:
-        deltas = [torch.zeros_like(weight) for weight in weights]
+                    torch.addcmul(linears[row].weight, factors[row], deltas[row], out=weights[row])
+    if steps == 0:
+        for delta in deltas:
+            delta.zero_()
     return deltas
-
-
-def _accumulate_delta(deltas: list[torch.Tensor], row: int, grad: torch.Tensor, factor: torch.Tensor | None,
-                      scale: float) -> None:
-    """``deltas[row] += scale * factor * grad`` (``factor`` None: no mask factor), created on first use."""
-    if row == len(deltas):
-        deltas.append(grad.mul(scale) if factor is None else grad.mul(factor).mul_(scale))
-    elif factor is None:
-        deltas[row].add_(grad, alpha=scale)
-    else:
-        deltas[row].addcmul_(factor, grad, value=scale)
 
 
 def initial_aux_masks(shape: tuple[int, ...], config: MaskSearchConfig, generator: torch.Generator | None) -> torch.Tensor:
@@ -132,11 +164,13 @@ def optimise_aux_masks(model: nn.Module, site: EditSite, tokens: torch.Tensor, l
     optimizer = make_optimizer(config.outer_optimizer, [aux], config.outer_lr)
     divisor = num_masks if per_episode and config.outer_reduction == "mean" else 1
     reliability = torch.full((episodes,) if per_episode else (), float("nan"))
+    buffers = EpisodeBuffers([site.linear(model, layer) for layer in site.layers], (episodes,) if per_episode else ())
     for _ in range(config.outer_steps):
         masks = torch.sigmoid(config.sharpness * aux)
         deltas = inner_loop(model, site, tokens, loss_fn, masks, config.inner_steps, config.inner_lr, forward,
-                            config.inner_rule, config.precision)
-        with weight_overrides(_masked_weights(model, site, masks, deltas)), autocast(config.precision, tokens.device):
+                            config.inner_rule, config.precision, buffers)
+        masked = _masked_weights(model, site, masks, deltas, buffers.weights)
+        with weight_overrides(masked), autocast(config.precision, tokens.device):
             per_sample = loss_fn(forward(tokens).float())
         total = per_sample.sum() / divisor if per_episode else per_sample.mean()
         reliability = per_sample.detach() if per_episode else total.detach()
