@@ -42,7 +42,7 @@ class GlyphWorldConfig:
     base_vit: dict = field(default_factory=lambda: {"patch_size": 4, "in_chans": 1, "embed_dim": 192, "depth": 12,
                                                     "num_heads": 3, "mlp_ratio": 4.0, "global_pool": "token"})
     stronger_widths: tuple[int, ...] = (64, 128, 256)
-    #: float32: bfloat16 autocast is 27x slower on this project's CPUs (no native bf16 units).
+    #: float32: bfloat16 autocast is 24x slower on CPUs without native bf16 (benchmarks/glyph_train_step.py).
     base_recipe: TrainRecipe = TrainRecipe(epochs=6, batch_size=128, lr=1e-3, weight_decay=0.05, warmup_epochs=0.25,
                                            crop_padding=0, hflip=False, seed=0)
     stronger_recipe: TrainRecipe = TrainRecipe(epochs=3, batch_size=128, lr=2e-3, weight_decay=5e-4,
