@@ -38,6 +38,7 @@ from w2e.editor.editor import AlreadyCorrectError
 from w2e.where.hypernet import new_hypernetwork
 from w2e.inputs.images import ImageInputError
 from w2e.models.folder import bundled_worlds, world_dir
+from w2e.worlds.glyphs.classes import GLYPH_CLASSES, class_names
 from w2e.models.loading import load_local_model, manifest_files, state_dict_sha256
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,6 +142,15 @@ def test_dropdown_puts_every_name_before_the_names_containing_it():
     for typed in fashion:  # the dropdown's Enter takes the first name containing the typed text
         assert next(name for name in order if typed.casefold() in name.casefold()) == typed
     assert dropdown_order(["pineapple", "Apple pie", "apple"]) == ["apple", "Apple pie", "pineapple"]
+
+
+def test_every_glyph_class_is_found_by_typing_its_name_or_slug():
+    names = display_names(class_names(GLYPH_CLASSES))
+    assert len(set(names)) == len(names) >= 100
+    order = dropdown_order(names)
+    for typed in names:
+        assert next(name for name in order if typed.casefold() in name.casefold()) == typed
+    assert all(glyph_class.slug in name for glyph_class, name in zip(GLYPH_CLASSES, names))  # typable in ASCII
 
 
 def test_examples_map_to_benchmark_rows_and_uploads_are_recognised(bench, app_world):
