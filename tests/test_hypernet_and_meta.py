@@ -14,11 +14,12 @@ from w2e.where.hypernet import load_hypernetwork, new_hypernetwork
 from w2e.where.hypernet_file import HypernetworkMismatchError
 from w2e.engine.search_config import MaskSearchConfig
 from w2e.where.configs import MetaTrainConfig
-from w2e.where.mask_search import distillation_kl, inner_loop, search_mask
+from w2e.where.mask_search import distillation_kl, inner_loop, optimise_aux_masks, search_mask
 from w2e.where.meta_train import LOG_FILE, meta_train
 from w2e.models.loading import load_local_model
 from w2e.engine.overrides import make_overridable, weight_overrides
 from w2e.engine.forward import forward_prefix, forward_suffix
+from w2e.engine.site import site_for_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -260,3 +261,15 @@ def test_distributed_start_picks_the_device_and_refuses_missing_gpus(monkeypatch
     monkeypatch.setenv("LOCAL_RANK", str(torch.cuda.device_count()))
     with pytest.raises(RuntimeError, match="has no GPU"):
         init_distributed_from_env("cuda")
+
+
+def test_mask_optimisation_gives_the_model_no_gradients_even_when_its_parameters_require_them():
+    model = tiny_model()  # parameters require grad, as a freshly built timm model's do
+    site = site_for_model(model)
+    images = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        tokens, target = forward_prefix(model, images, site.start), model(images.flip(-1))
+    aux, _ = optimise_aux_masks(model, site, tokens, distillation_kl(target, 2.0), 3,
+                                MaskSearchConfig(inner_steps=2, outer_steps=2, inner_lr=0.1))
+    assert aux.abs().sum() > 0 and any(p.requires_grad for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters())

@@ -114,7 +114,7 @@ def inner_loop(model: nn.Module, site: EditSite, tokens: torch.Tensor, loss_fn: 
                  for weight, delta, factor in zip(weights, deltas, gradient_factors)]
         with weight_overrides(dict(zip(linears, sinks))), autocast(precision, tokens.device):
             loss = reduce(loss_fn(forward(tokens).float()))
-        loss.backward()
+        loss.backward(inputs=weights)  # only the sinks' layers: nothing else gets a .grad
         with torch.no_grad():
             for row, sink in enumerate(sinks):
                 if sink.fresh:  # the first loss did not reach this layer: its delta starts at zero
@@ -176,7 +176,7 @@ def optimise_aux_masks(model: nn.Module, site: EditSite, tokens: torch.Tensor, l
         reliability = per_sample.detach() if per_episode else total.detach()
         sparsity = masks.mean(dim=(-2, -1)).sum() / divisor
         optimizer.zero_grad(set_to_none=True)
-        (total + config.sparsity_weight * sparsity).backward()
+        (total + config.sparsity_weight * sparsity).backward(inputs=[aux])  # the model gets no .grad
         optimizer.step()
     aux = aux.detach()
     if per_episode and inits > 1:
