@@ -243,14 +243,17 @@ def test_settings_come_from_the_engine_defaults_and_refuse_unknown_keys(tiny_bun
 # ---------------------------------------------------------------------------------------------
 # fixtures: a tiny random ViT and a fake benchmark file
 # ---------------------------------------------------------------------------------------------
-def write_fake_benchmark(path: Path, bundle, per_group: int = 6, locality: int = 16, seed: int = 0) -> Path:
-    """A BenchmarkData-compatible safetensors file: 3 groups (mostly base failures) + locality."""
+def write_fake_benchmark(path: Path, bundle, per_group: int = 6, locality: int = 16, seed: int = 0,
+                         in_distribution: int = 0) -> Path:
+    """A BenchmarkData-compatible safetensors file: 3 groups (mostly base failures) + locality
+    (+ a random in-distribution set, group -2, when ``in_distribution`` > 0)."""
     rng = np.random.default_rng(seed)
-    n = per_group * len(GROUP_NAMES) + locality
+    n = per_group * len(GROUP_NAMES) + locality + in_distribution
     images = rng.integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
     with torch.no_grad():
         preds = bundle.model(normalise_array(images, bundle.preprocessing)).argmax(-1).numpy()
-    groups = np.concatenate([np.repeat(np.arange(len(GROUP_NAMES)), per_group), -np.ones(locality, np.int64)])
+    groups = np.concatenate([np.repeat(np.arange(len(GROUP_NAMES)), per_group), -np.ones(locality, np.int64),
+                             np.full(in_distribution, -2, np.int64)])
     labels = np.where(groups >= 0, (preds + 1) % 5, preds)
     labels[per_group] = preds[per_group]  # one image the base model already gets right
     save_file({"images": images, "labels": labels.astype(np.int64), "groups": groups.astype(np.int64)}, str(path),
@@ -554,6 +557,31 @@ def test_run_scores_both_stops_and_sign_tests_w2e(world, tmp_path, monkeypatch):
     again = run_bench(world["bundle"], world["data"], tmp_path, opts, world["hyper"], world["source"],
                       progress=False, log=lambda _: None)
     assert sum(m["new_edits"] for m in again["methods"].values()) == len(records)
+
+
+def test_locality_is_also_measured_on_the_random_in_distribution_set(world, tmp_path):
+    bench = write_fake_benchmark(tmp_path / "bench.safetensors", world["bundle"], in_distribution=24, seed=1)
+    data = load_any_benchmark(bench, world["bundle"].preprocessing)
+    opts = BenchOptions(methods=["ft", "random"], quick=True, ablations=(),
+                        method_settings={"ft": {**FAST, "max_steps": 10}, "random": {**FAST, "lr": 0.0}})
+    results = run_bench(world["bundle"], data, tmp_path / "run", opts, world["hyper"], world["source"],
+                        progress=False, log=lambda _: None)
+    records = [json.loads(line) for line in (tmp_path / "run" / "edits.jsonl").read_text().splitlines()]
+    assert records and all(r["lr_random_total"] == 24 for r in records)
+    assert all(r["lr_random_same"] == 24 for r in records if r["method"] == "random")  # lr 0: nothing moves
+    ft = [r for r in records if r["method"] == "ft"]
+    assert sum(r["lr_random_same"] for r in ft) < 24 * len(ft)  # a dense fine-tune moves some random images
+    rows = {r["method"]: r for r in results["summary"]}
+    assert rows["random"]["lr_random"] == 1.0 and rows["ft"]["lr_random_edits"] == len(ft)
+    assert results["benchmark"]["random_locality_images_evaluated"] == 24
+    assert "LR random" in format_markdown(results).splitlines()[0]
+    assert "GR / LR / LR random" in format_both_stops(results)
+    assert "(random in-distribution images)" in (tmp_path / "run" / "report.html").read_text()
+    (test, *_) = paired_sign_tests(records, reference="random", baselines=["ft"])  # unchanged vs fine-tuned
+    assert test["lr_random_down"] == 0 and test["lr_random_up"] > 0
+    assert test["lr_random_up"] + test["lr_random_ties"] == test["pairs"]
+    without = _run(world, tmp_path / "plain")  # the module's benchmark has no such set: no column, NaN
+    assert "LR random" not in format_markdown(without) and all(r["lr_random"] is None for r in without["summary"])
 
 
 def test_image_folder_benchmark(world, tmp_path):

@@ -74,8 +74,11 @@ def load_any_benchmark(path: str | Path, preprocessing: PreprocessConfig) -> Ben
 
 
 def benchmark_fingerprint(data: BenchmarkData) -> str:
-    """sha256 over the benchmark's pixels, labels and groups (identifies it in the results);
-    the random in-distribution set, which the benchmark never uses, is left out."""
+    """sha256 over the benchmark's pixels, labels and groups (identifies it in the results).
+
+    The random in-distribution set is left out, so records made before LR was also measured on
+    it stay reusable; it only feeds the ``lr_random`` counts, which each record carries itself.
+    """
     digest = hashlib.sha256()
     used = data.groups != IN_DISTRIBUTION_GROUP
     for array in (data.images[used], data.labels[used], data.groups[used]):
@@ -136,23 +139,30 @@ def spread_edits(failures: list[int], total: int | None, per_group: int | None) 
     return given
 
 
+def in_distribution_rows(data: BenchmarkData, cap: int | None, seed: int) -> np.ndarray:
+    """The random in-distribution set (group -2): a seeded sample of at most ``cap`` of its rows."""
+    rows = data.in_distribution_indices
+    if cap is not None and len(rows) > cap:
+        rows = np.sort(np.random.default_rng([seed, 2]).choice(rows, cap, replace=False))
+    return rows
+
+
 def accuracy_rows(data: BenchmarkData, locality_rows: np.ndarray, cap: int | None,
                   seed: int) -> tuple[np.ndarray, str | None]:
     """Labelled images to measure accuracy on, and where they come from (``None``: no such images).
 
-    The random in-distribution set (group -2) when the benchmark has one; otherwise the labelled
-    locality images not used for LR (all of them when LR uses every one), which sit near the
-    base model's decision boundary with the base model right on each. A seeded sample of at most
-    ``cap`` images.
+    The random in-distribution set (group -2) when the benchmark has one
+    (:func:`in_distribution_rows`); otherwise the labelled locality images not used for LR (all
+    of them when LR uses every one), which sit near the base model's decision boundary with the
+    base model right on each. A seeded sample of at most ``cap`` images.
     """
-    rows = data.in_distribution_indices
-    source = f"random in-distribution set (group {IN_DISTRIBUTION_GROUP})"
-    if not len(rows):
-        labelled = data.locality_indices[data.labels[data.locality_indices] >= 0]
-        unused = np.setdiff1d(labelled, locality_rows)
-        rows = unused if len(unused) else labelled
-        source = ("labelled locality images " + ("not used for LR" if len(unused) else "(the LR images)") +
-                  f": this benchmark has no in-distribution set (group {IN_DISTRIBUTION_GROUP})")
+    if len(data.in_distribution_indices):
+        return in_distribution_rows(data, cap, seed), f"random in-distribution set (group {IN_DISTRIBUTION_GROUP})"
+    labelled = data.locality_indices[data.labels[data.locality_indices] >= 0]
+    unused = np.setdiff1d(labelled, locality_rows)
+    rows = unused if len(unused) else labelled
+    source = ("labelled locality images " + ("not used for LR" if len(unused) else "(the LR images)") +
+              f": this benchmark has no in-distribution set (group {IN_DISTRIBUTION_GROUP})")
     if not len(rows):
         return np.zeros(0, np.int64), None
     if cap is not None and len(rows) > cap:
@@ -184,6 +194,7 @@ class BenchContext:
         if self.limits.max_locality is not None and len(loc) > self.limits.max_locality:
             loc = np.sort(rng.choice(loc, self.limits.max_locality, replace=False))
         self.locality_rows = loc
+        self.random_locality_rows = in_distribution_rows(self.data, self.limits.max_locality, self.seed)
         self.accuracy_rows, self.accuracy_source = np.zeros(0, np.int64), None
         if self.with_accuracy_set:
             self.accuracy_rows, self.accuracy_source = accuracy_rows(self.data, loc, self.limits.max_locality, self.seed)
@@ -211,8 +222,8 @@ class BenchContext:
         self._ensembles = {size: self._make_ensembles(size) for size in self.limits.ensemble_sizes}
         extra = [r for samples in self._ensembles.values() for sample in samples for r in sample.rows]
         extra += [r for sample in self.samples for r in sample.rows]
-        pool = np.unique(np.concatenate([*self.eval_rows, self.locality_rows, self.accuracy_rows,
-                                         np.asarray(extra, np.int64)]))
+        pool = np.unique(np.concatenate([*self.eval_rows, self.locality_rows, self.random_locality_rows,
+                                         self.accuracy_rows, np.asarray(extra, np.int64)]))
         self.pool_rows = pool
         self.position = {int(r): i for i, r in enumerate(pool)}
         self.inputs = normalise_array(self.data.images[pool], self.bundle.preprocessing).to(self.bundle.device)
@@ -220,6 +231,8 @@ class BenchContext:
         self.locality_positions = torch.as_tensor([self.position[int(r)] for r in self.locality_rows], dtype=torch.long)
         self.eval_positions = [torch.as_tensor([self.position[int(r)] for r in rows], dtype=torch.long) for rows in self.eval_rows]
         self.accuracy_positions = torch.as_tensor([self.position[int(r)] for r in self.accuracy_rows], dtype=torch.long)
+        self.random_locality_positions = torch.as_tensor([self.position[int(r)] for r in self.random_locality_rows],
+                                                         dtype=torch.long)
 
     # -- samples -------------------------------------------------------------------------------
     def _make_ensembles(self, size: int) -> list[EditSample]:
@@ -323,24 +336,27 @@ class BenchContext:
         """Apply ``edit`` (a :class:`w2e.bench.methods.BenchEdit`) and count SR, GR and LR hits.
 
         GR counts the group's evaluation images other than the sample's own rows (no "-1"
-        bias); LR counts locality images whose prediction equals the base model's.
+        bias); LR counts locality images whose prediction equals the base model's, on the
+        near-boundary locality set (``lr_same`` / ``lr_total``) and on the random
+        in-distribution set (``lr_random_same`` / ``lr_random_total``, 0 / 0 without one).
         """
         own = self.positions(sample)
         others = self.eval_positions[sample.group]
         others = others[~torch.isin(others, own)]
-        loc = self.locality_positions
-        positions = torch.cat([own, others, loc])
+        loc, rand = self.locality_positions, self.random_locality_positions
+        positions = torch.cat([own, others, loc, rand])
         with edit.apply():
             preds = self.predict_positions(edit.level, positions)
-        n_own, n_oth = len(own), len(others)
-        p_own, p_oth, p_loc = preds[:n_own], preds[n_own : n_own + n_oth], preds[n_own + n_oth :]
-        base_loc = self.base_predictions(edit.level)[loc]
+        p_own, p_oth, p_loc, p_rand = preds.split([len(own), len(others), len(loc), len(rand)])
+        base = self.base_predictions(edit.level)
         return {
             "pred_after": p_own.tolist(),
             "sr_correct": int((p_own == self.pool_labels[own]).sum()),
-            "sr_total": n_own,
+            "sr_total": len(own),
             "gr_correct": int((p_oth == self.pool_labels[others]).sum()),
-            "gr_total": n_oth,
-            "lr_same": int((p_loc == base_loc).sum()),
+            "gr_total": len(others),
+            "lr_same": int((p_loc == base[loc]).sum()),
             "lr_total": len(loc),
+            "lr_random_same": int((p_rand == base[rand]).sum()),
+            "lr_random_total": len(rand),
         }

@@ -83,6 +83,10 @@ def at_stop(record: dict, stop: str = "rule") -> dict:
 def summarise_records(records: Iterable[dict], group_names: Sequence[str] = (), stop: str = "rule") -> list[dict]:
     """One row per (method, knob value): SR, GR (mean over groups), LR, per-group GR/LR, timing.
 
+    ``lr_random`` is LR on the random in-distribution set, over the ``lr_random_edits`` records
+    that measured it (NaN when none did: a benchmark without that set, or records written
+    before it was measured).
+
     Each record carries ``method``, ``knob``, ``value``, ``group`` and the counts written by
     :meth:`w2e.bench.context.BenchContext.evaluate` plus ``seconds`` and ``steps`` of the edit;
     ``stop`` picks the stopping point they are read at (:func:`at_stop`). ``became_right``
@@ -109,6 +113,8 @@ def summarise_records(records: Iterable[dict], group_names: Sequence[str] = (), 
             "sr": _ratio(sr_hits, sr_total),
             "gr": _nanmean(gr_group.values()),
             "lr": _nanmean(_ratio(r["lr_same"], r["lr_total"]) for r in recs),
+            "lr_random": _nanmean(_ratio(r.get("lr_random_same", 0), r.get("lr_random_total", 0)) for r in recs),
+            "lr_random_edits": sum(1 for r in recs if r.get("lr_random_total")),
             "gr_by_group": {name(g): v for g, v in gr_group.items()},
             "lr_by_group": {name(g): v for g, v in lr_group.items()},
             "median_seconds": statistics.median(r["seconds"] for r in recs),
@@ -154,6 +160,11 @@ def paired_counts(reference: Sequence[float], baseline: Sequence[float]) -> dict
             "mean_difference": float(np.mean(differences)) if differences else float("nan")}
 
 
+#: Per-edit rates the sign tests compare: (name, hits key, total key) of the records.
+SIGN_TEST_METRICS = (("gr", "gr_correct", "gr_total"), ("lr", "lr_same", "lr_total"),
+                     ("lr_random", "lr_random_same", "lr_random_total"))
+
+
 def paired_sign_tests(records: Iterable[dict], reference: str = "w2e", baselines: Sequence[str] | None = None,
                       fixed_values: Sequence = SINGLE_SETTING_RHOS, stops: Sequence[str] = STOPS) -> list[dict]:
     """Edit-by-edit comparison of ``reference`` with each baseline, paired by editing sample.
@@ -164,7 +175,8 @@ def paired_sign_tests(records: Iterable[dict], reference: str = "w2e", baselines
     benchmark rows. For every pair of settings and stop (:func:`at_stop`): ``pairs``, and for
     GR and LR (each edit's own rates) how often the reference is above / below / tied with
     the baseline (``gr_up``, ``gr_down``, ``gr_ties``), the mean difference (reference minus
-    baseline) and the two-sided exact sign-test p-value, ties dropped (``gr_p``; same for LR).
+    baseline) and the two-sided exact sign-test p-value, ties dropped (``gr_p``; same for LR and
+    for ``lr_random``, LR on the random in-distribution set; an edit without it counts as a tie).
     ``baselines``: methods to compare with (default: every other method in the records).
     """
     by_setting: dict[tuple[str, str], dict[tuple, dict]] = defaultdict(dict)
@@ -193,8 +205,8 @@ def paired_sign_tests(records: Iterable[dict], reference: str = "w2e", baselines
                     row = {"reference": reference, "reference_value": reference_values[reference_key],
                            "baseline": name, "baseline_knob": knobs[name], "baseline_value": value, "stop": stop,
                            "pairs": len(shared)}
-                    for metric, hits, total in (("gr", "gr_correct", "gr_total"), ("lr", "lr_same", "lr_total")):
-                        rate = lambda record: _ratio(record[hits], record[total])  # noqa: E731
+                    for metric, hits, total in SIGN_TEST_METRICS:
+                        rate = lambda record: _ratio(record.get(hits, 0), record.get(total, 0))  # noqa: E731
                         counts = paired_counts([rate(at_stop(mine[r], stop)) for r in shared],
                                                 [rate(at_stop(theirs[r], stop)) for r in shared])
                         row.update({f"{metric}_{k}": v for k, v in counts.items()})

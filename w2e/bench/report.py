@@ -69,12 +69,24 @@ def format_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def has_random_locality(results: dict) -> bool:
+    """Whether any edit of ``results`` measured LR on the random in-distribution set."""
+    return any(row.get("lr_random_edits") for row in results.get("summary", []))
+
+
 def format_markdown(results: dict, stop: str = "rule") -> str:
-    """The summary at ``stop`` as a Markdown table (as in the README), then the mask IoU line when measured."""
-    lines = ["| method | knob | edits | SR | GR | LR | median s | steps |", "|---|---|---|---|---|---|---|---|"]
+    """The summary at ``stop`` as a Markdown table (as in the README), then the mask IoU line when measured.
+
+    An ``LR random`` column (LR on the random in-distribution set) is added when it was measured.
+    """
+    random = has_random_locality(results)
+    extra = " LR random |" if random else ""
+    lines = [f"| method | knob | edits | SR | GR | LR |{extra} median s | steps |",
+             "|---|---|---|---|---|---|" + ("---|" if random else "") + "---|---|"]
     for row in _ordered(summary_rows(results, stop), results.get("methods", {})):
+        cell = f" {_fmt(row.get('lr_random'))} |" if random else ""
         lines.append(f"| {row['method']} | {_knob(row)} | {row['edits']} | {_fmt(row['sr'])} | {_fmt(row['gr'])} | "
-                     f"{_fmt(row['lr'])} | {_fmt(row['median_seconds'], 2)} | {_fmt(row['median_steps'], 0)} |")
+                     f"{_fmt(row['lr'])} |{cell} {_fmt(row['median_seconds'], 2)} | {_fmt(row['median_steps'], 0)} |")
     iou = results.get("iou")
     if iou:
         lines.append("")
@@ -83,20 +95,31 @@ def format_markdown(results: dict, stop: str = "rule") -> str:
     return "\n".join(lines)
 
 
+def _rates(row: dict | None, random: bool) -> str:
+    if row is None:
+        return "-"
+    rates = [row["gr"], row["lr"]] + ([row.get("lr_random")] if random else [])
+    return " / ".join(_fmt(rate) for rate in rates)
+
+
 def format_both_stops(results: dict) -> str:
-    """SR, GR / LR and median steps at the stop rule and when first right, one row per method and knob."""
+    """SR, GR / LR (and LR random, when measured) and median steps at the stop rule and when first right."""
+    random = has_random_locality(results)
+    rates = "GR / LR / LR random" if random else "GR / LR"
     first_right = {(r["method"], r.get("knob"), r.get("value")): r for r in summary_rows(results, "first_right")}
-    lines = ["| method | knob | SR | GR / LR at the stop rule | GR / LR when first right | median steps (rule / first right) |",
+    lines = [f"| method | knob | SR | {rates} at the stop rule | {rates} when first right | median steps (rule / first right) |",
              "|---|---|---|---|---|---|"]
     for row in _ordered(summary_rows(results, "rule"), results.get("methods", {})):
         early = first_right.get((row["method"], row.get("knob"), row.get("value")))
-        early_cells = (f"{_fmt(early['gr'])} / {_fmt(early['lr'])}", _fmt(early["median_steps"], 0)) if early else ("-", "-")
-        lines.append(f"| {row['method']} | {_knob(row)} | {_fmt(row['sr'])} | {_fmt(row['gr'])} / {_fmt(row['lr'])} | "
-                     f"{early_cells[0]} | {_fmt(row['median_steps'], 0)} / {early_cells[1]} |")
+        steps = _fmt(early["median_steps"], 0) if early else "-"
+        lines.append(f"| {row['method']} | {_knob(row)} | {_fmt(row['sr'])} | {_rates(row, random)} | "
+                     f"{_rates(early, random)} | {_fmt(row['median_steps'], 0)} / {steps} |")
     return "\n".join(lines)
 
 
 def _sign_cells(row: dict, metric: str) -> str:
+    if f"{metric}_up" not in row:
+        return "-"
     return f"{row[f'{metric}_up']} / {row[f'{metric}_down']} / {row[f'{metric}_ties']} ({row[f'{metric}_p']:.2g})"
 
 
@@ -104,20 +127,29 @@ def _sign_test_rows(results: dict, stop: str | None) -> list[list[str]]:
     tests = results.get("sign_tests")
     if not tests:
         raise ValueError(f"these results have no sign tests (format {results.get('format')}); rerun the bench")
+    random = has_random_locality(results)
     return [[row["baseline"], _knob({"knob": row["baseline_knob"], "value": row["baseline_value"]}),
              f"{row['reference_value']}", row["stop"], str(row["pairs"]),
              f"{_fmt(row['gr_mean_difference'])}", _sign_cells(row, "gr"),
              f"{_fmt(row['lr_mean_difference'])}", _sign_cells(row, "lr")]
+            + ([f"{_fmt(row.get('lr_random_mean_difference'))}", _sign_cells(row, "lr_random")] if random else [])
             for row in tests["rows"] if stop is None or row["stop"] == stop]
 
 
 SIGN_TEST_HEADERS = ["baseline", "baseline knob", "w2e rho", "stop", "pairs", "GR w2e minus baseline",
                      "GR: w2e above / below / tied (p)", "LR w2e minus baseline", "LR: w2e above / below / tied (p)"]
+RANDOM_SIGN_TEST_HEADERS = ["LR random w2e minus baseline", "LR random: w2e above / below / tied (p)"]
+
+
+def sign_test_headers(results: dict) -> list[str]:
+    """Column names of :func:`format_sign_tests` (LR random columns when it was measured)."""
+    return SIGN_TEST_HEADERS + (RANDOM_SIGN_TEST_HEADERS if has_random_locality(results) else [])
 
 
 def format_sign_tests(results: dict, stop: str | None = None) -> str:
     """The paired per-edit sign tests of w2e against every baseline as a Markdown table (one stop or both)."""
-    lines = ["| " + " | ".join(SIGN_TEST_HEADERS) + " |", "|" + "---|" * len(SIGN_TEST_HEADERS)]
+    headers = sign_test_headers(results)
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cells) + " |" for cells in _sign_test_rows(results, stop)]
     return "\n".join(lines)
 
@@ -208,6 +240,15 @@ def write_report(results: dict, path: str | Path) -> Path:
         fig = go.Figure(_curves(first_rows, methods, "gr", "lr"))
         fig.update_layout(title=f"GR-LR curves {STOP_TITLES['first_right']}, mean over groups", **axes)
         parts.append(_figure_html(fig, first=False))
+    if has_random_locality(results):
+        parts.append("<h2>GR against LR on the random in-distribution set</h2><p>The same edits, with locality "
+                     "measured on random in-distribution images instead of the near-boundary set.</p>")
+        random_axes = {**axes, "yaxis_title": "LR (random in-distribution images)"}
+        for stop_rows, stop in ((main_rows, "rule"), (first_rows, "first_right")):
+            if stop_rows:
+                fig = go.Figure(_curves(stop_rows, methods, "gr", "lr_random"))
+                fig.update_layout(title=f"GR-LR (random) curves {STOP_TITLES[stop]}, mean over groups", **random_axes)
+                parts.append(_figure_html(fig, first=False))
 
     groups = [g["name"] for g in results["benchmark"]["groups"]]
     if groups and main_rows:
@@ -236,19 +277,23 @@ def write_report(results: dict, path: str | Path) -> Path:
         parts.append("<h2>Mask specificity</h2>" + _figure_html(fig, first=False))
 
     first = _by_setting(results.get("summary_first_right", []))
+    rate_keys = ("gr", "lr", "lr_random") if has_random_locality(results) else ("gr", "lr")
+    rate_names = {"gr": "GR", "lr": "LR", "lr_random": "LR random"}
     parts.append("<h2>Success rate, GR and LR</h2>" + _table(
-        ["method", "knob", "edits", "SR", "GR", "LR", "median s", "median steps", "mean params changed",
-         "became right", "GR (first right)", "LR (first right)", "median steps (first right)"],
-        [[r["method"], _knob(r), r["edits"], r["sr"], r["gr"], r["lr"], _fmt(r["median_seconds"], 2),
+        ["method", "knob", "edits", "SR", *[rate_names[k] for k in rate_keys], "median s", "median steps",
+         "mean params changed", "became right", *[f"{rate_names[k]} (first right)" for k in rate_keys],
+         "median steps (first right)"],
+        [[r["method"], _knob(r), r["edits"], r["sr"], *[r.get(k) for k in rate_keys], _fmt(r["median_seconds"], 2),
           _fmt(r["median_steps"], 0), f"{round(r['mean_parameters']):,}", r.get("became_right"),
-          *[first.get((r["method"], repr(r["value"])), {}).get(k) for k in ("gr", "lr")],
+          *[first.get((r["method"], repr(r["value"])), {}).get(k) for k in rate_keys],
           _fmt(first.get((r["method"], repr(r["value"])), {}).get("median_steps"), 0)]
          for r in _ordered(summary, methods)]))
     if results.get("sign_tests", {}).get("rows"):
         tests = results["sign_tests"]
         parts.append("<h2>Paired sign tests: w2e against every baseline</h2><p>Edits paired by editing sample; "
                      f"{html.escape(tests['pairing'])}. Per edit, {html.escape(tests['counts'])}. Differences are "
-                     "means of w2e minus the baseline.</p>" + _table(SIGN_TEST_HEADERS, _sign_test_rows(results, None)))
+                     "means of w2e minus the baseline.</p>" + _table(sign_test_headers(results),
+                                                                       _sign_test_rows(results, None)))
     timing = results.get("timing", {})
     if timing:
         fig = make_subplots(rows=1, cols=2, subplot_titles=["median seconds per edit", "median steps per edit"])
@@ -268,9 +313,12 @@ def write_report(results: dict, path: str | Path) -> Path:
                  "</pre></details>")
     model = results["model"]
     title = f"w2e editing benchmark: {html.escape(model['name'])}"
+    random_count = results["benchmark"].get("random_locality_images_evaluated", 0)
+    random_note = f" and {random_count} random in-distribution images (LR random)" if random_count else ""
     intro = (f"<p>Model <code>{html.escape(model['name'])}</code> (sha256 {model['sha256'][:12]}), edit site blocks "
              f"{model['site']['blocks']}; {results['benchmark']['editing_samples']} editing samples over "
-             f"{len(groups)} groups; {results['benchmark']['locality_images_evaluated']} locality images; "
+             f"{len(groups)} groups; {results['benchmark']['locality_images_evaluated']} near-boundary locality images"
+             f"{random_note}; "
              f"{'quick run' if results['protocol']['quick'] else 'full sweep'}, "
              f"{results['seconds'] / 60:.1f} min.</p>")
     return write_html_page(path, title, intro, parts)
