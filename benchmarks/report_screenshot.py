@@ -1,6 +1,6 @@
 """Screenshot one figure of a bench report.html for the README (default: the first, GR-LR at the stop rule).
 
-    python benchmarks/report_screenshot.py runs/bench-fashion-quick/report.html assets/bench/gr-lr-quick.png
+    python benchmarks/report_screenshot.py runs/bench-fashion-quick-v2/report.html assets/bench/gr-lr-quick.png
     python benchmarks/report_screenshot.py REPORT OUT.png 2   # the second figure: GR-LR at the first right step
 """
 from __future__ import annotations
