@@ -3,6 +3,7 @@
     python benchmarks/precision.py --json benchmarks/results/precision.json
     python benchmarks/precision.py --quick          # fewer repetitions and images
     python benchmarks/precision.py --geometries fashion   # skip the (slow on CPU) ViT-B/16 rows
+    python benchmarks/precision.py --device cuda          # on a GPU
 
 1. Speed (random weights, ViT-B/16 and fashion geometry): seconds per edit of 20 masked
    fine-tuning steps and episodes per second of a batch of 8 meta-training episodes, each in
@@ -24,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import speed  # noqa: E402
 from speed import _bundle, _images, _timed  # noqa: E402
 
 from w2e.engine.edit_config import EditConfig  # noqa: E402
@@ -45,8 +47,8 @@ from w2e.engine.forward import cached_prefix  # noqa: E402
 def speed_rows(name: str, repeats: int) -> dict:
     """fp32 and bf16 seconds per edit and episodes per second for one geometry."""
     bundle = _bundle(name)
-    image, label = _images(bundle, 1), torch.tensor([1])
-    binary = topk_mask(torch.rand(bundle.site.mask_shape), 0.1)
+    image, label = _images(bundle, 1), torch.tensor([1], device=bundle.device)
+    binary = topk_mask(torch.rand(bundle.site.mask_shape), 0.1).to(bundle.device)
     tokens = cached_prefix(bundle.model, image, bundle.site.start)
     images, donors = _images(bundle, 8), _images(bundle, 8).flip(0)
     search = MaskSearchConfig(inner_lr=0.1, inner_steps=3, outer_steps=5)
@@ -66,7 +68,7 @@ def speed_rows(name: str, repeats: int) -> dict:
 
 def editing_rows(limit: int) -> dict:
     """The same gallery edits on the fashion world in fp32 and in bf16."""
-    editor = Editor(load_model("fashion"))
+    editor = Editor(load_model("fashion", device=speed.DEVICE))
     examples = sorted((project_root() / "assets" / "fashion" / "examples").glob("*.png"))[:limit]
     outcome = {}
     for precision in ("fp32", "bf16"):
@@ -83,7 +85,7 @@ def editing_rows(limit: int) -> dict:
 
 def mask_rows(limit: int) -> dict:
     """IoU of test-time search masks: bf16 vs fp32 (same seed) and fp32 vs fp32 (another seed)."""
-    bundle = load_model("fashion")
+    bundle = load_model("fashion", device=speed.DEVICE)
     examples = sorted((project_root() / "assets" / "fashion" / "examples").glob("*.png"))[:limit]
     editor = Editor(bundle, use_bundled_hypernetwork=False)
     config = bundle.mask_search_config
@@ -94,7 +96,7 @@ def mask_rows(limit: int) -> dict:
         masks = {(precision, seed): topk_mask(search_mask(bundle.model, bundle.site, image, label,
                                                           dataclasses.replace(config, precision=precision), seed=seed), 0.05)
                  for precision, seed in (("fp32", 0), ("bf16", 0), ("fp32", 1))}
-        iou = lambda a, b: float(pairwise_iou(torch.stack([masks[a], masks[b]]).numpy())[0, 1])  # noqa: E731
+        iou = lambda a, b: float(pairwise_iou(torch.stack([masks[a], masks[b]]).cpu().numpy())[0, 1])  # noqa: E731
         same_seed.append(iou(("fp32", 0), ("bf16", 0)))
         other_seed.append(iou(("fp32", 0), ("fp32", 1)))
     return {"images": len(same_seed), "iou_bf16_vs_fp32_same_seed": sum(same_seed) / len(same_seed),
@@ -107,10 +109,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--geometries", default="fashion,vit_base_patch16_224", help="comma list of speed geometries")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    speed.DEVICE = torch.device(args.device)
     repeats, limit = (1, 3) if args.quick else (3, 10)
-    results = {"threads": args.threads, "torch": torch.__version__,
+    results = {"threads": args.threads, "torch": torch.__version__, "device": speed._device_name(),
                "speed": {name: speed_rows(name, repeats) for name in args.geometries.split(",")},
                "editing": editing_rows(limit), "masks": mask_rows(limit)}
     for name, row in results["speed"].items():

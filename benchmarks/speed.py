@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py                  # ViT-B/16 geometry (random weights) + fashion geometry
     python benchmarks/speed.py --quick          # fewer repetitions
+    python benchmarks/speed.py --device cuda    # on a GPU (timings synchronise the device)
 
 1. Editing: masked fine-tuning on prefix-cached tokens vs (a) a full forward and backward
    through the whole network each step (the authors' approach: the model's own parameters
@@ -13,6 +14,8 @@
    episodes and the hypernetwork's fit) vs the same number of suffix forward + backward passes
    with per-episode site gradients and nothing else (no masks, no updates, no optimiser).
 4. Locality re-evaluation: suffix on cached tokens vs full forward of every image.
+5. The bundled worlds' meta-training recipe (``WORLD_META``): seconds per iteration on the
+   glyph world's geometry, and what its 7,000 iterations take.
 """
 from __future__ import annotations
 
@@ -40,11 +43,14 @@ from w2e.models.loading import ModelBundle
 from w2e.inputs.preprocess import PreprocessConfig
 from w2e.engine.forward import cached_prefix, forward_prefix, forward_suffix, patch_size
 from w2e.engine.site import site_for_model
+from w2e.worlds.shipping import WORLD_META
 
 GEOMETRIES = {
     "vit_base_patch16_224": dict(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12, num_classes=1000),
     "fashion": dict(img_size=28, patch_size=4, in_chans=1, embed_dim=128, depth=12, num_heads=4, num_classes=10),
+    "glyphs": dict(img_size=28, patch_size=4, in_chans=1, embed_dim=192, depth=12, num_heads=3, num_classes=130),
 }
+DEVICE = torch.device("cpu")
 
 
 def _bundle(name: str) -> ModelBundle:
@@ -55,27 +61,34 @@ def _bundle(name: str) -> ModelBundle:
     channels = GEOMETRIES[name].get("in_chans", 3)
     size = GEOMETRIES[name]["img_size"]
     config = PreprocessConfig((channels, size, size), (0.5,) * channels, (0.5,) * channels)
-    return ModelBundle(name, model, [str(i) for i in range(GEOMETRIES[name]["num_classes"])], config,
+    return ModelBundle(name, model.to(DEVICE), [str(i) for i in range(GEOMETRIES[name]["num_classes"])], config,
                        site_for_model(model), 1e-4)
 
 
 def _images(bundle: ModelBundle, count: int) -> torch.Tensor:
-    return torch.randn(count, *bundle.preprocessing.input_size, generator=torch.Generator().manual_seed(1))
+    return torch.randn(count, *bundle.preprocessing.input_size, generator=torch.Generator().manual_seed(1)).to(DEVICE)
+
+
+def _synchronise() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def _timed(fn, repeats: int) -> float:
     fn()
+    _synchronise()
     started = time.perf_counter()
     for _ in range(repeats):
         fn()
+    _synchronise()
     return (time.perf_counter() - started) / repeats
 
 
 def bench_edit(bundle: ModelBundle, steps: int, repeats: int) -> dict:
     """Seconds per edit of ``steps`` steps: cached vs the two naive variants."""
     image = _images(bundle, 1)
-    label = torch.tensor([1])
-    binary = topk_mask(torch.rand(bundle.site.mask_shape), 0.1)
+    label = torch.tensor([1], device=DEVICE)
+    binary = topk_mask(torch.rand(bundle.site.mask_shape), 0.1).to(DEVICE)
     config = EditConfig(lr=1e-12, max_steps=steps, loss_stop=-1.0)
 
     def cached() -> None:
@@ -131,7 +144,8 @@ def bench_meta(bundle: ModelBundle, batch: int, repeats: int, search: MaskSearch
             "ratio_batching_alone": slow_cached / fast, "search": search.to_dict()}
 
 
-def bench_meta_floor(bundle: ModelBundle, batch: int, repeats: int, search: MaskSearchConfig) -> dict:
+def bench_meta_floor(bundle: ModelBundle, batch: int, repeats: int, search: MaskSearchConfig,
+                     iterations: int | None = None) -> dict:
     """Seconds per meta-training iteration against its floor, timed alternately (best of ``repeats``).
 
     The floor runs the iteration's suffix passes, ``(inner_steps + 1) * outer_steps`` forward +
@@ -141,7 +155,7 @@ def bench_meta_floor(bundle: ModelBundle, batch: int, repeats: int, search: Mask
     config = MetaTrainConfig(batch_size=batch, search=search)
     images, donors = _images(bundle, batch), _images(bundle, batch).flip(0)
     model, site = bundle.model, bundle.site
-    hypernet = new_hypernetwork(site, bundle.name, "", depth=config.hyper_depth)
+    hypernet = new_hypernetwork(site, bundle.name, "", depth=config.hyper_depth).to(DEVICE)
     optimizer = torch.optim.AdamW(hypernet.parameters(), lr=config.hyper_lr)
     make_overridable(model, site)
     linears = [site.linear(model, layer) for layer in site.layers]
@@ -165,12 +179,17 @@ def bench_meta_floor(bundle: ModelBundle, batch: int, repeats: int, search: Mask
     times = {"iteration": [], "floor": []}
     for _ in range(repeats):
         for name, fn in (("iteration", iteration), ("floor", floor)):
+            _synchronise()
             started = time.perf_counter()
             fn()
+            _synchronise()
             times[name].append(time.perf_counter() - started)
     best = {name: min(values) for name, values in times.items()}
-    return {"batch": batch, "suffix_passes": passes, "iteration_s": best["iteration"], "floor_s": best["floor"],
-            "ratio_iteration_over_floor": best["iteration"] / best["floor"], "search": search.to_dict()}
+    row = {"batch": batch, "suffix_passes": passes, "iteration_s": best["iteration"], "floor_s": best["floor"],
+           "ratio_iteration_over_floor": best["iteration"] / best["floor"], "search": search.to_dict()}
+    if iterations:
+        row.update(iterations=iterations, run_hours=iterations * best["iteration"] / 3600)
+    return row
 
 
 def _single_episode_full_forward(bundle: ModelBundle, image: torch.Tensor, donor: torch.Tensor, config: MetaTrainConfig) -> None:
@@ -203,9 +222,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     parser.add_argument("--only", default=None, help="comma list of rows to run, e.g. meta_fashion (default: all)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     repeats = 1 if args.quick else 3
-    vitb, fashion = _bundle("vit_base_patch16_224"), _bundle("fashion")
+    vitb, fashion, glyphs = _bundle("vit_base_patch16_224"), _bundle("fashion"), _bundle("glyphs")
     rows = {
         "edit_vit_base": lambda: bench_edit(vitb, steps=5 if args.quick else 10, repeats=repeats),
         "edit_fashion": lambda: bench_edit(fashion, steps=20, repeats=repeats),
@@ -217,20 +239,26 @@ def main() -> None:
                                                         search=MaskSearchConfig(inner_steps=5, outer_steps=10)),
         "locality_vit_base": lambda: bench_locality(vitb, count=64 if args.quick else 128, repeats=repeats),
         "locality_fashion": lambda: bench_locality(fashion, count=2000, repeats=repeats),
+        "meta_world_glyphs": lambda: bench_meta_floor(glyphs, batch=WORLD_META.batch_size, repeats=3 * repeats + 1,
+                                                      search=WORLD_META.search, iterations=WORLD_META.iterations),
     }
     chosen = args.only.split(",") if args.only else list(rows)
     unknown = sorted(set(chosen) - set(rows))
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {list(rows)}")
-    results: dict = {"torch_threads": torch.get_num_threads()}
+    results: dict = {"torch_threads": torch.get_num_threads(), "device": _device_name()}
     results.update({name: rows[name]() for name in chosen})
     for name, row in results.items():
         if isinstance(row, dict):
-            ratios = {k: round(v, 2) for k, v in row.items() if "ratio" in k}
+            ratios = {k: round(v, 2) for k, v in row.items() if k.startswith(("ratio", "run_hours"))}
             print(f"{name:20s} {ratios}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(results, handle, indent=1)
+
+
+def _device_name() -> str:
+    return torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "cpu"
 
 
 if __name__ == "__main__":
