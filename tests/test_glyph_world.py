@@ -24,6 +24,7 @@ from w2e.worlds.glyphs.data import DatasetSpec, FontTable, balanced_labels, rend
 from w2e.worlds.glyphs.fonts import (FILE_RULES, PACKAGE_STYLES, RARE_STYLES, STYLES,
                                      FontInventoryError, file_style, font_inventory)
 from w2e.worlds.glyphs.render import RenderRanges, draw_params, render_glyph
+from w2e.worlds.glyphs.stages import PROBE_SIZE, meta_probe_images, stage_dataset, stage_fonts
 from w2e.worlds.glyphs.world import build_glyphs_world
 from w2e.worlds.registry import WorldBuildError
 from w2e.worlds.training import TrainRecipe, train_and_export
@@ -238,6 +239,23 @@ def test_slice_build_ships_a_loadable_world_with_its_fonts_and_benchmark(slice_w
             SLICE_CLASSES[int(bench.labels[row])].codepoints
     examples = sorted((root / "assets" / "glyphs" / "examples").glob("*.png"))
     assert len(examples) == 4 and all("," not in p.name for p in examples)
+
+
+def test_slice_hypernetwork_is_diagnosed_on_held_out_test_renderings_outside_the_benchmark(slice_world) -> None:
+    root, manifest = slice_world
+    config, work = slice_config(), root / ".build" / "glyphs"
+    diagnostics = manifest["figures"]["mask_diagnostics"]
+    assert diagnostics["iteration"] == config.meta.iterations and diagnostics["held-out"]["images"] > 1
+    bundle = load_model(str(root / "checkpoints" / "glyphs"))
+    probe = meta_probe_images(work, stage_fonts(work, config), config, bundle.benchmark_path)
+    test = stage_dataset(work, stage_fonts(work, config), config.test_common, config)
+    bench = load_benchmark(bundle.benchmark_path)
+    test_rows = {image.tobytes(): row for row, image in enumerate(test.images)}
+    used = set(bench.columns["index"][bench.columns["dataset"] == bench.info["datasets"].index("test-common")].tolist())
+    rows = [test_rows[image.tobytes()] for image in probe.images]
+    assert len(rows) == len(set(rows)) == min(PROBE_SIZE, len(test.labels) - len(used)) > 0
+    assert not used & set(rows)
+    assert np.array_equal(probe.labels, test.labels[rows])
 
 
 def test_slice_build_resumes_without_rebuilding(slice_world) -> None:

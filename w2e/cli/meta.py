@@ -30,7 +30,7 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add ``meta-train`` to the ``w2e`` parser."""
     p = subparsers.add_parser("meta-train", help="meta-train a where-to-edit hypernetwork")
     add_model_options(p)
-    p.add_argument("--data", default="fashion", help="image folder, or 'fashion' for the world's training images")
+    p.add_argument("--data", default="fashion", help="image folder, or a bundled world's name (fashion, glyphs) for its training images")
     p.add_argument("--out", required=True,
                    help="output folder; one holding a run resumes it with that run's settings (options may "
                         "only change --iterations, --checkpoint-every and --probe-every)")
@@ -93,7 +93,7 @@ def _given(args: argparse.Namespace, names: Sequence[str]) -> dict:
 def _source_and_probe(data: str, bundle: ModelBundle,
                       probe_size: int) -> tuple[FolderSource | TensorSource, MaskProbe | None]:
     """Training images and a held-out probe of real images for ``--data``: an image folder gives up
-    ``probe_size`` of its images, the fashion world has its own probe."""
+    ``probe_size`` of its images, a bundled world has its own probe."""
     from w2e.inputs.sources import FolderSource, split_off_probe
     from w2e.where.diagnostics import MaskProbe
 
@@ -106,8 +106,6 @@ def _source_and_probe(data: str, bundle: ModelBundle,
         if held_out is None:
             return train, None
         return train, MaskProbe.from_images("held-out", bundle.model, bundle.site.start, held_out.to(bundle.device))
-    if data == "fashion":
-        from w2e.worlds.fashion.world import meta_probe
+    from w2e.worlds.registry import meta_probe
 
-        return source, meta_probe(bundle)
-    return source, None
+    return source, meta_probe(data, bundle)

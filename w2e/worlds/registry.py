@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Callable
 if TYPE_CHECKING:
     from w2e.inputs.sources import TensorSource
     from w2e.models.loading import ModelBundle
+    from w2e.where.diagnostics import MaskProbe
 
 
 class UnknownWorldError(ValueError):
@@ -32,6 +33,7 @@ class WorldEntry:
     meta_training_source: str | None
     description: str
     ship_hypernetwork: str | None = None
+    meta_probe: str | None = None
 
     def function(self, attribute: str) -> Callable:
         """A function of the world's module, imported on first use."""
@@ -42,9 +44,10 @@ WORLDS: dict[str, WorldEntry] = {
     entry.name: entry
     for entry in (
         WorldEntry("fashion", ".fashion.world", "build_fashion_world", "meta_training_source",
-                   "Fashion-MNIST ViT with held-out subpopulations", "ship_hypernetwork"),
+                   "Fashion-MNIST ViT with held-out subpopulations", "ship_hypernetwork", "meta_probe"),
         WorldEntry("glyphs", ".glyphs.world", "build_glyphs_world", "meta_training_source",
-                   "glyph classes of many scripts rendered from Debian fonts, rare font styles held out"),
+                   "glyph classes of many scripts rendered from Debian fonts, rare font styles held out",
+                   meta_probe="meta_probe"),
     )
 }
 
@@ -67,6 +70,12 @@ def meta_training_source(name: str, bundle: "ModelBundle") -> "TensorSource":
     if entry.meta_training_source is None:
         raise UnknownWorldError(f"world {name!r} provides no meta-training images yet")
     return entry.function(entry.meta_training_source)(bundle)
+
+
+def meta_probe(name: str, bundle: "ModelBundle") -> "MaskProbe | None":
+    """World ``name``'s held-out probe of meta-training for ``bundle`` (None if the world has none)."""
+    entry = world_entry(name)
+    return None if entry.meta_probe is None else entry.function(entry.meta_probe)(bundle)
 
 
 def ship_hypernetwork(name: str, run_dir: str) -> dict:

@@ -6,7 +6,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ from w2e.formats.benchmark_file import load_benchmark
 from w2e.inputs.sources import TensorSource
 from w2e.engine.search_config import MaskSearchConfig
 from w2e.where.configs import MetaTrainConfig
+from w2e.where.diagnostics import MaskProbe
 from w2e.where.meta_train import LOG_FILE, meta_train
 from w2e.models.folder import file_sha256, project_root
 from w2e.models.loading import ModelBundle
@@ -51,9 +52,13 @@ class StageClock:
 
 
 def stage_meta_train(bundle: ModelBundle, source: TensorSource, work: Path, checkpoints: Path,
-                     config: MetaTrainConfig) -> Path:
-    """Meta-train the world's hypernetwork (resumes from ``work/meta``) and copy it with its log to ``checkpoints``."""
-    hypernet = meta_train(bundle, source, work / "meta", config)
+                     config: MetaTrainConfig, probes: Sequence[MaskProbe] = ()) -> Path:
+    """Meta-train the world's hypernetwork (resumes from ``work/meta``) and copy it with its log to ``checkpoints``.
+
+    ``probes``: held-out real images whose masks' input dependence is logged and stored in the
+    hypernetwork's config (:func:`w2e.where.meta_train.meta_train`).
+    """
+    hypernet = meta_train(bundle, source, work / "meta", config, probes=probes)
     shutil.copyfile(hypernet, checkpoints / "hypernet.safetensors")
     shutil.copyfile(hypernet.with_suffix(".json"), checkpoints / "hypernet.json")
     shutil.copyfile(work / "meta" / LOG_FILE, checkpoints / LOG_FILE)

@@ -136,7 +136,8 @@ def build_fashion_world(check: bool = False, root: Path | None = None, meta_conf
     manifest = _manifest(figures, hypernet=False, meta_config=meta_config)
     _write_manifest(paths, manifest)
     bundle = load_local_model(ckpt)
-    clock.run("meta_train", lambda: stage_meta_train(bundle, meta_training_source(bundle), work, ckpt, meta_config))
+    clock.run("meta_train", lambda: stage_meta_train(bundle, meta_training_source(bundle), work, ckpt, meta_config,
+                                                     [meta_probe(bundle)]))
     figures["build_seconds"] = clock.seconds
     manifest = _manifest(figures, hypernet=True, meta_config=meta_config)
     _write_manifest(paths, manifest)

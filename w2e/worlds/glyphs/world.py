@@ -10,6 +10,8 @@ import torch
 
 from w2e.formats.benchmark_file import load_benchmark
 from w2e.inputs.sources import TensorSource
+from w2e.where.diagnostics import MaskProbe
+from w2e.where.hypernet_file import read_hypernet_config
 from w2e.where.meta_train import LOG_FILE
 from w2e.models.loading import ModelBundle, load_local_model
 from w2e.inputs.preprocess import normalise_array
@@ -21,9 +23,10 @@ from w2e.worlds.shipping import (StageClock, count_misclassified_editing_samples
 from w2e.worlds.glyphs.benchmark import SOURCE_ROLES, shifted
 from w2e.worlds.glyphs.classes import class_names
 from w2e.worlds.glyphs.config import GLYPH_WORLD, GlyphWorldConfig
-from w2e.worlds.glyphs.data import FontTable, render_dataset
-from w2e.worlds.glyphs.stages import (BENCHMARK_FILE, base_normalisation, meta_training_images, stage_benchmark, stage_dataset,
-                     stage_fonts, stage_train_base, stage_train_stronger)
+from w2e.worlds.glyphs.data import FontTable, GlyphSet, render_dataset
+from w2e.worlds.glyphs.stages import (BENCHMARK_FILE, base_normalisation, meta_probe_images, meta_training_images,
+                                      stage_benchmark, stage_dataset, stage_fonts, stage_train_base,
+                                      stage_train_stronger)
 
 WORLD = "glyphs"
 #: Benchmark rows re-rendered from their provenance by ``--check`` (spread over the file).
@@ -89,7 +92,9 @@ def build_glyphs_world(check: bool = False, root: Path | None = None, config: Gl
     write_manifest(ckpt, _manifest(config, fonts, mean, std, figures, hypernet=False), _shipped_files(paths, False))
     bundle = load_local_model(ckpt)
     source = _meta_source(bundle, work, table, config)
-    clock.run("meta_train", lambda: stage_meta_train(bundle, source, work, ckpt, config.meta))
+    probe = probe_from_images(bundle, meta_probe_images(work, table, config, assets / BENCHMARK_FILE))
+    hypernet = clock.run("meta_train", lambda: stage_meta_train(bundle, source, work, ckpt, config.meta, [probe]))
+    figures["mask_diagnostics"] = read_hypernet_config(hypernet).diagnostics
     figures["build_seconds"] = clock.seconds
     manifest = _manifest(config, fonts, mean, std, figures, hypernet=True)
     write_manifest(ckpt, manifest, _shipped_files(paths, True))
@@ -100,6 +105,21 @@ def build_glyphs_world(check: bool = False, root: Path | None = None, config: Gl
 def _meta_source(bundle: ModelBundle, work: Path, table: FontTable, config: GlyphWorldConfig) -> TensorSource:
     images = meta_training_images(work, table, config)
     return TensorSource(normalise_array(images.images, bundle.preprocessing), torch.from_numpy(images.labels))
+
+
+def probe_from_images(bundle: ModelBundle, images: GlyphSet) -> MaskProbe:
+    """The held-out probe of meta-training made of ``images``, grouped by class."""
+    inputs = normalise_array(images.images, bundle.preprocessing).to(bundle.device)
+    return MaskProbe.from_images("held-out", bundle.model, bundle.site.start, inputs, images.labels)
+
+
+def meta_probe(bundle: ModelBundle, config: GlyphWorldConfig = GLYPH_WORLD) -> MaskProbe:
+    """In-distribution test renderings that neither meta-training nor the benchmark uses (see
+    :func:`~w2e.worlds.glyphs.stages.meta_probe_images`), read from the build cache or rendered again."""
+    paths = world_paths(WORLD)
+    images = meta_probe_images(paths["work"], stage_fonts(paths["work"], config), config,
+                               paths["assets"] / BENCHMARK_FILE)
+    return probe_from_images(bundle, images)
 
 
 def meta_training_source(bundle: ModelBundle, config: GlyphWorldConfig = GLYPH_WORLD) -> TensorSource:
