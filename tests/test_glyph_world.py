@@ -24,7 +24,7 @@ from w2e.worlds.glyphs.data import DatasetSpec, FontTable, balanced_labels, rend
 from w2e.worlds.glyphs.fonts import (FILE_RULES, PACKAGE_STYLES, RARE_STYLES, STYLES,
                                      FontInventoryError, file_style, font_inventory)
 from w2e.worlds.glyphs.render import RenderRanges, draw_params, render_glyph
-from w2e.worlds.glyphs.stages import PROBE_SIZE, meta_probe_images, stage_dataset, stage_fonts
+from w2e.worlds.glyphs.stages import meta_probe_images, stage_dataset, stage_fonts
 from w2e.worlds.glyphs.world import build_glyphs_world
 from w2e.worlds.registry import WorldBuildError
 from w2e.worlds.training import TrainRecipe, train_and_export
@@ -203,6 +203,7 @@ def slice_config() -> GlyphWorldConfig:
         test_rare=DatasetSpec("test-rare", 60, seed=4, mix="rare"),
         pool=DatasetSpec("pool", 200, seed=5, mix="natural"),
         locality_pool=DatasetSpec("locality-pool", 150, seed=6, mix="common"), meta_images=50,
+        probe=DatasetSpec("probe", 20, seed=7, mix="common"),
         base_vit={"patch_size": 4, "in_chans": 1, "embed_dim": 16, "depth": 12, "num_heads": 2, "mlp_ratio": 4.0,
                   "global_pool": "token"},
         stronger_widths=(8, 8, 16), base_recipe=recipe, stronger_recipe=recipe, benchmark=benchmark, meta=meta,
@@ -241,21 +242,21 @@ def test_slice_build_ships_a_loadable_world_with_its_fonts_and_benchmark(slice_w
     assert len(examples) == 4 and all("," not in p.name for p in examples)
 
 
-def test_slice_hypernetwork_is_diagnosed_on_held_out_test_renderings_outside_the_benchmark(slice_world) -> None:
+def test_slice_hypernetwork_is_diagnosed_on_held_out_renderings_of_their_own_seed(slice_world) -> None:
     root, manifest = slice_world
     config, work = slice_config(), root / ".build" / "glyphs"
     diagnostics = manifest["figures"]["mask_diagnostics"]
-    assert diagnostics["iteration"] == config.meta.iterations and diagnostics["held-out"]["images"] > 1
-    bundle = load_model(str(root / "checkpoints" / "glyphs"))
-    probe = meta_probe_images(work, stage_fonts(work, config), config, bundle.benchmark_path)
-    test = stage_dataset(work, stage_fonts(work, config), config.test_common, config)
-    bench = load_benchmark(bundle.benchmark_path)
-    test_rows = {image.tobytes(): row for row, image in enumerate(test.images)}
-    used = set(bench.columns["index"][bench.columns["dataset"] == bench.info["datasets"].index("test-common")].tolist())
-    rows = [test_rows[image.tobytes()] for image in probe.images]
-    assert len(rows) == len(set(rows)) == min(PROBE_SIZE, len(test.labels) - len(used)) > 0
-    assert not used & set(rows)
-    assert np.array_equal(probe.labels, test.labels[rows])
+    assert diagnostics["iteration"] == config.meta.iterations
+    assert diagnostics["held-out"]["images"] == config.probe.size
+    table = stage_fonts(work, config)
+    probe = meta_probe_images(work, table, config)
+    assert len(probe.labels) == config.probe.size and config.probe.seed not in {
+        spec.seed for spec in (config.base_train, config.stronger_train, config.test_common, config.test_rare,
+                               config.pool, config.locality_pool)}
+    seen = {image.tobytes() for spec in (config.base_train, config.pool, config.locality_pool)
+            for image in stage_dataset(work, table, spec, config).images}
+    seen |= {image.tobytes() for image in load_benchmark(root / "assets" / "glyphs" / "benchmark.safetensors").images}
+    assert not any(image.tobytes() in seen for image in probe.images)
 
 
 def test_slice_build_resumes_without_rebuilding(slice_world) -> None:

@@ -38,6 +38,8 @@ class GlyphWorldConfig:
     locality_pool: DatasetSpec = DatasetSpec("locality-pool", 30_000, seed=6, mix="common")
     #: How many of the base model's training renderings (the first ones) meta-training uses.
     meta_images: int = 20_000
+    #: The held-out probe of meta-training's mask diagnostics: fresh in-distribution renderings.
+    probe: DatasetSpec = DatasetSpec("probe", 512, seed=7, mix="common")
     #: timm ``VisionTransformer`` settings of the base model (classes and image size are added).
     base_vit: dict = field(default_factory=lambda: {"patch_size": 4, "in_chans": 1, "embed_dim": 192, "depth": 12,
                                                     "num_heads": 3, "mlp_ratio": 4.0, "global_pool": "token"})

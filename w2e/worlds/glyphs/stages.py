@@ -16,7 +16,7 @@ import timm.models.vision_transformer as vit
 import torch
 from tqdm import tqdm
 
-from w2e.formats.benchmark_file import load_benchmark, save_benchmark
+from w2e.formats.benchmark_file import save_benchmark
 from w2e.models.folder import file_sha256
 from w2e.models.architectures import SmallConvNet
 from w2e.worlds.examples import write_examples
@@ -177,19 +177,10 @@ def stage_benchmark(work: Path, assets: Path, table: FontTable, config: GlyphWor
     return figures
 
 
-#: Held-out probe of meta-training: in-distribution test renderings the benchmark does not use.
-PROBE_SIZE, PROBE_SEED = 512, 0
-
-
-def meta_probe_images(work: Path, table: FontTable, config: GlyphWorldConfig, benchmark_path: Path) -> GlyphSet:
-    """``PROBE_SIZE`` in-distribution test renderings (never trained on) that no benchmark row uses, plain or shifted."""
-    test = stage_dataset(work, table, config.test_common, config)
-    bench = load_benchmark(benchmark_path)
-    from_test = bench.columns["dataset"] == bench.info["datasets"].index(config.test_common.name)
-    candidates = np.setdiff1d(np.arange(len(test.labels)), bench.columns["index"][from_test])
-    rng = np.random.default_rng(PROBE_SEED)
-    rows = np.sort(rng.choice(candidates, size=min(PROBE_SIZE, len(candidates)), replace=False))
-    return GlyphSet(test.images[rows], test.labels[rows], test.fonts[rows], test.codepoints[rows])
+def meta_probe_images(work: Path, table: FontTable, config: GlyphWorldConfig) -> GlyphSet:
+    """The held-out probe of meta-training: ``config.probe``, in-distribution renderings of their
+    own seed that neither the models nor meta-training nor the benchmark use (rendered once, cached)."""
+    return stage_dataset(work, table, config.probe, config)
 
 
 def meta_training_images(work: Path, table: FontTable, config: GlyphWorldConfig) -> GlyphSet:

@@ -92,7 +92,7 @@ def build_glyphs_world(check: bool = False, root: Path | None = None, config: Gl
     write_manifest(ckpt, _manifest(config, fonts, mean, std, figures, hypernet=False), _shipped_files(paths, False))
     bundle = load_local_model(ckpt)
     source = _meta_source(bundle, work, table, config)
-    probe = probe_from_images(bundle, meta_probe_images(work, table, config, assets / BENCHMARK_FILE))
+    probe = probe_from_images(bundle, meta_probe_images(work, table, config))
     hypernet = clock.run("meta_train", lambda: stage_meta_train(bundle, source, work, ckpt, config.meta, [probe]))
     figures["mask_diagnostics"] = read_hypernet_config(hypernet).diagnostics
     figures["build_seconds"] = clock.seconds
@@ -114,12 +114,10 @@ def probe_from_images(bundle: ModelBundle, images: GlyphSet) -> MaskProbe:
 
 
 def meta_probe(bundle: ModelBundle, config: GlyphWorldConfig = GLYPH_WORLD) -> MaskProbe:
-    """In-distribution test renderings that neither meta-training nor the benchmark uses (see
-    :func:`~w2e.worlds.glyphs.stages.meta_probe_images`), read from the build cache or rendered again."""
-    paths = world_paths(WORLD)
-    images = meta_probe_images(paths["work"], stage_fonts(paths["work"], config), config,
-                               paths["assets"] / BENCHMARK_FILE)
-    return probe_from_images(bundle, images)
+    """The world's held-out probe renderings (:func:`~w2e.worlds.glyphs.stages.meta_probe_images`),
+    read from the build cache or rendered again."""
+    work = world_paths(WORLD)["work"]
+    return probe_from_images(bundle, meta_probe_images(work, stage_fonts(work, config), config))
 
 
 def meta_training_source(bundle: ModelBundle, config: GlyphWorldConfig = GLYPH_WORLD) -> TensorSource:
