@@ -13,6 +13,7 @@ from w2e.inputs.sources import TensorSource
 from w2e.where.diagnostics import MaskProbe
 from w2e.where.hypernet_file import read_hypernet_config
 from w2e.where.meta_train import LOG_FILE
+from w2e.models.folder import file_sha256
 from w2e.models.loading import ModelBundle, load_local_model
 from w2e.inputs.preprocess import normalise_array
 from w2e.worlds.locality import top2_gap
@@ -82,24 +83,38 @@ def build_glyphs_world(check: bool = False, root: Path | None = None, config: Gl
     base_path = clock.run("train_base", lambda: stage_train_base(work, table, config))
     ckpt.mkdir(parents=True, exist_ok=True)
     assets.mkdir(parents=True, exist_ok=True)
+    mean, std = base_normalisation(work, table, config)
+    fonts = [font.to_dict() for font in table.fonts]
+    bundle = load_local_model(stage_meta_model(work, config, fonts, mean, std, base_path))
+    source = _meta_source(bundle, work, table, config)
+    probe = probe_from_images(bundle, meta_probe_images(work, table, config))
+    hypernet = clock.run("meta_train", lambda: stage_meta_train(bundle, source, work, ckpt, config.meta, [probe]))
     figures = clock.run("benchmark", lambda: stage_benchmark(work, assets, table, config, base_path, stronger_path))
     shutil.copyfile(base_path, ckpt / "base.safetensors")
     shutil.copyfile(stronger_path, ckpt / "stronger.safetensors")
     figures["train_logs"] = {name: json.loads((work / name / "train_log.json").read_text())
                              for name in ("base", "stronger")}
-    mean, std = base_normalisation(work, table, config)
-    fonts = [font.to_dict() for font in table.fonts]
-    write_manifest(ckpt, _manifest(config, fonts, mean, std, figures, hypernet=False), _shipped_files(paths, False))
-    bundle = load_local_model(ckpt)
-    source = _meta_source(bundle, work, table, config)
-    probe = probe_from_images(bundle, meta_probe_images(work, table, config))
-    hypernet = clock.run("meta_train", lambda: stage_meta_train(bundle, source, work, ckpt, config.meta, [probe]))
     figures["mask_diagnostics"] = read_hypernet_config(hypernet).diagnostics
     figures["build_seconds"] = clock.seconds
     manifest = _manifest(config, fonts, mean, std, figures, hypernet=True)
     write_manifest(ckpt, manifest, _shipped_files(paths, True))
     print(json.dumps({k: v for k, v in figures.items() if k != "train_logs"}, indent=1))
     return manifest
+
+
+def stage_meta_model(work: Path, config: GlyphWorldConfig, fonts: list[dict], mean: float, std: float,
+                     base_path: Path) -> Path:
+    """The base ViT as a model folder in ``work/meta-model`` (the shipped manifest without figures), so
+    meta-training can run before the benchmark exists; its hypernetwork fits the shipped model."""
+    folder = work / "meta-model"
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = folder / "base.safetensors"
+    if not weights.is_file() or file_sha256(weights) != file_sha256(base_path):
+        shutil.copyfile(base_path, weights)
+    manifest = _manifest(config, fonts, mean, std, {}, hypernet=False)
+    manifest["files"] = {weights.name: file_sha256(weights)}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return folder
 
 
 def _meta_source(bundle: ModelBundle, work: Path, table: FontTable, config: GlyphWorldConfig) -> TensorSource:
