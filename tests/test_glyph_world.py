@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import unicodedata
 from dataclasses import replace
@@ -24,7 +25,8 @@ from w2e.worlds.glyphs.data import DatasetSpec, FontTable, balanced_labels, rend
 from w2e.worlds.glyphs.fonts import (FILE_RULES, PACKAGE_STYLES, RARE_STYLES, STYLES,
                                      FontInventoryError, file_style, font_inventory)
 from w2e.worlds.glyphs.render import RenderRanges, draw_params, render_glyph
-from w2e.worlds.glyphs.stages import meta_probe_images, stage_dataset, stage_fonts
+from w2e.worlds.glyphs import benchmark as glyph_benchmark
+from w2e.worlds.glyphs.stages import PREDICTIONS_DIR, meta_probe_images, stage_dataset, stage_fonts, stage_predictions
 from w2e.worlds.glyphs.world import build_glyphs_world
 from w2e.worlds.registry import WorldBuildError
 from w2e.worlds.training import TrainRecipe, train_and_export
@@ -257,6 +259,33 @@ def test_slice_hypernetwork_is_diagnosed_on_held_out_renderings_of_their_own_see
             for image in stage_dataset(work, table, spec, config).images}
     seen |= {image.tobytes() for image in load_benchmark(root / "assets" / "glyphs" / "benchmark.safetensors").images}
     assert not any(image.tobytes() in seen for image in probe.images)
+
+
+def test_an_interrupted_predictions_stage_keeps_the_arrays_it_finished(slice_world, tmp_path, monkeypatch) -> None:
+    root, _ = slice_world
+    config, work = slice_config(), tmp_path / "glyphs"
+    shutil.copytree(root / ".build" / "glyphs", work)
+    models = work / "base" / "model.safetensors", work / "stronger" / "model.safetensors"
+    table = stage_fonts(work, config)
+    built = stage_predictions(work, table, config, *models)
+    shutil.rmtree(work / PREDICTIONS_DIR)
+    real, calls = glyph_benchmark.predict_probs, []
+
+    def failing_third(*args, **kwargs):
+        calls.append(kwargs.get("desc"))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(glyph_benchmark, "predict_probs", failing_third)
+    with pytest.raises(KeyboardInterrupt):
+        stage_predictions(work, table, config, *models)
+    assert len(list((work / PREDICTIONS_DIR).glob("*.safetensors"))) == 2
+    calls.clear()
+    monkeypatch.setattr(glyph_benchmark, "predict_probs", lambda *a, **k: calls.append(k.get("desc")) or real(*a, **k))
+    resumed = stage_predictions(work, table, config, *models)
+    assert len(calls) == len(built) - 2
+    assert resumed.keys() == built.keys() and all(np.array_equal(resumed[k], built[k]) for k in built)
 
 
 def test_slice_build_resumes_without_rebuilding(slice_world) -> None:

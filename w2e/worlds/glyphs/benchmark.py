@@ -86,25 +86,44 @@ def shifted(images: np.ndarray, role: str, shift_seed: int) -> dict[str, np.ndar
     A shift draws its randomness for the whole batch at once, so an image's shifted rendering
     depends on its whole data set.
     """
-    first = shift_seed + SOURCE_ROLES.index(role) * len(SHIFT_NAMES)
-    return {name: render_shift(name, images, seed=first + index) for index, name in enumerate(SHIFT_NAMES)}
+    return {name: shifted_one(images, role, shift_seed, name) for name in SHIFT_NAMES}
+
+
+def shifted_one(images: np.ndarray, role: str, shift_seed: int, name: str) -> np.ndarray:
+    """The ``role`` data set under the one shift ``name`` (the same rendering :func:`shifted` gives)."""
+    seed = shift_seed + SOURCE_ROLES.index(role) * len(SHIFT_NAMES) + SHIFT_NAMES.index(name)
+    return render_shift(name, images, seed=seed)
+
+
+#: Computes one named probability array, or returns it from a cache: ``cached(name, compute)``.
+PredictionCache = Callable[[str, Callable[[], np.ndarray]], np.ndarray]
+
+
+def _no_cache(name: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    return compute()
 
 
 def compute_predictions(base: torch.nn.Module, stronger: torch.nn.Module, sources: BenchmarkSources,
-                        mean: float, std: float, shift_seed: int) -> dict[str, np.ndarray]:
+                        mean: float, std: float, shift_seed: int,
+                        cached: PredictionCache = _no_cache) -> dict[str, np.ndarray]:
     """Probabilities the benchmark needs: both models on the pool and the test sets, the base
-    model on the shifted test renderings and on the locality candidates (plain and shifted)."""
-    predictions = {}
+    model on the shifted test renderings and on the locality candidates (plain and shifted).
+
+    Each array is computed through ``cached`` under its name (``base.pool``, ``base.test.sketch``,
+    ...), so a cache keeps the ones an interrupted run finished; shifts are rendered only when needed.
+    """
+    jobs: dict[str, tuple[torch.nn.Module, Callable[[], np.ndarray]]] = {}
     for model_name, model in (("base", base), ("stronger", stronger)):
         for role in ("pool", "test", "rare"):
-            images = getattr(sources, role).images
-            predictions[f"{model_name}.{role}"] = predict_probs(model, images, mean, std, desc=f"{model_name} on {role}")
-    for name, images in shifted(sources.test.images, "test", shift_seed).items():
-        predictions[f"base.test.{name}"] = predict_probs(base, images, mean, std, desc=f"base on test {name}")
-    predictions["base.locality"] = predict_probs(base, sources.locality.images, mean, std, desc="base on locality")
-    for name, images in shifted(sources.locality.images, "locality", shift_seed).items():
-        predictions[f"base.locality.{name}"] = predict_probs(base, images, mean, std, desc=f"base on locality {name}")
-    return predictions
+            jobs[f"{model_name}.{role}"] = (model, lambda role=role: getattr(sources, role).images)
+    jobs["base.locality"] = (base, lambda: sources.locality.images)
+    for role in ("test", "locality"):
+        for name in SHIFT_NAMES:
+            jobs[f"base.{role}.{name}"] = (base, lambda role=role, name=name: shifted_one(
+                getattr(sources, role).images, role, shift_seed, name))
+    return {name: cached(name, lambda model=model, images=images, name=name: predict_probs(
+                model, images(), mean, std, desc=name.replace(".", " on ", 1)))
+            for name, (model, images) in jobs.items()}
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import timm.models.vision_transformer as vit
@@ -30,7 +31,7 @@ from w2e.worlds.glyphs.data import DatasetSpec, FontTable, GlyphSet, load_glyph_
 from w2e.worlds.glyphs.fonts import font_inventory
 
 FONTS_FILE = "fonts.json"
-PREDICTIONS_FILE = "benchmark_predictions.safetensors"
+PREDICTIONS_DIR = "predictions"
 BENCHMARK_FILE = "benchmark.safetensors"
 
 
@@ -150,17 +151,20 @@ def benchmark_sources(work: Path, table: FontTable, config: GlyphWorldConfig) ->
 
 def stage_predictions(work: Path, table: FontTable, config: GlyphWorldConfig, base_path: Path,
                       stronger_path: Path) -> dict[str, np.ndarray]:
-    """Both models' probabilities on the benchmark's sources (cached, keyed by model and data hashes)."""
+    """Both models' probabilities on the benchmark's sources, each array cached in
+    ``predictions/<name>.safetensors`` under the models' and data sets' hashes, so an interrupted
+    stage resumes with the arrays it finished."""
     specs = (config.pool, config.test_common, config.test_rare, config.locality_pool)
     key = {"base": file_sha256(base_path), "stronger": file_sha256(stronger_path),
            "shift_seed": config.benchmark.shift_seed, "data": [dataset_key(table, s, config) for s in specs]}
 
-    def compute() -> dict[str, np.ndarray]:
-        mean, std = base_normalisation(work, table, config)
-        return compute_predictions(load_base(base_path, config), load_stronger(stronger_path, config),
-                                   benchmark_sources(work, table, config), mean, std, config.benchmark.shift_seed)
+    def cached(name: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        path = work / PREDICTIONS_DIR / f"{name}.safetensors"
+        return cached_arrays(path, {**key, "array": name}, lambda: {"probs": compute()})["probs"]
 
-    return cached_arrays(work / PREDICTIONS_FILE, key, compute)
+    mean, std = base_normalisation(work, table, config)
+    return compute_predictions(load_base(base_path, config), load_stronger(stronger_path, config),
+                               benchmark_sources(work, table, config), mean, std, config.benchmark.shift_seed, cached)
 
 
 def stage_benchmark(work: Path, assets: Path, table: FontTable, config: GlyphWorldConfig, base_path: Path,
