@@ -1,7 +1,8 @@
 """Run the glyph world's meta-training stage on another machine (a GPU), then resume it here.
 
-The build's meta-training stage (which runs before the benchmark stage) needs the base model, the first ``meta_images`` training
-renderings and the held-out probe renderings; rendering needs the world's 118 font packages.
+The build's meta-training stage (it runs before the benchmark stage) needs the base model, the
+first ``meta_images`` training renderings and the held-out probe renderings; rendering needs
+the world's 118 font packages.
 ``export`` packs exactly those inputs (about 32 MB, no fonts needed) from a build's cache;
 ``run`` meta-trains from the pack with the build's own recipe (``GLYPH_WORLD.meta``) and the
 build's own functions into a folder laid out like ``.build/glyphs/meta``. Copy that folder back
@@ -70,7 +71,8 @@ def run(pack: Path, out: Path, device: str) -> None:
         raise SystemExit(f"{pack / 'meta_images.xz'}: sha256 mismatch")
     images = np.frombuffer(raw, dtype=np.uint8).reshape(info["shape"])
     bundle = load_local_model(model_dir, device=device)
-    source = TensorSource(normalise_array(images, bundle.preprocessing), torch.from_numpy(np.load(pack / "meta_labels.npy")))
+    labels = torch.from_numpy(np.load(pack / "meta_labels.npy"))
+    source = TensorSource(normalise_array(images, bundle.preprocessing), labels)
     held_out = np.load(pack / "probe_images.npz")
     probe = probe_from_images(bundle, GlyphSet(held_out["images"], held_out["labels"], held_out["fonts"],
                                                held_out["codepoints"]))
