@@ -88,3 +88,18 @@ def test_a_hypernetwork_edit_fixes_an_example(editor):
     index = int(bench.group_indices(0)[0])
     edit = editor.edit(editor.benchmark_inputs(np.array([index])), int(bench.labels[index]), rho=0.1)
     assert edit.info["mask_source"] == "hypernetwork" and edit.success
+
+
+def test_the_app_offers_both_worlds_offline_and_shows_this_worlds_failures():
+    from w2e.app.config import AppConfig, default_app_models
+    from w2e.app.model_cache import ModelCache
+
+    assert {"fashion", "glyphs"} <= set(default_app_models())
+    bench = ModelCache(AppConfig(models=("glyphs",), device="cpu")).get()
+    assert len(bench.choices) == len(bench.labels) >= 100 and bench.examples
+    with torch.no_grad():
+        for example in bench.examples:
+            sample = bench.samples.from_file(example.path)
+            assert (sample.row, sample.group) == (example.row, example.group)
+            predicted = int(bench.editor.bundle.model(sample.inputs).argmax())
+            assert predicted != sample.true_label == int(bench.benchmark.labels[example.row])
