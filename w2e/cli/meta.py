@@ -30,7 +30,8 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
     """Add ``meta-train`` to the ``w2e`` parser."""
     p = subparsers.add_parser("meta-train", help="meta-train a where-to-edit hypernetwork")
     add_model_options(p)
-    p.add_argument("--data", default="fashion", help="image folder, or a bundled world's name (fashion, glyphs) for its training images")
+    p.add_argument("--data", default="fashion",
+                   help="image folder, or a bundled world's name (fashion, glyphs) for its training images")
     p.add_argument("--out", required=True,
                    help="output folder; one holding a run resumes it with that run's settings (options may "
                         "only change --iterations, --checkpoint-every and --probe-every)")

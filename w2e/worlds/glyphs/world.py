@@ -63,11 +63,10 @@ def _manifest(config: GlyphWorldConfig, fonts: list[dict], mean: float, std: flo
     }
 
 
-def _shipped_files(paths: dict[str, Path], hypernet: bool) -> list[Path]:
+def _shipped_files(paths: dict[str, Path]) -> list[Path]:
     ckpt, assets = paths["checkpoints"], paths["assets"]
-    files = [ckpt / "base.safetensors", ckpt / "stronger.safetensors", assets / BENCHMARK_FILE]
-    if hypernet:
-        files += [ckpt / "hypernet.safetensors", ckpt / "hypernet.json", ckpt / LOG_FILE]
+    files = [ckpt / "base.safetensors", ckpt / "stronger.safetensors", assets / BENCHMARK_FILE,
+             ckpt / "hypernet.safetensors", ckpt / "hypernet.json", ckpt / LOG_FILE]
     return files + sorted((assets / "examples").glob("*.png"))
 
 
@@ -97,7 +96,7 @@ def build_glyphs_world(check: bool = False, root: Path | None = None, config: Gl
     figures["mask_diagnostics"] = read_hypernet_config(hypernet).diagnostics
     figures["build_seconds"] = clock.seconds
     manifest = _manifest(config, fonts, mean, std, figures, hypernet=True)
-    write_manifest(ckpt, manifest, _shipped_files(paths, True))
+    write_manifest(ckpt, manifest, _shipped_files(paths))
     print(json.dumps({k: v for k, v in figures.items() if k != "train_logs"}, indent=1))
     return manifest
 
@@ -108,11 +107,11 @@ def stage_meta_model(work: Path, config: GlyphWorldConfig, fonts: list[dict], me
     meta-training can run before the benchmark exists; its hypernetwork fits the shipped model."""
     folder = work / "meta-model"
     folder.mkdir(parents=True, exist_ok=True)
-    weights = folder / "base.safetensors"
-    if not weights.is_file() or file_sha256(weights) != file_sha256(base_path):
+    weights, digest = folder / "base.safetensors", file_sha256(base_path)
+    if not weights.is_file() or file_sha256(weights) != digest:
         shutil.copyfile(base_path, weights)
     manifest = _manifest(config, fonts, mean, std, {}, hypernet=False)
-    manifest["files"] = {weights.name: file_sha256(weights)}
+    manifest["files"] = {weights.name: digest}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return folder
 
