@@ -294,6 +294,9 @@ def test_slice_build_resumes_without_rebuilding(slice_world) -> None:
     stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*.safetensors")}
     again = build_glyphs_world(root=root, config=slice_config())
     assert again["files"] == manifest["files"]
+    trained = manifest["figures"]["training_seconds"]
+    assert set(trained) == {"base", "stronger", "meta"} and min(trained.values()) > 0
+    assert again["figures"]["training_seconds"] == trained  # from the logs, not reset by the resumed run
     assert {p: p.stat().st_mtime_ns for p in work.rglob("*.safetensors")} == stamps
 
 

@@ -94,11 +94,22 @@ def build_glyphs_world(check: bool = False, root: Path | None = None, config: Gl
     figures["train_logs"] = {name: json.loads((work / name / "train_log.json").read_text())
                              for name in ("base", "stronger")}
     figures["mask_diagnostics"] = read_hypernet_config(hypernet).diagnostics
-    figures["build_seconds"] = clock.seconds
+    figures["build_seconds_last_run"] = clock.seconds
+    figures["training_seconds"] = training_seconds(work)
     manifest = _manifest(config, fonts, mean, std, figures, hypernet=True)
     write_manifest(ckpt, manifest, _shipped_files(paths))
     print(json.dumps({k: v for k, v in figures.items() if k != "train_logs"}, indent=1))
     return manifest
+
+
+def training_seconds(work: Path) -> dict[str, float]:
+    """Seconds of optimisation each trained part took over all runs, from its logs (epochs of the
+    models, iterations of meta-training); unlike the stage clock, not reset by a resumed run."""
+    totals = {name: sum(epoch["seconds"] for epoch in json.loads((work / name / "train_log.json").read_text()))
+              for name in ("base", "stronger")}
+    lines = (work / "meta" / LOG_FILE).read_text().splitlines()
+    totals["meta"] = sum(json.loads(line).get("seconds", 0.0) for line in lines if line.strip())
+    return {name: round(value, 1) for name, value in totals.items()}
 
 
 def stage_meta_model(work: Path, config: GlyphWorldConfig, fonts: list[dict], mean: float, std: float,
