@@ -668,3 +668,20 @@ def test_bench_train_command(world, tmp_path, capsys):
     settings = method_entry("mend").build_settings(world["bundle"], Resources(quick=True), {"iterations": 2, "batch_size": 2})
     assert hyper_editor_path(tmp_path / "out", world["bundle"], settings, 0).is_file()
     assert list((tmp_path / "out" / "ablation").glob("cutmix-*/hypernet.safetensors"))
+
+
+def test_the_report_draws_a_grid_for_many_groups_and_leaves_out_groups_never_edited(tmp_path) -> None:
+    from w2e.bench.report import write_report
+
+    results = json.loads((Path(__file__).parents[1] / "benchmarks/results/bench-fashion-full-v2.json").read_text())
+    source = results["benchmark"]["groups"]
+    groups = [{**source[i % len(source)], "name": f"group-{i}", "edited": int(i < 40)} for i in range(60)]
+    for key in ("summary", "summary_first_right"):
+        for row in results[key]:
+            for field in ("gr_by_group", "lr_by_group"):
+                values = list(row[field].values())
+                row[field] = {g["name"]: values[i % len(values)] for i, g in enumerate(groups)}
+    results["benchmark"]["groups"] = groups
+    write_report(results, tmp_path / "report.html")
+    html = (tmp_path / "report.html").read_text()
+    assert "GR-LR per group" in html and '"group-39"' in html and '"group-40"' not in html

@@ -8,6 +8,9 @@ from pathlib import Path
 
 #: Methods drawn in the ablation figure rather than the main comparison.
 ABLATION_METHODS = ("w2e-ensemble", "w2e-cutmix", "w2e-pgd")
+#: Height of one row of the per-group grid, and the gap between rows (pixels).
+GROUP_ROW_PX = 300
+GROUP_ROW_GAP_PX = 60
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -250,15 +253,16 @@ def write_report(results: dict, path: str | Path) -> Path:
                 fig.update_layout(title=f"GR-LR (random) curves {STOP_TITLES[stop]}, mean over groups", **random_axes)
                 parts.append(_figure_html(fig, first=False))
 
-    groups = [g["name"] for g in results["benchmark"]["groups"]]
+    groups = [g["name"] for g in results["benchmark"]["groups"] if g.get("edited", 1)]
     if groups and main_rows:
         cols = min(4, len(groups))
         nrows = math.ceil(len(groups) / cols)
-        grid = make_subplots(rows=nrows, cols=cols, subplot_titles=groups, horizontal_spacing=0.05, vertical_spacing=0.08)
+        grid = make_subplots(rows=nrows, cols=cols, subplot_titles=groups, horizontal_spacing=0.05,
+                             vertical_spacing=min(0.08, GROUP_ROW_GAP_PX / (GROUP_ROW_PX * nrows)))
         for i, name in enumerate(groups):
             for trace in _curves(main_rows, methods, "gr_by_group", "lr_by_group", group=name):
                 grid.add_trace(trace, row=i // cols + 1, col=i % cols + 1)
-        grid.update_layout(title="GR-LR per group", template="plotly_white", height=300 * nrows, showlegend=False)
+        grid.update_layout(title="GR-LR per group", template="plotly_white", height=GROUP_ROW_PX * nrows, showlegend=False)
         parts.append("<h2>Per group</h2><p>Same colours as the main figure; hover for method and knob.</p>" + _figure_html(grid, first=False))
 
     if ablation_rows:
