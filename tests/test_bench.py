@@ -21,11 +21,11 @@ import w2e.bench.methods
 from w2e.bench.methods import (Resources, SettingsError, UnknownMethodError, method_entries, method_entry,
                                method_names)
 from w2e.bench.metrics import (at_stop, group_generalization, locality_rate, paired_sign_tests, pareto_front, sign_test,
-                               success_rate, summarise_records)
+                               success_rate, summarise_records, verdict)
 from w2e.where.diagnostics import iou_matrix
 from w2e.bench.pgd import PGDConfig, pgd_pseudo_samples
 from w2e.bench.records import RecordStore
-from w2e.bench.report import format_both_stops, format_markdown, format_sign_tests
+from w2e.bench.report import format_both_stops, format_markdown, format_sign_tests, format_verdicts
 from w2e.bench.specificity import mask_specificity
 from w2e.inputs.sources import TensorSource
 from w2e.engine.fine_tune import fit_until_correct, masked_fine_tune
@@ -163,6 +163,30 @@ def test_paired_sign_tests_pair_by_sample_at_matched_density():
     assert [r["baseline"] for r in paired_sign_tests(records, "w2e", baselines=["ft"])] == ["ft"] * 4
     table = format_sign_tests({"sign_tests": {"rows": rows}}, stop="rule").splitlines()
     assert len(table) == 2 + 3 and "| kn | rho=0.05 | 0.05 | rule | 6 | 0.150 | 5 / 1 / 0 (0.22) |" in table[2]
+
+
+def _sign_row(gr: tuple[int, int], lr: tuple[int, int]) -> dict:
+    row = {}
+    for metric, (up, down) in (("gr", gr), ("lr", lr)):
+        row.update({f"{metric}_up": up, f"{metric}_down": down, f"{metric}_p": sign_test(up, down)})
+    return row
+
+
+def test_verdicts_follow_the_sign_tests_on_gr_and_lr():
+    assert verdict(_sign_row(gr=(20, 2), lr=(10, 10))) == "win (GR)"
+    assert verdict(_sign_row(gr=(2, 20), lr=(10, 10))) == "loss (GR)"
+    assert verdict(_sign_row(gr=(20, 2), lr=(1, 20))) == "trade-off (GR up, LR down)"
+    assert verdict(_sign_row(gr=(20, 2), lr=(20, 1))) == "win (GR, LR)"
+    assert verdict(_sign_row(gr=(8, 3), lr=(3, 8))) == "tie"  # p 0.23 both ways
+    assert verdict(_sign_row(gr=(20, 2), lr=(1, 20)), metrics=("lr",)) == "loss (LR)"
+    records = []
+    for row in range(8):  # w2e beats KN on GR in all 8 edits at the rule, ties when first right
+        records.append(_record("w2e", 0.05, (row,), gr=6, lr=5, first_right=_early(2, 9)))
+        records.append(_record("kn", 0.05, (row,), gr=3, lr=5, first_right=_early(2, 9)))
+    table = format_verdicts({"sign_tests": {"rows": paired_sign_tests(records, "w2e")}}).splitlines()
+    assert len(table) == 3 and table[2].startswith("| kn | rho=0.05 | 0.05 | 8 | win (GR) | tie | GR 8/0 (0.0078)")
+    with pytest.raises(ValueError, match="no sign tests"):
+        format_verdicts({"format": 1})
 
 
 def test_fit_until_correct_reports_the_first_right_step_once():

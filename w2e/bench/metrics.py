@@ -165,6 +165,32 @@ SIGN_TEST_METRICS = (("gr", "gr_correct", "gr_total"), ("lr", "lr_same", "lr_tot
                      ("lr_random", "lr_random_same", "lr_random_total"))
 
 
+#: Significance level of the verdicts (two-sided sign test).
+VERDICT_ALPHA = 0.05
+
+
+def verdict(row: dict, metrics: Sequence[str] = ("gr", "lr"), alpha: float = VERDICT_ALPHA) -> str:
+    """The reference's verdict against a baseline from one :func:`paired_sign_tests` row.
+
+    "win": better on at least one of ``metrics`` (more edits up than down, sign-test p < ``alpha``)
+    and worse on none; "loss": the reverse; "trade-off": better on one and worse on another;
+    "tie": neither. The metrics that decided it follow in brackets, e.g. ``"win (GR)"``.
+    """
+    def significant(metric: str) -> bool:
+        return f"{metric}_p" in row and row[f"{metric}_p"] < alpha
+
+    better = [m for m in metrics if significant(m) and row[f"{m}_up"] > row[f"{m}_down"]]
+    worse = [m for m in metrics if significant(m) and row[f"{m}_down"] > row[f"{m}_up"]]
+    name = lambda metric: {"lr_random": "LR random"}.get(metric, metric.upper())  # noqa: E731
+    if better and worse:
+        return f"trade-off ({', '.join(map(name, better))} up, {', '.join(map(name, worse))} down)"
+    if better:
+        return f"win ({', '.join(map(name, better))})"
+    if worse:
+        return f"loss ({', '.join(map(name, worse))})"
+    return "tie"
+
+
 def paired_sign_tests(records: Iterable[dict], reference: str = "w2e", baselines: Sequence[str] | None = None,
                       fixed_values: Sequence = SINGLE_SETTING_RHOS, stops: Sequence[str] = STOPS) -> list[dict]:
     """Edit-by-edit comparison of ``reference`` with each baseline, paired by editing sample.

@@ -6,6 +6,8 @@ import json
 import math
 from pathlib import Path
 
+from w2e.bench.metrics import VERDICT_ALPHA, verdict
+
 #: Methods drawn in the ablation figure rather than the main comparison.
 ABLATION_METHODS = ("w2e-ensemble", "w2e-cutmix", "w2e-pgd")
 #: Height of one row of the per-group grid, and the gap between rows (pixels).
@@ -154,6 +156,47 @@ def format_sign_tests(results: dict, stop: str | None = None) -> str:
     headers = sign_test_headers(results)
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cells) + " |" for cells in _sign_test_rows(results, stop)]
+    return "\n".join(lines)
+
+
+def _evidence(row: dict | None, metrics: tuple[str, ...]) -> str:
+    if row is None:
+        return "-"
+    names = {"gr": "GR", "lr": "LR", "lr_random": "LR random"}
+    return ", ".join(f"{names[m]} {row[f'{m}_up']}/{row[f'{m}_down']} ({row[f'{m}_p']:.2g})"
+                     for m in metrics if f"{m}_up" in row)
+
+
+def format_verdicts(results: dict, alpha: float = VERDICT_ALPHA) -> str:
+    """w2e's verdict against every baseline setting, at both stops, as a Markdown table.
+
+    One row per baseline setting and w2e rho it was paired with (:func:`paired_sign_tests`):
+    the verdict on GR and near-boundary LR (:func:`verdict`) at the stop rule and when first
+    right, the evidence (edits up / down for w2e, sign-test p), and the verdict on LR over the
+    random in-distribution set when it was measured.
+    """
+    tests = results.get("sign_tests")
+    if not tests:
+        raise ValueError(f"these results have no sign tests (format {results.get('format')}); rerun the bench")
+    random = has_random_locality(results)
+    by_pair: dict[tuple, dict[str, dict]] = {}
+    for row in tests["rows"]:
+        key = (row["baseline"], _knob({"knob": row["baseline_knob"], "value": row["baseline_value"]}),
+               row["reference_value"])
+        by_pair.setdefault(key, {})[row["stop"]] = row
+    headers = ["baseline", "baseline knob", "w2e rho", "pairs", "verdict at the stop rule", "verdict when first right",
+               "evidence at the stop rule: w2e up/down (p)", "evidence when first right"]
+    headers += ["LR random at the stop rule"] if random else []
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for (baseline, knob, rho), stops in by_pair.items():
+        rule, first = stops.get("rule"), stops.get("first_right")
+        pairs = (rule or first)["pairs"]
+        cells = [baseline, knob, f"{rho}", str(pairs),
+                 verdict(rule, alpha=alpha) if rule else "-", verdict(first, alpha=alpha) if first else "-",
+                 _evidence(rule, ("gr", "lr")), _evidence(first, ("gr", "lr"))]
+        if random:
+            cells.append(f"{verdict(rule, ('lr_random',), alpha)}: {_evidence(rule, ('lr_random',))}" if rule else "-")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
