@@ -25,7 +25,7 @@ from w2e.bench.metrics import (at_stop, group_generalization, locality_rate, pai
 from w2e.where.diagnostics import iou_matrix
 from w2e.bench.pgd import PGDConfig, pgd_pseudo_samples
 from w2e.bench.records import RecordStore
-from w2e.bench.report import format_both_stops, format_markdown, format_sign_tests, format_verdicts
+from w2e.bench.report import format_both_stops, format_markdown, format_front, format_sign_tests, format_verdicts
 from w2e.bench.specificity import mask_specificity
 from w2e.inputs.sources import TensorSource
 from w2e.engine.fine_tune import fit_until_correct, masked_fine_tune
@@ -187,6 +187,20 @@ def test_verdicts_follow_the_sign_tests_on_gr_and_lr():
     assert len(table) == 3 and table[2].startswith("| kn | rho=0.05 | 0.05 | 8 | win (GR) | tie | GR 8/0 (0.0078)")
     with pytest.raises(ValueError, match="no sign tests"):
         format_verdicts({"format": 1})
+
+
+def test_front_lists_undominated_settings_and_the_line_through_fine_tuning_rows():
+    def row(method, value, gr, lr):
+        return {"method": method, "knob": "rho", "value": value, "sr": 1.0, "gr": gr, "lr": lr}
+
+    summary = [row("w2e", 0.05, 0.6, 0.8), row("ft", 1.0, 0.7, 0.5), row("ft-l1", 0.01, 0.5, 0.7),
+               row("grace", 0.1, 0.1, 1.0), row("w2e-ensemble", 2, 0.9, 0.9)]  # ensembles: never on the front
+    text = format_front({"summary": summary}, line_methods=("w2e", "ft", "ft-l1"))
+    front = [line for line in text.split("Line through")[0].splitlines() if line.startswith("| ")][1:]
+    assert [line.split(" | ")[0] for line in front] == ["| ft", "| w2e", "| grace"]  # ft-l1 dominated by w2e
+    slope, intercept = np.polyfit([0.6, 0.7, 0.5], [0.8, 0.5, 0.7], 1)
+    assert f"LR = {intercept:.3f} - {abs(slope):.3f} GR" in text
+    assert f"| w2e | rho=0.05 | 0.600 | 0.800 | {0.8 - (intercept + slope * 0.6):+.3f} |" in text
 
 
 def test_fit_until_correct_reports_the_first_right_step_once():

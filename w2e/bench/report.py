@@ -5,8 +5,9 @@ import html
 import json
 import math
 from pathlib import Path
+from typing import Sequence
 
-from w2e.bench.metrics import VERDICT_ALPHA, verdict
+from w2e.bench.metrics import VERDICT_ALPHA, pareto_front, verdict
 
 #: Methods drawn in the ablation figure rather than the main comparison.
 ABLATION_METHODS = ("w2e-ensemble", "w2e-cutmix", "w2e-pgd")
@@ -197,6 +198,41 @@ def format_verdicts(results: dict, alpha: float = VERDICT_ALPHA) -> str:
         if random:
             cells.append(f"{verdict(rule, ('lr_random',), alpha)}: {_evidence(rule, ('lr_random',))}" if rule else "-")
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+#: Methods that fine-tune the model's own weights with the editing loss (a mask, a penalty or
+#: nothing restricting them): the rows :func:`format_front` fits its GR-LR line through.
+FINE_TUNING_METHODS = ("w2e", "w2e-mean", "search", "ft", "ft-l1", "ft-l2", "random", "kn", "spt")
+
+
+def format_front(results: dict, stop: str = "rule", line_methods: Sequence[str] = FINE_TUNING_METHODS) -> str:
+    """The GR-LR Pareto front at ``stop`` and a least-squares line through ``line_methods``' rows.
+
+    The front (ablation variants left out, as they edit with more samples or another
+    hypernetwork) lists every setting no other setting beats on both GR and near-boundary LR.
+    The line LR = a + b * GR is fitted over every setting of ``line_methods``; each of those
+    rows is listed with its residual (LR above the line is positive).
+    """
+    import numpy as np
+
+    rows = [r for r in _ordered(summary_rows(results, stop), results.get("methods", {}))
+            if r["method"] not in ABLATION_METHODS and r["gr"] == r["gr"] and r["lr"] == r["lr"]]
+    front = sorted((rows[i] for i in pareto_front([(r["gr"], r["lr"]) for r in rows])), key=lambda r: -r["gr"])
+    lines = [f"Pareto front {STOP_TITLES[stop]} ({len(front)} of {len(rows)} settings):", "",
+             "| method | knob | SR | GR | LR |", "|---|---|---|---|---|"]
+    lines += [f"| {r['method']} | {_knob(r)} | {_fmt(r['sr'])} | {_fmt(r['gr'])} | {_fmt(r['lr'])} |" for r in front]
+    fitted = [r for r in rows if r["method"] in line_methods]
+    if len(fitted) >= 2:
+        gr, lr = np.array([r["gr"] for r in fitted]), np.array([r["lr"] for r in fitted])
+        slope, intercept = np.polyfit(gr, lr, 1)
+        residuals = lr - (intercept + slope * gr)
+        lines += ["", f"Line through {len(fitted)} settings of {', '.join(dict.fromkeys(r['method'] for r in fitted))}: "
+                      f"LR = {intercept:.3f} {'-' if slope < 0 else '+'} {abs(slope):.3f} GR, "
+                      f"largest residual {np.abs(residuals).max():.3f}", "",
+                  "| method | knob | GR | LR | LR minus line |", "|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | {_knob(r)} | {_fmt(r['gr'])} | {_fmt(r['lr'])} | {d:+.3f} |"
+                  for r, d in zip(fitted, residuals)]
     return "\n".join(lines)
 
 
