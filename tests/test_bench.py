@@ -723,3 +723,16 @@ def test_the_report_draws_a_grid_for_many_groups_and_leaves_out_groups_never_edi
     write_report(results, tmp_path / "report.html")
     html = (tmp_path / "report.html").read_text()
     assert "GR-LR per group" in html and '"group-39"' in html and '"group-40"' not in html
+
+
+def test_the_committed_glyph_sweep_supports_the_readme_verdicts() -> None:
+    """The README's glyph-world conclusions, recomputed from the committed results file."""
+    results = json.loads((Path(__file__).parents[1] / "benchmarks/results/bench-glyphs-full.json").read_text())
+    assert sum(row["edits"] for row in results["summary"]) == 2052 and not results["skipped"]
+    rows = {(r["baseline"], r["baseline_value"], r["reference_value"], r["stop"]): r for r in results["sign_tests"]["rows"]}
+    assert verdict(rows[("w2e-mean", 0.05, 0.05, "rule")]) == "win (GR, LR)"
+    assert verdict(rows[("search", 0.1, 0.1, "rule")]) == "win (GR, LR)"
+    assert verdict(rows[("kn", 0.05, 0.05, "rule")]) == "win (GR)"
+    assert verdict(rows[("spt", 0.05, 0.05, "rule")]) == "trade-off (GR up, LR down)"
+    front = format_front(results).split("Line through")[0]
+    assert "| w2e | rho=0.05 | 1.000 | 0.628 | 0.763 |" in front and "| w2e-mean |" not in front
