@@ -36,7 +36,8 @@ def main() -> None:
         results = json.load(handle)
     if results.get("format") == SEQUENTIAL_FORMAT:
         if args.stop or args.sign_tests or args.both or args.verdicts or args.front:
-            sys.exit("results_table.py: --stop, --sign-tests, --both, --verdicts and --front belong to single-edit results, not sequential ones")
+            sys.exit("results_table.py: --stop, --sign-tests, --both, --verdicts and --front belong to single-edit "
+                     "results, not sequential ones")
         print(format_sequential_markdown(results))
         return
     try:

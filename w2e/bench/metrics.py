@@ -165,6 +165,8 @@ SIGN_TEST_METRICS = (("gr", "gr_correct", "gr_total"), ("lr", "lr_same", "lr_tot
                      ("lr_random", "lr_random_same", "lr_random_total"))
 
 
+#: How reports name the metrics of :data:`SIGN_TEST_METRICS`.
+METRIC_TITLES = {"gr": "GR", "lr": "LR", "lr_random": "LR random"}
 #: Significance level of the verdicts (two-sided sign test).
 VERDICT_ALPHA = 0.05
 
@@ -181,13 +183,13 @@ def verdict(row: dict, metrics: Sequence[str] = ("gr", "lr"), alpha: float = VER
 
     better = [m for m in metrics if significant(m) and row[f"{m}_up"] > row[f"{m}_down"]]
     worse = [m for m in metrics if significant(m) and row[f"{m}_down"] > row[f"{m}_up"]]
-    name = lambda metric: {"lr_random": "LR random"}.get(metric, metric.upper())  # noqa: E731
+    titles = lambda names: ", ".join(METRIC_TITLES[m] for m in names)  # noqa: E731
     if better and worse:
-        return f"trade-off ({', '.join(map(name, better))} up, {', '.join(map(name, worse))} down)"
+        return f"trade-off ({titles(better)} up, {titles(worse)} down)"
     if better:
-        return f"win ({', '.join(map(name, better))})"
+        return f"win ({titles(better)})"
     if worse:
-        return f"loss ({', '.join(map(name, worse))})"
+        return f"loss ({titles(worse)})"
     return "tie"
 
 

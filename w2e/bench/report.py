@@ -7,7 +7,9 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from w2e.bench.metrics import VERDICT_ALPHA, pareto_front, verdict
+import numpy as np
+
+from w2e.bench.metrics import METRIC_TITLES, VERDICT_ALPHA, pareto_front, verdict
 
 #: Methods drawn in the ablation figure rather than the main comparison.
 ABLATION_METHODS = ("w2e-ensemble", "w2e-cutmix", "w2e-pgd")
@@ -163,8 +165,7 @@ def format_sign_tests(results: dict, stop: str | None = None) -> str:
 def _evidence(row: dict | None, metrics: tuple[str, ...]) -> str:
     if row is None:
         return "-"
-    names = {"gr": "GR", "lr": "LR", "lr_random": "LR random"}
-    return ", ".join(f"{names[m]} {row[f'{m}_up']}/{row[f'{m}_down']} ({row[f'{m}_p']:.2g})"
+    return ", ".join(f"{METRIC_TITLES[m]} {row[f'{m}_up']}/{row[f'{m}_down']} ({row[f'{m}_p']:.2g})"
                      for m in metrics if f"{m}_up" in row)
 
 
@@ -214,10 +215,8 @@ def format_front(results: dict, stop: str = "rule", line_methods: Sequence[str] 
     The line LR = a + b * GR is fitted over every setting of ``line_methods``; each of those
     rows is listed with its residual (LR above the line is positive).
     """
-    import numpy as np
-
     rows = [r for r in _ordered(summary_rows(results, stop), results.get("methods", {}))
-            if r["method"] not in ABLATION_METHODS and r["gr"] == r["gr"] and r["lr"] == r["lr"]]
+            if r["method"] not in ABLATION_METHODS and not (math.isnan(r["gr"]) or math.isnan(r["lr"]))]
     front = sorted((rows[i] for i in pareto_front([(r["gr"], r["lr"]) for r in rows])), key=lambda r: -r["gr"])
     lines = [f"Pareto front {STOP_TITLES[stop]} ({len(front)} of {len(rows)} settings):", "",
              "| method | knob | SR | GR | LR |", "|---|---|---|---|---|"]
