@@ -20,6 +20,7 @@ from w2e.models.loading import load_model
 from w2e.worlds.glyphs.benchmark import GlyphBenchmarkConfig
 from w2e.worlds.glyphs.classes import DROPPED_LOOKALIKES, GLYPH_CLASSES, GlyphClass, class_names
 from w2e.worlds.glyphs.config import GlyphWorldConfig
+from w2e.worlds.glyphs import data as glyph_data
 from w2e.worlds.glyphs.coverage import font_coverage
 from w2e.worlds.glyphs.data import DatasetSpec, FontTable, balanced_labels, render_dataset
 from w2e.worlds.glyphs.fonts import (FILE_RULES, PACKAGE_STYLES, RARE_STYLES, STYLES,
@@ -27,7 +28,7 @@ from w2e.worlds.glyphs.fonts import (FILE_RULES, PACKAGE_STYLES, RARE_STYLES, ST
 from w2e.worlds.glyphs.render import RenderRanges, draw_params, render_glyph
 from w2e.worlds.glyphs import benchmark as glyph_benchmark
 from w2e.worlds.glyphs.stages import PREDICTIONS_DIR, meta_probe_images, stage_dataset, stage_fonts, stage_predictions
-from w2e.worlds.glyphs.world import build_glyphs_world
+from w2e.worlds.glyphs.world import BUILD_LEDGER, build_glyphs_world
 from w2e.worlds.registry import WorldBuildError
 from w2e.worlds.training import TrainRecipe, train_and_export
 
@@ -180,6 +181,18 @@ def test_data_sets_are_balanced_slice_stable_and_keep_to_their_styles() -> None:
         assert chr(codepoint) in table.coverage[font][label]
 
 
+@needs_fonts
+def test_parallel_rendering_gives_the_pixels_of_one_process(monkeypatch) -> None:
+    monkeypatch.setattr(glyph_data, "RENDER_CHUNK", 7)
+    table = _table(SLICE_CLASSES)
+    spec = DatasetSpec("mixed", 40, seed=5, mix="natural")
+    alone = render_dataset(table, spec, progress=False, workers=1)
+    shared = render_dataset(table, spec, progress=False, workers=3)
+    for column in ("images", "labels", "fonts", "codepoints"):
+        np.testing.assert_array_equal(getattr(shared, column), getattr(alone, column))
+    assert len(alone.images) == 40 and alone.images.std() > 0
+
+
 def test_balanced_labels_need_a_drawable_class() -> None:
     with pytest.raises(ValueError, match="no class can be drawn"):
         balanced_labels(DatasetSpec("empty", 10, seed=0, mix="rare"), np.zeros(0, np.int64))
@@ -292,11 +305,15 @@ def test_slice_build_resumes_without_rebuilding(slice_world) -> None:
     root, manifest = slice_world
     work = root / ".build" / "glyphs"
     stamps = {p: p.stat().st_mtime_ns for p in work.rglob("*.safetensors")}
+    before = json.loads((work / BUILD_LEDGER).read_text())["seconds"]
     again = build_glyphs_world(root=root, config=slice_config())
     assert again["files"] == manifest["files"]
     trained = manifest["figures"]["training_seconds"]
     assert set(trained) == {"base", "stronger", "meta"} and min(trained.values()) > 0
     assert again["figures"]["training_seconds"] == trained  # from the logs, not reset by the resumed run
+    last, summed = again["figures"]["build_seconds_last_run"], again["figures"]["build_seconds_all_runs"]
+    assert set(before) == set(last) == {"fonts", "train_stronger", "train_base", "meta_train", "benchmark"}
+    assert summed == {stage: round(before[stage] + last[stage], 1) for stage in before}
     assert {p: p.stat().st_mtime_ns for p in work.rglob("*.safetensors")} == stamps
 
 

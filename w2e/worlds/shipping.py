@@ -38,16 +38,32 @@ def world_paths(name: str, root: Path | None = None) -> dict[str, Path]:
 
 
 class StageClock:
-    """Runs stages and records how many seconds each took."""
+    """Runs stages and records how many seconds each took.
 
-    def __init__(self) -> None:
+    With a ``ledger`` file, the seconds of every run of a build are also summed there under the
+    build's ``fingerprint`` (its settings), so a build interrupted and resumed over several
+    sessions reports its whole time in :attr:`totals`; a ledger of other settings starts anew.
+    """
+
+    def __init__(self, ledger: Path | None = None, fingerprint: str = "") -> None:
         self.seconds: dict[str, float] = {}
+        self.ledger = ledger
+        self.fingerprint = fingerprint
+        self.totals: dict[str, float] = {}
+        if ledger is not None and ledger.is_file():
+            record = json.loads(ledger.read_text())
+            if record.get("fingerprint") == fingerprint:
+                self.totals = record["seconds"]
 
     def run(self, name: str, stage: Callable[[], T]) -> T:
-        """Run ``stage`` and record its duration under ``name``."""
+        """Run ``stage`` and record its duration under ``name`` (and add it to the ledger)."""
         started = time.time()
         result = stage()
         self.seconds[name] = round(time.time() - started, 1)
+        self.totals[name] = round(self.totals.get(name, 0.0) + self.seconds[name], 1)
+        if self.ledger is not None:
+            self.ledger.parent.mkdir(parents=True, exist_ok=True)
+            self.ledger.write_text(json.dumps({"fingerprint": self.fingerprint, "seconds": self.totals}, indent=1))
         return result
 
 

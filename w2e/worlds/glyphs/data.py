@@ -16,6 +16,9 @@ and ``base`` (the base model's training data: common families, except that a sha
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -113,6 +116,39 @@ def sample_item(table: FontTable, class_index: int, spec: DatasetSpec, index: in
     return font_index, char, draw_params(rng, ranges)
 
 
+#: Images per task of a parallel rendering (large enough that the pickling is negligible).
+RENDER_CHUNK = 2_000
+
+
+def render_workers() -> int:
+    """Processes :func:`render_dataset` uses by default: the CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _render_rows(table: FontTable, labels: np.ndarray, spec: DatasetSpec, ranges: RenderRanges, size: int,
+                 indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    images = np.zeros((len(indices), size, size), np.uint8)
+    fonts = np.zeros(len(indices), np.int64)
+    codepoints = np.zeros(len(indices), np.int64)
+    for row, index in enumerate(indices):
+        font_index, char, params = sample_item(table, int(labels[index]), spec, int(index), ranges)
+        images[row] = render_glyph(table.fonts[font_index].path, char, params, size)
+        fonts[row], codepoints[row] = font_index, ord(char)
+    return images, fonts, codepoints
+
+
+_WORKER_ARGS: tuple = ()
+
+
+def _init_worker(*args) -> None:
+    global _WORKER_ARGS
+    _WORKER_ARGS = args
+
+
+def _render_chunk(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return _render_rows(*_WORKER_ARGS, indices)
+
+
 def render_dataset(
     table: FontTable,
     spec: DatasetSpec,
@@ -120,17 +156,35 @@ def render_dataset(
     size: int = 28,
     indices: np.ndarray | None = None,
     progress: bool = True,
+    workers: int | None = None,
 ) -> GlyphSet:
-    """Render the data set (or only the images at ``indices``) deterministically."""
+    """Render the data set (or only the images at ``indices``) deterministically.
+
+    Image ``i`` depends only on ``(spec, i)``, so ``workers`` processes (default
+    :func:`render_workers`) render chunks of it in parallel and give the same pixels as one.
+    """
     labels = balanced_labels(spec, table.eligible_classes(spec.mix))
     indices = np.arange(spec.size) if indices is None else np.asarray(indices)
-    images = np.zeros((len(indices), size, size), np.uint8)
-    fonts = np.zeros(len(indices), np.int64)
-    codepoints = np.zeros(len(indices), np.int64)
-    for row, index in enumerate(tqdm(indices, desc=f"rendering {spec.name}", disable=not progress, leave=False)):
-        font_index, char, params = sample_item(table, int(labels[index]), spec, int(index), ranges)
-        images[row] = render_glyph(table.fonts[font_index].path, char, params, size)
-        fonts[row], codepoints[row] = font_index, ord(char)
+    workers = render_workers() if workers is None else workers
+    chunks = [indices[start:start + RENDER_CHUNK] for start in range(0, len(indices), RENDER_CHUNK)]
+    bar = tqdm(total=len(indices), desc=f"rendering {spec.name}", disable=not progress, leave=False)
+    parts = []
+    if workers > 1 and len(chunks) > 1:
+        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(min(workers, len(chunks)), mp_context=context, initializer=_init_worker,
+                                 initargs=(table, labels, spec, ranges, size)) as pool:
+            for part in pool.map(_render_chunk, chunks):
+                parts.append(part)
+                bar.update(len(part[0]))
+    else:
+        for chunk in chunks:
+            parts.append(_render_rows(table, labels, spec, ranges, size, chunk))
+            bar.update(len(chunk))
+    bar.close()
+    if not parts:
+        return GlyphSet(np.zeros((0, size, size), np.uint8), labels[indices].copy(), np.zeros(0, np.int64),
+                        np.zeros(0, np.int64))
+    images, fonts, codepoints = (np.concatenate(column) for column in zip(*parts))
     return GlyphSet(images, labels[indices].copy(), fonts, codepoints)
 
 

@@ -1,6 +1,7 @@
 """``w2e world build glyphs``: build, ship and check the bundled glyph world."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -32,6 +33,8 @@ from w2e.worlds.glyphs.stages import (BENCHMARK_FILE, base_normalisation, meta_p
 WORLD = "glyphs"
 #: Benchmark rows re-rendered from their provenance by ``--check`` (spread over the file).
 CHECK_RERENDERED = 48
+#: Seconds of every stage summed over all runs of a build (in the work folder; see :class:`StageClock`).
+BUILD_LEDGER = "build_seconds.json"
 
 
 def _manifest(config: GlyphWorldConfig, fonts: list[dict], mean: float, std: float, figures: dict,
@@ -76,7 +79,8 @@ def build_glyphs_world(check: bool = False, root: Path | None = None, config: Gl
     if check:
         return check_glyphs_world(paths, config)
     work, ckpt, assets = paths["work"], paths["checkpoints"], paths["assets"]
-    clock = StageClock()
+    fingerprint = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
+    clock = StageClock(work / BUILD_LEDGER, fingerprint)
     table = clock.run("fonts", lambda: stage_fonts(work, config))
     stronger_path = clock.run("train_stronger", lambda: stage_train_stronger(work, table, config))
     base_path = clock.run("train_base", lambda: stage_train_base(work, table, config))
@@ -95,6 +99,7 @@ def build_glyphs_world(check: bool = False, root: Path | None = None, config: Gl
                              for name in ("base", "stronger")}
     figures["mask_diagnostics"] = read_hypernet_config(hypernet).diagnostics
     figures["build_seconds_last_run"] = clock.seconds
+    figures["build_seconds_all_runs"] = clock.totals
     figures["training_seconds"] = training_seconds(work)
     manifest = _manifest(config, fonts, mean, std, figures, hypernet=True)
     write_manifest(ckpt, manifest, _shipped_files(paths))
