@@ -93,12 +93,13 @@ def _lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
 
 
 def _save_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, epoch: int, step: int = 0,
-                generators: tuple[torch.Generator, ...] = (), loss_sum: float = 0.0) -> None:
+                generators: tuple[torch.Generator, ...] = (), loss_sum: float = 0.0, seconds: float = 0.0) -> None:
     """Checkpoint after ``step`` steps of epoch ``epoch`` (0: the epoch has not started), with the
-    random generators' states and the epoch's running loss, so a resume repeats nothing."""
+    random generators' states, the epoch's running loss and the seconds it has taken so far, so a
+    resume repeats nothing and the epoch's logged time counts every run of it."""
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     tensors.update({f"rng.{i}": generator.get_state() for i, generator in enumerate(generators)})
-    metadata = {"epoch": str(epoch), "step": str(step), "loss_sum": repr(loss_sum)}
+    metadata = {"epoch": str(epoch), "step": str(step), "loss_sum": repr(loss_sum), "seconds": repr(seconds)}
     save_atomically({**tensors, **optimizer_tensors(optimizer, "optim.")}, path, metadata)
 
 
@@ -110,6 +111,7 @@ class _Position:
     step: int = 0
     loss_sum: float = 0.0
     generator_states: tuple[torch.Tensor, ...] = ()
+    seconds: float = 0.0
 
 
 def _load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> _Position:
@@ -117,7 +119,8 @@ def _load_state(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optim
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     load_optimizer_tensors(optimizer, tensors, "optim.")
     states = tuple(tensors[f"rng.{i}"] for i in range(sum(k.startswith("rng.") for k in tensors)))
-    return _Position(int(metadata["epoch"]), int(metadata.get("step", 0)), float(metadata.get("loss_sum", 0.0)), states)
+    return _Position(int(metadata["epoch"]), int(metadata.get("step", 0)), float(metadata.get("loss_sum", 0.0)), states,
+                     float(metadata.get("seconds", 0.0)))
 
 
 @torch.no_grad()
@@ -165,9 +168,9 @@ def train_classifier(
         generator = torch.Generator().manual_seed(recipe.seed * EPOCH_SEED_STRIDE + epoch)
         mixing = torch.Generator().manual_seed(recipe.seed * EPOCH_SEED_STRIDE + epoch + CUTMIX_SEED_OFFSET)
         order = torch.randperm(len(inputs), generator=generator)
-        first_step, total_loss = 0, 0.0
+        first_step, total_loss, earlier_seconds = 0, 0.0, 0.0
         if epoch == position.epoch and position.step > 0:
-            first_step, total_loss = position.step, position.loss_sum
+            first_step, total_loss, earlier_seconds = position.step, position.loss_sum, position.seconds
             for saved, live in zip(position.generator_states, (generator, mixing)):
                 live.set_state(saved)
         model.train()
@@ -195,11 +198,12 @@ def train_classifier(
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             done = step_in_epoch + 1
             if checkpoint_steps > 0 and done % checkpoint_steps == 0 and done < steps_per_epoch:
-                _save_state(state_path, model, optimizer, epoch, done, (generator, mixing), total_loss)
+                _save_state(state_path, model, optimizer, epoch, done, (generator, mixing), total_loss,
+                            earlier_seconds + time.time() - started)
         entry = {
             "epoch": epoch + 1,
             "train_loss": total_loss / steps_per_epoch,
-            "seconds": time.time() - started,
+            "seconds": earlier_seconds + time.time() - started,
         }
         if eval_inputs is not None and eval_labels is not None:
             entry["eval_accuracy"] = evaluate_accuracy(model, eval_inputs, eval_labels)
