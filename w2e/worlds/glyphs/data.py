@@ -166,7 +166,7 @@ def render_dataset(
     labels = balanced_labels(spec, table.eligible_classes(spec.mix))
     indices = np.arange(spec.size) if indices is None else np.asarray(indices)
     workers = render_workers() if workers is None else workers
-    chunks = [indices[start:start + RENDER_CHUNK] for start in range(0, len(indices), RENDER_CHUNK)]
+    chunks = [indices[start:start + RENDER_CHUNK] for start in range(0, len(indices), RENDER_CHUNK)] or [indices]
     bar = tqdm(total=len(indices), desc=f"rendering {spec.name}", disable=not progress, leave=False)
     parts = []
     if workers > 1 and len(chunks) > 1:
@@ -181,9 +181,6 @@ def render_dataset(
             parts.append(_render_rows(table, labels, spec, ranges, size, chunk))
             bar.update(len(chunk))
     bar.close()
-    if not parts:
-        return GlyphSet(np.zeros((0, size, size), np.uint8), labels[indices].copy(), np.zeros(0, np.int64),
-                        np.zeros(0, np.int64))
     images, fonts, codepoints = (np.concatenate(column) for column in zip(*parts))
     return GlyphSet(images, labels[indices].copy(), fonts, codepoints)
 
