@@ -15,9 +15,9 @@ from w2e.formats.benchmark_file import load_benchmark, save_benchmark
 from w2e.inputs.labels import resolve_label
 from w2e.engine.search_config import MaskSearchConfig
 from w2e.where.configs import MetaTrainConfig
-from w2e.models.folder import file_sha256
+from w2e.fingerprints import file_sha256
 from w2e.models.loading import load_model
-from w2e.worlds.glyphs.benchmark import GlyphBenchmarkConfig
+from w2e.worlds.glyphs.benchmark import SHIFT_NAMES, GlyphBenchmarkConfig, ShiftedRenderings
 from w2e.worlds.glyphs.classes import DROPPED_LOOKALIKES, GLYPH_CLASSES, GlyphClass, class_names
 from w2e.worlds.glyphs.config import GlyphWorldConfig
 from w2e.worlds.glyphs import data as glyph_data
@@ -27,7 +27,8 @@ from w2e.worlds.glyphs.fonts import (FILE_RULES, PACKAGE_STYLES, RARE_STYLES, ST
                                      FontInventoryError, file_style, font_inventory)
 from w2e.worlds.glyphs.render import RenderRanges, draw_params, render_glyph
 from w2e.worlds.glyphs import benchmark as glyph_benchmark
-from w2e.worlds.glyphs.stages import PREDICTIONS_DIR, meta_probe_images, stage_dataset, stage_fonts, stage_predictions
+from w2e.worlds.glyphs.stages import (PREDICTIONS_DIR, benchmark_sources, meta_probe_images, stage_benchmark,
+                                      stage_dataset, stage_fonts, stage_predictions)
 from w2e.worlds.glyphs.world import BUILD_LEDGER, build_glyphs_world
 from w2e.worlds.registry import WorldBuildError
 from w2e.worlds.training import TrainRecipe, train_and_export
@@ -274,13 +275,19 @@ def test_slice_hypernetwork_is_diagnosed_on_held_out_renderings_of_their_own_see
     assert not any(image.tobytes() in seen for image in probe.images)
 
 
+def _predictions(work, table, config, models) -> dict[str, np.ndarray]:
+    sources = benchmark_sources(work, table, config)
+    return stage_predictions(work, table, config, *models, sources,
+                             ShiftedRenderings(sources, config.benchmark.shift_seed))
+
+
 def test_an_interrupted_predictions_stage_keeps_the_arrays_it_finished(slice_world, tmp_path, monkeypatch) -> None:
     root, _ = slice_world
     config, work = slice_config(), tmp_path / "glyphs"
     shutil.copytree(root / ".build" / "glyphs", work)
     models = work / "base" / "model.safetensors", work / "stronger" / "model.safetensors"
     table = stage_fonts(work, config)
-    built = stage_predictions(work, table, config, *models)
+    built = _predictions(work, table, config, models)
     shutil.rmtree(work / PREDICTIONS_DIR)
     real, calls = glyph_benchmark.predict_probs, []
 
@@ -292,13 +299,27 @@ def test_an_interrupted_predictions_stage_keeps_the_arrays_it_finished(slice_wor
 
     monkeypatch.setattr(glyph_benchmark, "predict_probs", failing_third)
     with pytest.raises(KeyboardInterrupt):
-        stage_predictions(work, table, config, *models)
+        _predictions(work, table, config, models)
     assert len(list((work / PREDICTIONS_DIR).glob("*.safetensors"))) == 2
     calls.clear()
     monkeypatch.setattr(glyph_benchmark, "predict_probs", lambda *a, **k: calls.append(k.get("desc")) or real(*a, **k))
-    resumed = stage_predictions(work, table, config, *models)
+    resumed = _predictions(work, table, config, models)
     assert len(calls) == len(built) - 2
     assert resumed.keys() == built.keys() and all(np.array_equal(resumed[k], built[k]) for k in built)
+
+
+def test_the_benchmark_stage_renders_each_shifted_set_once(slice_world, tmp_path, monkeypatch) -> None:
+    root, _ = slice_world
+    config, work = slice_config(), tmp_path / "glyphs"
+    shutil.copytree(root / ".build" / "glyphs", work)
+    shutil.rmtree(work / PREDICTIONS_DIR)
+    models = work / "base" / "model.safetensors", work / "stronger" / "model.safetensors"
+    real, seeds = glyph_benchmark.render_shift, []
+    monkeypatch.setattr(glyph_benchmark, "render_shift", lambda name, images, seed: seeds.append(seed)
+                        or real(name, images, seed=seed))
+    figures = stage_benchmark(work, tmp_path / "assets", stage_fonts(work, config), config, *models)
+    assert figures["locality"]["size"] > 0
+    assert sorted(seeds) == sorted(set(seeds)) and len(seeds) == 2 * len(SHIFT_NAMES)
 
 
 def test_slice_build_resumes_without_rebuilding(slice_world) -> None:

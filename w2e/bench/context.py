@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -117,6 +117,25 @@ class EvalLimits:
                 "max_group_eval": self.max_group_eval,
                 "max_locality": self.max_locality, "batch_size": self.batch_size,
                 "ensemble_sizes": list(self.ensemble_sizes)}
+
+
+@dataclass
+class RunOptions:
+    """What a benchmark or sequential run edits and scores; -1 in a cap is the mode's default."""
+
+    methods: list[str] | None = None
+    quick: bool = False
+    seed: int = 0
+    max_group_eval: int | None = -1
+    max_locality: int | None = -1
+    knob_values: dict[str, tuple] = field(default_factory=dict)
+    method_settings: dict[str, dict] = field(default_factory=dict)
+
+    def capped(self, limits: EvalLimits) -> EvalLimits:
+        """``limits`` with the evaluation caps given here (-1 keeps the one in ``limits``, None: no cap)."""
+        pick = lambda given, default: default if given == -1 else given  # noqa: E731
+        return replace(limits, max_group_eval=pick(self.max_group_eval, limits.max_group_eval),
+                       max_locality=pick(self.max_locality, limits.max_locality))
 
 
 def spread_edits(failures: list[int], total: int | None, per_group: int | None) -> list[int]:

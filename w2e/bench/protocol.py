@@ -6,13 +6,13 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from w2e.bench.context import BenchContext, EditSample, EvalLimits, benchmark_fingerprint
+from w2e.bench.context import BenchContext, EditSample, EvalLimits, RunOptions, benchmark_fingerprint
 from w2e.bench.hooks import has_hooks
 from w2e.bench.methods import Method, Resources, check_method_names, method_entries, method_entry
 from w2e.bench.metrics import SINGLE_SETTING_RHOS, paired_sign_tests, summarise_records
@@ -48,18 +48,11 @@ class BaseModelChangedError(RuntimeError):
 
 
 @dataclass
-class BenchOptions:
+class BenchOptions(RunOptions):
     """What to run; defaults are the full sweep of every method and ablation."""
 
-    methods: list[str] | None = None
-    quick: bool = False
-    seed: int = 0
     edits_per_group: int | None = -1  # -1: the mode's budget (quick 12, full 36 in all); None: every failure
-    max_group_eval: int | None = -1
-    max_locality: int | None = -1
     ablations: tuple[str, ...] | None = None  # None: ABLATIONS (full) or QUICK_ABLATIONS (quick)
-    knob_values: dict[str, tuple] = field(default_factory=dict)
-    method_settings: dict[str, dict] = field(default_factory=dict)
 
     def chosen_ablations(self) -> tuple[str, ...]:
         if self.ablations is not None:
@@ -74,9 +67,7 @@ class BenchOptions:
         base = QUICK_LIMITS if self.quick else FULL_LIMITS
         if self.edits_per_group != -1:
             base = replace(base, edits_per_group=self.edits_per_group, total_edits=None)
-        pick = lambda given, default: default if given == -1 else given  # noqa: E731
-        return replace(base, max_group_eval=pick(self.max_group_eval, base.max_group_eval),
-                       max_locality=pick(self.max_locality, base.max_locality))
+        return self.capped(base)
 
 
 def selected_methods(options: BenchOptions) -> list[str]:

@@ -1,17 +1,17 @@
 """Per-edit records as JSONL: appended one line per edit, re-read to resume or re-aggregate."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Iterator
 
+from w2e.fingerprints import json_sha256
+
 
 def settings_hash(*parts) -> str:
     """Short stable hash of JSON-ready settings (records are reused only when it matches)."""
-    text = json.dumps(parts, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return json_sha256(parts)[:16]
 
 
 def record_key(method: str, value, sample_key: str) -> str:

@@ -38,14 +38,14 @@ import statistics
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from w2e.bench.context import BenchContext, EditSample, EvalLimits, benchmark_fingerprint
+from w2e.bench.context import BenchContext, EditSample, EvalLimits, RunOptions, benchmark_fingerprint
 from w2e.bench.methods import Resources, SequentialForm, UnknownMethodError, check_method_names, method_entry, method_names
 from w2e.bench.protocol import check_base_unchanged, environment, method_info, model_info, write_results
 from w2e.bench.records import RecordStore, settings_hash
@@ -76,26 +76,18 @@ class SequentialInputError(ValueError):
 
 
 @dataclass
-class SequentialOptions:
+class SequentialOptions(RunOptions):
     """What to run; ``None`` in ``steps`` is the whole stream; -1 in a cap is the mode's default."""
 
-    methods: list[str] | None = None
-    quick: bool = False
-    seed: int = 0
     steps: tuple[int | None, ...] | None = None
     stream_length: int | None = -1  # None: every editing sample the per-group cap allows
     edits_per_group: int | None = None
-    max_group_eval: int | None = -1
-    max_locality: int | None = -1
-    knob_values: dict[str, tuple] = field(default_factory=dict)
-    method_settings: dict[str, dict] = field(default_factory=dict)
 
     def limits(self) -> EvalLimits:
+        """Evaluation caps: the mode's defaults unless given (-1 = default, None = no cap)."""
         base = QUICK_LIMITS if self.quick else FULL_LIMITS
-        pick = lambda given, default: default if given == -1 else given  # noqa: E731
-        return replace(base, total_edits=pick(self.stream_length, base.total_edits), edits_per_group=self.edits_per_group,
-                       max_group_eval=pick(self.max_group_eval, base.max_group_eval),
-                       max_locality=pick(self.max_locality, base.max_locality))
+        length = base.total_edits if self.stream_length == -1 else self.stream_length
+        return self.capped(replace(base, total_edits=length, edits_per_group=self.edits_per_group))
 
     def chosen_steps(self) -> tuple[int | None, ...]:
         return self.steps if self.steps is not None else (QUICK_STEPS if self.quick else FULL_STEPS)

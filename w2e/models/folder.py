@@ -2,11 +2,11 @@
 bundled worlds live, which specs name a folder, the manifest and the files it lists."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
 
+from w2e.fingerprints import file_sha256
 from w2e.formats.hub import is_hub_spec, resolve_folder
 
 MODEL_FORMAT = "w2e.model/1"
@@ -45,15 +45,6 @@ def model_folder(spec: str) -> Path | None:
     if "/" not in spec and (world_dir(spec) / MANIFEST_NAME).is_file():
         return world_dir(spec)
     return Path(spec) if Path(spec).is_dir() else None
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_manifest(directory: Path) -> dict:

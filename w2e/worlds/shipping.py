@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
@@ -17,7 +18,8 @@ from w2e.engine.search_config import MaskSearchConfig
 from w2e.where.configs import MetaTrainConfig
 from w2e.where.diagnostics import MaskProbe
 from w2e.where.meta_train import LOG_FILE, meta_train
-from w2e.models.folder import file_sha256, project_root
+from w2e.fingerprints import file_sha256
+from w2e.models.folder import project_root
 from w2e.models.loading import ModelBundle
 from w2e.inputs.preprocess import normalise_array
 
@@ -43,12 +45,15 @@ class StageClock:
     With a ``ledger`` file, the seconds of every run of a build are also summed there under the
     build's ``fingerprint`` (its settings), so a build interrupted and resumed over several
     sessions reports its whole time in :attr:`totals`; a ledger of other settings starts anew.
+    While a stage runs, its time so far is written to the ledger every ``flush_every`` seconds,
+    so a run killed mid-stage (no chance to clean up) loses at most that much of its time.
     """
 
-    def __init__(self, ledger: Path | None = None, fingerprint: str = "") -> None:
+    def __init__(self, ledger: Path | None = None, fingerprint: str = "", flush_every: float = 60.0) -> None:
         self.seconds: dict[str, float] = {}
         self.ledger = ledger
         self.fingerprint = fingerprint
+        self.flush_every = flush_every
         self.totals: dict[str, float] = {}
         if ledger is not None and ledger.is_file():
             record = json.loads(ledger.read_text())
@@ -56,15 +61,35 @@ class StageClock:
                 self.totals = record["seconds"]
 
     def run(self, name: str, stage: Callable[[], T]) -> T:
-        """Run ``stage`` and record its duration under ``name`` (and add it to the ledger)."""
-        started = time.time()
-        result = stage()
-        self.seconds[name] = round(time.time() - started, 1)
-        self.totals[name] = round(self.totals.get(name, 0.0) + self.seconds[name], 1)
+        """Run ``stage`` and record its duration under ``name`` (and add it to the ledger, also when
+        the stage fails or is interrupted)."""
+        started, before = time.time(), self.totals.get(name, 0.0)
+        finished = threading.Event()
+
+        def flush_while_running() -> None:
+            while not finished.wait(self.flush_every):
+                self._write({**self.totals, name: round(before + time.time() - started, 1)})
+
+        flusher = threading.Thread(target=flush_while_running, daemon=True)
         if self.ledger is not None:
-            self.ledger.parent.mkdir(parents=True, exist_ok=True)
-            self.ledger.write_text(json.dumps({"fingerprint": self.fingerprint, "seconds": self.totals}, indent=1))
-        return result
+            flusher.start()
+        try:
+            return stage()
+        finally:
+            finished.set()
+            if flusher.is_alive():
+                flusher.join()
+            self.seconds[name] = round(time.time() - started, 1)
+            self.totals[name] = round(before + self.seconds[name], 1)
+            self._write(self.totals)
+
+    def _write(self, totals: dict[str, float]) -> None:
+        if self.ledger is None:
+            return
+        self.ledger.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.ledger.with_name(self.ledger.name + ".tmp")
+        temporary.write_text(json.dumps({"fingerprint": self.fingerprint, "seconds": totals}, indent=1))
+        temporary.replace(self.ledger)
 
 
 def stage_meta_train(bundle: ModelBundle, source: TensorSource, work: Path, checkpoints: Path,

@@ -95,6 +95,26 @@ def shifted_one(images: np.ndarray, role: str, shift_seed: int, name: str) -> np
     return render_shift(name, images, seed=seed)
 
 
+class ShiftedRenderings:
+    """The test and locality sets under each shift, each rendered once, when first asked for.
+
+    The predictions and the benchmark's shifted blocks read the same renderings, so a build
+    renders every shifted set at most once.
+    """
+
+    def __init__(self, sources: BenchmarkSources, shift_seed: int) -> None:
+        self._sources = sources
+        self._shift_seed = shift_seed
+        self._rendered: dict[tuple[str, str], np.ndarray] = {}
+
+    def __call__(self, role: str, name: str) -> np.ndarray:
+        """The ``role`` data set (``test`` or ``locality``) under the shift ``name``."""
+        if (role, name) not in self._rendered:
+            images = getattr(self._sources, role).images
+            self._rendered[role, name] = shifted_one(images, role, self._shift_seed, name)
+        return self._rendered[role, name]
+
+
 #: Computes one named probability array, or returns it from a cache: ``cached(name, compute)``.
 PredictionCache = Callable[[str, Callable[[], np.ndarray]], np.ndarray]
 
@@ -104,7 +124,7 @@ def _no_cache(name: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
 
 
 def compute_predictions(base: torch.nn.Module, stronger: torch.nn.Module, sources: BenchmarkSources,
-                        mean: float, std: float, shift_seed: int,
+                        mean: float, std: float, shifts: ShiftedRenderings,
                         cached: PredictionCache = _no_cache) -> dict[str, np.ndarray]:
     """Probabilities the benchmark needs: both models on the pool and the test sets, the base
     model on the shifted test renderings and on the locality candidates (plain and shifted).
@@ -119,8 +139,7 @@ def compute_predictions(base: torch.nn.Module, stronger: torch.nn.Module, source
     jobs["base.locality"] = (base, lambda: sources.locality.images)
     for role in ("test", "locality"):
         for name in SHIFT_NAMES:
-            jobs[f"base.{role}.{name}"] = (base, lambda role=role, name=name: shifted_one(
-                getattr(sources, role).images, role, shift_seed, name))
+            jobs[f"base.{role}.{name}"] = (base, lambda role=role, name=name: shifts(role, name))
     return {name: cached(name, lambda model=model, images=images, name=name: predict_probs(
                 model, images(), mean, std, desc=name.replace(".", " on ", 1)))
             for name, (model, images) in jobs.items()}
@@ -165,10 +184,9 @@ def _natural_blocks(sources: BenchmarkSources, predictions: dict[str, np.ndarray
     return blocks, [g.name for g in mad.groups], stats
 
 
-def _shift_blocks(sources: BenchmarkSources, predictions: dict[str, np.ndarray], first_group: int,
-                  config: GlyphBenchmarkConfig):
+def _shift_blocks(sources: BenchmarkSources, predictions: dict[str, np.ndarray], shifts: ShiftedRenderings,
+                  first_group: int, config: GlyphBenchmarkConfig):
     rng = np.random.default_rng(config.subset_seed)
-    rendered = shifted(sources.test.images, "test", config.shift_seed)
     blocks, names, kinds, discarded = [], [], [], {}
     for code, shift_name in enumerate(SHIFT_NAMES):
         name, kind = SHIFT_GROUP_NAMES[shift_name]
@@ -178,7 +196,7 @@ def _shift_blocks(sources: BenchmarkSources, predictions: dict[str, np.ndarray],
         if len(wrong) < config.shift_min_group_size:
             discarded[name] = len(wrong)
             continue
-        blocks.append(_block(rendered[shift_name][wrong], sources.test, wrong, first_group + len(blocks), "test", code))
+        blocks.append(_block(shifts("test", shift_name)[wrong], sources.test, wrong, first_group + len(blocks), "test", code))
         names.append(name)
         kinds.append(kind)
     return blocks, names, kinds, discarded
@@ -188,15 +206,14 @@ def _pixel_keys(images: np.ndarray) -> np.ndarray:
     return np.array([image.tobytes() for image in images], dtype=object)
 
 
-def _locality_blocks(sources: BenchmarkSources, predictions: dict[str, np.ndarray], taken: np.ndarray,
-                     config: GlyphBenchmarkConfig) -> tuple[_Block, _Block, dict]:
+def _locality_blocks(sources: BenchmarkSources, predictions: dict[str, np.ndarray], shifts: ShiftedRenderings,
+                     taken: np.ndarray, config: GlyphBenchmarkConfig) -> tuple[_Block, _Block, dict]:
     """Near-boundary candidates (plain and shifted locality renderings) at the margin, and a random
     in-distribution set of plain renderings; neither holds an image equal to an editing sample."""
     locality = sources.locality
     n = len(locality.labels)
     variants = [(-1, locality.images, predictions["base.locality"])] + [
-        (code, images, predictions[f"base.locality.{name}"])
-        for code, (name, images) in enumerate(shifted(locality.images, "locality", config.shift_seed).items())
+        (code, shifts("locality", name), predictions[f"base.locality.{name}"]) for code, name in enumerate(SHIFT_NAMES)
     ]
     images = np.concatenate([v[1] for v in variants])
     probs = np.concatenate([v[2] for v in variants])
@@ -236,18 +253,23 @@ def random_in_distribution_rows(candidates: np.ndarray, count: int, seed: int) -
 
 def assemble_glyph_benchmark(sources: BenchmarkSources, predictions: dict[str, np.ndarray],
                              classes: tuple[GlyphClass, ...], class_names: list[str],
-                             config: GlyphBenchmarkConfig = GlyphBenchmarkConfig()) -> tuple[BenchmarkData, dict]:
-    """Build the benchmark from the models' predictions; return it and figures for the manifest."""
+                             config: GlyphBenchmarkConfig = GlyphBenchmarkConfig(),
+                             shifts: ShiftedRenderings | None = None) -> tuple[BenchmarkData, dict]:
+    """Build the benchmark from the models' predictions; return it and figures for the manifest.
+
+    ``shifts`` are the shifted renderings the predictions were made on (rendered anew when omitted).
+    """
+    shifts = shifts or ShiftedRenderings(sources, config.shift_seed)
     slugs = [c.slug for c in classes]
     natural, natural_names, mad_stats = _natural_blocks(sources, predictions, slugs, script_distance(classes), config)
     if len(natural) < config.min_natural_groups:
         raise BenchmarkRequirementError(
             f"MAD gave {len(natural)} natural groups of at least {config.mad_min_group_size} images "
             f"(need {config.min_natural_groups}); render a larger pool")
-    shift_blocks, shift_names, shift_kinds, shift_discarded = _shift_blocks(sources, predictions, len(natural), config)
+    shift_blocks, shift_names, shift_kinds, shift_discarded = _shift_blocks(sources, predictions, shifts, len(natural), config)
     editing = natural + shift_blocks
     taken = _pixel_keys(np.concatenate([b.images for b in editing])) if editing else np.zeros(0, dtype=object)
-    near, random_set, locality_figures = _locality_blocks(sources, predictions, taken, config)
+    near, random_set, locality_figures = _locality_blocks(sources, predictions, shifts, taken, config)
     blocks = editing + [near, random_set]
     group_names = natural_names + shift_names
     group_kinds = ["natural"] * len(natural_names) + shift_kinds

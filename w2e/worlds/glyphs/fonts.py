@@ -9,12 +9,12 @@ dingbat fonts that put pictures on letter code points, small-caps and initials-o
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from w2e.fingerprints import file_sha256
 from w2e.worlds.registry import WorldBuildError
 
 COMMON_STYLES: tuple[str, ...] = ("serif", "sans", "mono", "pixel")
@@ -146,10 +146,6 @@ def package_font_files(package: str) -> list[Path]:
     return [path for path in files if path.is_file() and not path.is_symlink()]
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def font_inventory(packages: tuple[str, ...] | None = None) -> list[FontFile]:
     """Every used font file of ``packages`` (default: all of :data:`PACKAGE_STYLES`), sorted by path.
 
@@ -163,7 +159,7 @@ def font_inventory(packages: tuple[str, ...] | None = None) -> list[FontFile]:
             style = file_style(package, path.name)
             if style is None:
                 continue
-            digest = _sha256(path)
+            digest = file_sha256(path)
             if digest not in fonts:
                 fonts[digest] = FontFile(package, str(path), digest, style)
     return sorted(fonts.values(), key=lambda font: font.path)

@@ -6,7 +6,6 @@ resumes from its last epoch.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -18,12 +17,13 @@ import torch
 from tqdm import tqdm
 
 from w2e.formats.benchmark_file import save_benchmark
-from w2e.models.folder import file_sha256
+from w2e.fingerprints import file_sha256, json_sha256
 from w2e.models.architectures import SmallConvNet
 from w2e.worlds.examples import write_examples
 from w2e.worlds.predictions import cached_arrays, load_trained
 from w2e.worlds.training import TrainRecipe, to_model_input, train_and_export
-from w2e.worlds.glyphs.benchmark import BenchmarkSources, assemble_glyph_benchmark, compute_predictions
+from w2e.worlds.glyphs.benchmark import (BenchmarkSources, ShiftedRenderings, assemble_glyph_benchmark,
+                                         compute_predictions)
 from w2e.worlds.glyphs.classes import GlyphClass, class_names
 from w2e.worlds.glyphs.config import GlyphWorldConfig
 from w2e.worlds.glyphs.coverage import font_coverage
@@ -37,7 +37,7 @@ BENCHMARK_FILE = "benchmark.safetensors"
 
 def classes_fingerprint(classes: tuple[GlyphClass, ...]) -> str:
     """sha256 of the class table (slugs and code points)."""
-    return hashlib.sha256(json.dumps([[c.slug, c.codepoints] for c in classes]).encode()).hexdigest()
+    return json_sha256([[c.slug, c.codepoints] for c in classes])
 
 
 def stage_fonts(work: Path, config: GlyphWorldConfig) -> FontTable:
@@ -63,7 +63,7 @@ def stage_fonts(work: Path, config: GlyphWorldConfig) -> FontTable:
 def fonts_fingerprint(table: FontTable) -> str:
     """sha256 over the fonts (content hashes and styles) and their coverage."""
     rows = [[font.sha256, font.style, chars] for font, chars in zip(table.fonts, table.coverage)]
-    return hashlib.sha256(json.dumps(rows).encode()).hexdigest()
+    return json_sha256(rows)
 
 
 def dataset_key(table: FontTable, spec: DatasetSpec, config: GlyphWorldConfig) -> dict:
@@ -99,7 +99,7 @@ def _train(model: torch.nn.Module, name: str, work: Path, data: GlyphSet, evalua
     return train_and_export(
         model, to_model_input(data.images, mean, std), torch.from_numpy(data.labels.astype(np.int64)), recipe,
         work / name, to_model_input(evaluation.images, mean, std), torch.from_numpy(evaluation.labels.astype(np.int64)),
-        data_key=hashlib.sha256(json.dumps(data_key, sort_keys=True).encode()).hexdigest(),
+        data_key=json_sha256(data_key),
         checkpoint_steps=TRAIN_CHECKPOINT_STEPS,
     )
 
@@ -150,7 +150,8 @@ def benchmark_sources(work: Path, table: FontTable, config: GlyphWorldConfig) ->
 
 
 def stage_predictions(work: Path, table: FontTable, config: GlyphWorldConfig, base_path: Path,
-                      stronger_path: Path) -> dict[str, np.ndarray]:
+                      stronger_path: Path, sources: BenchmarkSources,
+                      shifts: ShiftedRenderings) -> dict[str, np.ndarray]:
     """Both models' probabilities on the benchmark's sources, each array cached in
     ``predictions/<name>.safetensors`` under the models' and data sets' hashes, so an interrupted
     stage resumes with the arrays it finished."""
@@ -164,15 +165,17 @@ def stage_predictions(work: Path, table: FontTable, config: GlyphWorldConfig, ba
 
     mean, std = base_normalisation(work, table, config)
     return compute_predictions(load_base(base_path, config), load_stronger(stronger_path, config),
-                               benchmark_sources(work, table, config), mean, std, config.benchmark.shift_seed, cached)
+                               sources, mean, std, shifts, cached)
 
 
 def stage_benchmark(work: Path, assets: Path, table: FontTable, config: GlyphWorldConfig, base_path: Path,
                     stronger_path: Path) -> dict:
     """Write ``assets/benchmark.safetensors`` and example PNGs; return the figures."""
-    predictions = stage_predictions(work, table, config, base_path, stronger_path)
-    data, figures = assemble_glyph_benchmark(benchmark_sources(work, table, config), predictions, config.classes,
-                                             class_names(config.classes), config.benchmark)
+    sources = benchmark_sources(work, table, config)
+    shifts = ShiftedRenderings(sources, config.benchmark.shift_seed)
+    predictions = stage_predictions(work, table, config, base_path, stronger_path, sources, shifts)
+    data, figures = assemble_glyph_benchmark(sources, predictions, config.classes, class_names(config.classes),
+                                             config.benchmark, shifts)
     save_benchmark(assets / BENCHMARK_FILE, data)
     examples = write_examples(data, assets / "examples", config.benchmark.n_examples, config.benchmark.example_scale,
                               label_names=[c.slug for c in config.classes])

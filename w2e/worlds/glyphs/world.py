@@ -1,7 +1,6 @@
 """``w2e world build glyphs``: build, ship and check the bundled glyph world."""
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +13,7 @@ from w2e.inputs.sources import TensorSource
 from w2e.where.diagnostics import MaskProbe
 from w2e.where.hypernet_file import read_hypernet_config
 from w2e.where.meta_train import LOG_FILE
-from w2e.models.folder import file_sha256
+from w2e.fingerprints import file_sha256, json_sha256
 from w2e.models.loading import ModelBundle, load_local_model
 from w2e.inputs.preprocess import normalise_array
 from w2e.worlds.locality import top2_gap
@@ -79,7 +78,7 @@ def build_glyphs_world(check: bool = False, root: Path | None = None, config: Gl
     if check:
         return check_glyphs_world(paths, config)
     work, ckpt, assets = paths["work"], paths["checkpoints"], paths["assets"]
-    fingerprint = hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
+    fingerprint = json_sha256(config.to_dict())
     clock = StageClock(work / BUILD_LEDGER, fingerprint)
     table = clock.run("fonts", lambda: stage_fonts(work, config))
     stronger_path = clock.run("train_stronger", lambda: stage_train_stronger(work, table, config))
