@@ -17,7 +17,7 @@ from w2e.engine.search_config import MaskSearchConfig
 from w2e.where.configs import MetaTrainConfig
 from w2e.fingerprints import file_sha256
 from w2e.models.loading import load_model
-from w2e.worlds.glyphs.benchmark import SHIFT_NAMES, GlyphBenchmarkConfig, ShiftedRenderings
+from w2e.worlds.glyphs.benchmark import SHIFT_NAMES, GlyphBenchmarkConfig, ShiftedRenderings, assemble_glyph_benchmark
 from w2e.worlds.glyphs.classes import DROPPED_LOOKALIKES, GLYPH_CLASSES, GlyphClass, class_names
 from w2e.worlds.glyphs.config import GlyphWorldConfig
 from w2e.worlds.glyphs import data as glyph_data
@@ -29,7 +29,7 @@ from w2e.worlds.glyphs.render import RenderRanges, draw_params, render_glyph
 from w2e.worlds.glyphs import benchmark as glyph_benchmark
 from w2e.worlds.glyphs.stages import (PREDICTIONS_DIR, benchmark_sources, meta_probe_images, stage_benchmark,
                                       stage_dataset, stage_fonts, stage_predictions)
-from w2e.worlds.glyphs.world import BUILD_LEDGER, build_glyphs_world
+from w2e.worlds.glyphs.world import BUILD_LEDGER, build_glyphs_world, ledger_fingerprint
 from w2e.worlds.registry import WorldBuildError
 from w2e.worlds.training import TrainRecipe, train_and_export
 
@@ -306,6 +306,39 @@ def test_an_interrupted_predictions_stage_keeps_the_arrays_it_finished(slice_wor
     resumed = _predictions(work, table, config, models)
     assert len(calls) == len(built) - 2
     assert resumed.keys() == built.keys() and all(np.array_equal(resumed[k], built[k]) for k in built)
+
+
+def test_the_build_ledger_survives_benchmark_assembly_knobs_but_not_recipes() -> None:
+    config = slice_config()
+    fingerprint = ledger_fingerprint(config)
+    assert ledger_fingerprint(replace(config, benchmark=replace(config.benchmark, mad_max_groups=3))) == fingerprint
+    assert ledger_fingerprint(replace(config, benchmark=replace(config.benchmark, shift_seed=1))) != fingerprint
+    assert ledger_fingerprint(replace(config, base_recipe=replace(config.base_recipe, epochs=2))) != fingerprint
+
+
+def test_a_group_cap_keeps_the_largest_natural_groups_and_reports_the_rest(slice_world, tmp_path) -> None:
+    root, _ = slice_world
+    config, work = slice_config(), tmp_path / "glyphs"
+    shutil.copytree(root / ".build" / "glyphs", work)
+    models = work / "base" / "model.safetensors", work / "stronger" / "model.safetensors"
+    table = stage_fonts(work, config)
+    sources, predictions = benchmark_sources(work, table, config), _predictions(work, table, config, models)
+    labels, n_classes = sources.pool.labels, len(config.classes)
+    wrong = (labels + 1 + np.arange(len(labels)) % 3) % n_classes  # three wrong classes per class: many pairs
+    predictions = {**predictions, "stronger.pool": np.eye(n_classes)[labels], "base.pool": np.eye(n_classes)[wrong]}
+    names = class_names(config.classes)
+    uncapped = replace(config.benchmark, mad_min_group_size=1)
+    _, full = assemble_glyph_benchmark(sources, predictions, config.classes, names, uncapped)
+    assert full["n_natural_groups"] >= 2 and full["mad"]["groups_beyond_cap"] == 0
+    capped_config = replace(uncapped, mad_max_groups=1)
+    data, capped = assemble_glyph_benchmark(sources, predictions, config.classes, names, capped_config)
+    natural = [g for g in full["groups"] if g["kind"] == "natural"]
+    assert capped["n_natural_groups"] == 1 and capped["groups"][0] == natural[0]
+    assert capped["mad"]["groups_beyond_cap"] == len(natural) - 1
+    assert capped["mad"]["images_beyond_cap"] == sum(g["size"] for g in natural[1:])
+    assert data.group_names[0] == natural[0]["name"] and len(data.group_names) == len(full["groups"]) - len(natural) + 1
+    with pytest.raises(ValueError, match="fewer groups"):
+        replace(config.benchmark, mad_max_groups=0)
 
 
 def test_the_benchmark_stage_renders_each_shifted_set_once(slice_world, tmp_path, monkeypatch) -> None:

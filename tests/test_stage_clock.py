@@ -1,4 +1,4 @@
-"""World builds time their stages over every run, including runs killed or failed mid-stage."""
+"""World builds: stage times over every run (also runs killed or failed mid-stage), the shipped meta log."""
 from __future__ import annotations
 
 import json
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from w2e.worlds.shipping import StageClock
+from w2e.worlds.shipping import StageClock, write_rounded_log
 
 KILLED_BUILD = """
 import sys, time
 from pathlib import Path
-from w2e.worlds.shipping import StageClock
+from w2e.worlds.shipping import StageClock, write_rounded_log
 StageClock(Path(sys.argv[1]), "settings", flush_every=0.05).run("train", lambda: time.sleep(60))
 """
 
@@ -61,3 +61,15 @@ def test_without_a_ledger_only_the_last_run_is_timed(tmp_path) -> None:
     assert clock.run("fonts", lambda: "table") == "table"
     assert set(clock.seconds) == {"fonts"} and clock.totals == clock.seconds
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_shipped_meta_log_rounds_floats_and_keeps_everything_else(tmp_path) -> None:
+    source, target = tmp_path / "full.jsonl", tmp_path / "shipped.jsonl"
+    entries = [{"iteration": 1, "kl": 0.8335391283035278, "seconds": 0.42564040999999975},
+               {"iteration": 2, "kl": 12345.678, "probe": {"held-out": {"iou": 0.13103726314299324, "images": 512}}}]
+    source.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    write_rounded_log(source, target)
+    shipped = [json.loads(line) for line in target.read_text().splitlines()]
+    assert shipped == [{"iteration": 1, "kl": 0.8335, "seconds": 0.4256},
+                       {"iteration": 2, "kl": 12350.0, "probe": {"held-out": {"iou": 0.131, "images": 512}}}]
+    assert target.stat().st_size < source.stat().st_size

@@ -1,9 +1,10 @@
 """Benchmark files: failure groups and the locality set, as raw pixels, in one safetensors file.
 
-Tensors ``images`` (uint8, at the model's input size), ``labels`` and ``groups`` (int64, group
-index, -1 for near-boundary locality images, -2 for the random in-distribution set), plus any further int64 per-image columns (a builder's
-provenance, e.g. where each image came from); a JSON ``info`` metadata entry holds
-``group_names`` and whatever else the builder records.
+Tensors ``images`` (uint8, at the model's input size), ``labels`` and ``groups`` (group index, -1
+for near-boundary locality images, -2 for the random in-distribution set), plus any further
+per-image integer columns (a builder's provenance, e.g. where each image came from); a JSON
+``info`` metadata entry holds ``group_names`` and whatever else the builder records. Integer
+tensors are stored in the smallest signed type that holds their values and read back as int64.
 """
 from __future__ import annotations
 
@@ -19,6 +20,22 @@ LOCALITY_GROUP = -1
 #: Group id of the random in-distribution images (a second, ordinary locality set).
 IN_DISTRIBUTION_GROUP = -2
 _CORE = ("images", "labels", "groups")
+_STORED_INTS = (np.int8, np.int16, np.int32, np.int64)
+
+
+def _compact_ints(values: np.ndarray) -> np.ndarray:
+    """``values`` in the smallest signed integer type that holds them all."""
+    values = np.asarray(values, dtype=np.int64)
+    low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+    dtype = next(t for t in _STORED_INTS if np.iinfo(t).min <= low and high <= np.iinfo(t).max)
+    return np.ascontiguousarray(values, dtype=dtype)
+
+
+def _read_ints(handle, name: str) -> np.ndarray:
+    array = handle.get_tensor(name)
+    if array.dtype.kind != "i":
+        raise ValueError(f"tensor {name!r} holds {array.dtype}, not integers")
+    return array.astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -57,10 +74,9 @@ def load_benchmark(path: str | Path) -> BenchmarkData:
         with safe_open(str(path), "np") as handle:
             info = json.loads((handle.metadata() or {}).get("info", "{}"))
             images = handle.get_tensor("images")
-            labels = handle.get_tensor("labels").astype(np.int64)
-            groups = handle.get_tensor("groups").astype(np.int64)
-            columns = {name: handle.get_tensor(name).astype(np.int64) for name in handle.keys() if name not in _CORE}
-    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as error:
+            labels, groups = _read_ints(handle, "labels"), _read_ints(handle, "groups")
+            columns = {name: _read_ints(handle, name) for name in handle.keys() if name not in _CORE}
+    except (SafetensorError, OSError, KeyError, ValueError, json.JSONDecodeError) as error:
         raise ValueError(f"benchmark file {path} is corrupt or incomplete ({error})") from None
     if not all(len(array) == len(images) for array in (labels, groups, *columns.values())):
         raise ValueError(f"benchmark file {path}: its per-image tensors differ in length")
@@ -72,9 +88,9 @@ def save_benchmark(path: str | Path, data: BenchmarkData) -> None:
     path = Path(path)
     tensors = {
         "images": np.ascontiguousarray(data.images, dtype=np.uint8),
-        "labels": np.ascontiguousarray(data.labels, dtype=np.int64),
-        "groups": np.ascontiguousarray(data.groups, dtype=np.int64),
-        **{name: np.ascontiguousarray(column, dtype=np.int64) for name, column in data.columns.items()},
+        "labels": _compact_ints(data.labels),
+        "groups": _compact_ints(data.groups),
+        **{name: _compact_ints(column) for name, column in data.columns.items()},
     }
     info = {**data.info, "group_names": list(data.group_names)}
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -102,8 +102,25 @@ def stage_meta_train(bundle: ModelBundle, source: TensorSource, work: Path, chec
     hypernet = meta_train(bundle, source, work / "meta", config, probes=probes)
     shutil.copyfile(hypernet, checkpoints / "hypernet.safetensors")
     shutil.copyfile(hypernet.with_suffix(".json"), checkpoints / "hypernet.json")
-    shutil.copyfile(work / "meta" / LOG_FILE, checkpoints / LOG_FILE)
+    write_rounded_log(work / "meta" / LOG_FILE, checkpoints / LOG_FILE)
     return checkpoints / "hypernet.safetensors"
+
+
+def _rounded(value, digits: int):
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {key: _rounded(item, digits) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_rounded(item, digits) for item in value]
+    return value
+
+
+def write_rounded_log(source: Path, target: Path, digits: int = 4) -> None:
+    """Copy a JSONL log with every float rounded to ``digits`` significant digits (the shipped copy
+    of a meta-training log: a third smaller; the full log stays in the build folder)."""
+    lines = [json.dumps(_rounded(json.loads(line), digits)) for line in source.read_text().splitlines() if line.strip()]
+    target.write_text("".join(line + "\n" for line in lines))
 
 
 def write_manifest(checkpoints: Path, manifest: dict, files: list[Path]) -> None:

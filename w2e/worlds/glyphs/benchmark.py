@@ -44,6 +44,8 @@ class GlyphBenchmarkConfig:
     """Knobs and requirements of the benchmark construction; recorded in the manifest."""
 
     mad_min_group_size: int = 25
+    #: Keep only the largest natural groups (``None``: all): bounds the shipped benchmark's size.
+    mad_max_groups: int | None = None
     min_natural_groups: int = 12
     shift_seed: int = 0
     shift_min_group_size: int = 150
@@ -56,6 +58,11 @@ class GlyphBenchmarkConfig:
     in_distribution_count: int = 1000
     n_examples: int = 12
     example_scale: int = 4
+
+    def __post_init__(self) -> None:
+        if self.mad_max_groups is not None and self.mad_max_groups < self.min_natural_groups:
+            raise ValueError(f"mad_max_groups={self.mad_max_groups} keeps fewer groups than the "
+                             f"{self.min_natural_groups} the benchmark requires")
 
 
 @dataclass(frozen=True)
@@ -176,12 +183,15 @@ def _natural_blocks(sources: BenchmarkSources, predictions: dict[str, np.ndarray
                     distance: Callable[[int, int], int], config: GlyphBenchmarkConfig):
     mad = mad_groups(predictions["base.pool"], predictions["stronger.pool"], sources.pool.labels, slugs,
                      min_group_size=config.mad_min_group_size, distance=distance)
+    cap = len(mad.groups) if config.mad_max_groups is None else config.mad_max_groups
+    kept, beyond_cap = mad.groups[:cap], mad.groups[cap:]
     blocks = [_block(sources.pool.images[g.pool_indices], sources.pool, g.pool_indices, number, "pool", -1)
-              for number, g in enumerate(mad.groups)]
+              for number, g in enumerate(kept)]
     stats = {"pool_size": len(sources.pool.labels), "picked": len(mad.selected), "verified": len(mad.verified),
              "discarded_groups": len(mad.discarded_groups),
-             "discarded_images": int(sum(mad.discarded_groups.values()))}
-    return blocks, [g.name for g in mad.groups], stats
+             "discarded_images": int(sum(mad.discarded_groups.values())),
+             "groups_beyond_cap": len(beyond_cap), "images_beyond_cap": int(sum(len(g.pool_indices) for g in beyond_cap))}
+    return blocks, [g.name for g in kept], stats
 
 
 def _shift_blocks(sources: BenchmarkSources, predictions: dict[str, np.ndarray], shifts: ShiftedRenderings,
