@@ -12,7 +12,7 @@ from w2e.engine.site import site_for_model
 from w2e.where.hypernet import HYPERNET_FILE, new_hypernetwork
 from w2e.where.meta_train import CONFIG_FILE, LOG_FILE
 from w2e.worlds.fashion.world import FASHION_META, ship_hypernetwork
-from w2e.fingerprints import file_sha256
+from w2e.formats.fingerprints import file_sha256
 
 
 def _world(root: Path) -> Path:

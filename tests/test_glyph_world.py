@@ -15,7 +15,7 @@ from w2e.formats.benchmark_file import load_benchmark, save_benchmark
 from w2e.inputs.labels import resolve_label
 from w2e.engine.search_config import MaskSearchConfig
 from w2e.where.configs import MetaTrainConfig
-from w2e.fingerprints import file_sha256
+from w2e.formats.fingerprints import file_sha256
 from w2e.models.loading import load_model
 from w2e.worlds.glyphs.benchmark import SHIFT_NAMES, GlyphBenchmarkConfig, ShiftedRenderings, assemble_glyph_benchmark
 from w2e.worlds.glyphs.classes import DROPPED_LOOKALIKES, GLYPH_CLASSES, GlyphClass, class_names

@@ -13,7 +13,7 @@ import torch
 
 from w2e import Editor, load_model
 from w2e.formats.benchmark_file import load_benchmark
-from w2e.fingerprints import file_sha256
+from w2e.formats.fingerprints import file_sha256
 from w2e.models.folder import world_dir
 from w2e.inputs.preprocess import normalise_array
 from w2e.worlds.locality import top2_gap

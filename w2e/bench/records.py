@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from w2e.fingerprints import json_sha256
+from w2e.formats.fingerprints import json_sha256
 
 
 def settings_hash(*parts) -> str:

@@ -6,7 +6,7 @@ import json
 import os
 from pathlib import Path
 
-from w2e.fingerprints import file_sha256
+from w2e.formats.fingerprints import file_sha256
 from w2e.formats.hub import is_hub_spec, resolve_folder
 
 MODEL_FORMAT = "w2e.model/1"

@@ -19,7 +19,7 @@ from typing import Collection, Sequence
 from safetensors.torch import save_file
 
 from w2e.engine.edits import Edit, edited_state_dict
-from w2e.fingerprints import file_sha256
+from w2e.formats.fingerprints import file_sha256
 from w2e.models.folder import MANIFEST_NAME, MODEL_FORMAT
 from w2e.models.loading import EXAMPLES_FOLDER, MANIFEST_FILE_KEYS, ModelBundle, manifest_files
 

@@ -24,7 +24,7 @@ from w2e.where.hypernet_file import HYPERNET_FILE, read_hypernet_config
 from w2e.where.meta_train import LOG_FILE
 from w2e.publish.model_card import (CURVE_COLUMNS, base_license, card_metadata, edit_card, hub_base_model, hypernetwork_card, merge_card,
                          model_card, parse_card, render_card)
-from w2e.fingerprints import file_sha256
+from w2e.formats.fingerprints import file_sha256
 from w2e.models.folder import MANIFEST_NAME, CheckpointError, read_manifest
 from w2e.models.loading import manifest_files
 from w2e.viz.charts import learning_curve, loss_curve

@@ -18,7 +18,7 @@ from w2e.engine.search_config import MaskSearchConfig
 from w2e.where.configs import MetaTrainConfig
 from w2e.where.diagnostics import MaskProbe
 from w2e.where.meta_train import LOG_FILE, meta_train
-from w2e.fingerprints import file_sha256
+from w2e.formats.fingerprints import file_sha256
 from w2e.models.folder import project_root
 from w2e.models.loading import ModelBundle
 from w2e.inputs.preprocess import normalise_array

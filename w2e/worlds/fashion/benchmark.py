@@ -19,7 +19,7 @@ import timm.models.vision_transformer as vit
 import torch
 
 from w2e.formats.benchmark_file import IN_DISTRIBUTION_GROUP, BenchmarkData, load_benchmark, save_benchmark
-from w2e.fingerprints import file_sha256
+from w2e.formats.fingerprints import file_sha256
 from w2e.models.architectures import SmallConvNet
 from w2e.worlds.examples import write_examples
 from w2e.worlds.locality import select_near_boundary, select_random

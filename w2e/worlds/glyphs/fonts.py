@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from w2e.fingerprints import file_sha256
+from w2e.formats.fingerprints import file_sha256
 from w2e.worlds.registry import WorldBuildError
 
 COMMON_STYLES: tuple[str, ...] = ("serif", "sans", "mono", "pixel")

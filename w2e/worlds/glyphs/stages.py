@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from w2e.formats.benchmark_file import save_benchmark
-from w2e.fingerprints import file_sha256, json_sha256
+from w2e.formats.fingerprints import file_sha256, json_sha256
 from w2e.models.architectures import SmallConvNet
 from w2e.worlds.examples import write_examples
 from w2e.worlds.predictions import cached_arrays, load_trained

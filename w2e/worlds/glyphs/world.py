@@ -13,7 +13,7 @@ from w2e.inputs.sources import TensorSource
 from w2e.where.diagnostics import MaskProbe
 from w2e.where.hypernet_file import read_hypernet_config
 from w2e.where.meta_train import LOG_FILE
-from w2e.fingerprints import file_sha256, json_sha256
+from w2e.formats.fingerprints import file_sha256, json_sha256
 from w2e.models.loading import ModelBundle, load_local_model
 from w2e.inputs.preprocess import normalise_array
 from w2e.worlds.locality import top2_gap
