@@ -119,6 +119,11 @@ class EvalLimits:
                 "ensemble_sizes": list(self.ensemble_sizes)}
 
 
+def mode_default(given, default):
+    """``default`` where an option was left at -1 (the mode's value), else the option as given."""
+    return default if given == -1 else given
+
+
 @dataclass
 class RunOptions:
     """What a benchmark or sequential run edits and scores; -1 in a cap is the mode's default."""
@@ -133,9 +138,8 @@ class RunOptions:
 
     def capped(self, limits: EvalLimits) -> EvalLimits:
         """``limits`` with the evaluation caps given here (-1 keeps the one in ``limits``, None: no cap)."""
-        pick = lambda given, default: default if given == -1 else given  # noqa: E731
-        return replace(limits, max_group_eval=pick(self.max_group_eval, limits.max_group_eval),
-                       max_locality=pick(self.max_locality, limits.max_locality))
+        return replace(limits, max_group_eval=mode_default(self.max_group_eval, limits.max_group_eval),
+                       max_locality=mode_default(self.max_locality, limits.max_locality))
 
 
 def spread_edits(failures: list[int], total: int | None, per_group: int | None) -> list[int]:

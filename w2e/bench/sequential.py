@@ -45,7 +45,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from w2e.bench.context import BenchContext, EditSample, EvalLimits, RunOptions, benchmark_fingerprint
+from w2e.bench.context import BenchContext, EditSample, EvalLimits, RunOptions, benchmark_fingerprint, mode_default
 from w2e.bench.methods import Resources, SequentialForm, UnknownMethodError, check_method_names, method_entry, method_names
 from w2e.bench.protocol import check_base_unchanged, environment, method_info, model_info, write_results
 from w2e.bench.records import RecordStore, settings_hash
@@ -86,7 +86,7 @@ class SequentialOptions(RunOptions):
     def limits(self) -> EvalLimits:
         """Evaluation caps: the mode's defaults unless given (-1 = default, None = no cap)."""
         base = QUICK_LIMITS if self.quick else FULL_LIMITS
-        length = base.total_edits if self.stream_length == -1 else self.stream_length
+        length = mode_default(self.stream_length, base.total_edits)
         return self.capped(replace(base, total_edits=length, edits_per_group=self.edits_per_group))
 
     def chosen_steps(self) -> tuple[int | None, ...]:

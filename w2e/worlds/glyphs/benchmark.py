@@ -269,7 +269,8 @@ def assemble_glyph_benchmark(sources: BenchmarkSources, predictions: dict[str, n
 
     ``shifts`` are the shifted renderings the predictions were made on (rendered anew when omitted).
     """
-    shifts = shifts or ShiftedRenderings(sources, config.shift_seed)
+    if shifts is None:
+        shifts = ShiftedRenderings(sources, config.shift_seed)
     slugs = [c.slug for c in classes]
     natural, natural_names, mad_stats = _natural_blocks(sources, predictions, slugs, script_distance(classes), config)
     if len(natural) < config.min_natural_groups:
