@@ -11,6 +11,9 @@ from w2e.formats.fingerprints import file_sha256
 from w2e.models.folder import world_dir
 from w2e.inputs.preprocess import normalise_array
 
+from .shipped_checks import (assert_a_hypernetwork_edit_fixes_the_first_group_sample,
+                             assert_every_editing_sample_is_misclassified)
+
 pytestmark = pytest.mark.integration
 MANIFEST = world_dir("fashion") / "manifest.json"
 
@@ -39,11 +42,7 @@ def test_benchmark_shapes_and_figures(editor):
 
 
 def test_every_editing_sample_is_misclassified_by_the_base_model(editor):
-    bench = editor.benchmark
-    groups = np.flatnonzero(bench.groups >= 0)
-    with torch.no_grad():
-        preds = editor.bundle.model(normalise_array(bench.images[groups], editor.bundle.preprocessing)).argmax(-1)
-    assert (preds.numpy() != bench.labels[groups]).all()
+    assert_every_editing_sample_is_misclassified(editor)
 
 
 def test_locality_set_is_near_the_boundary_with_true_label_on_top(editor):
@@ -75,12 +74,7 @@ def test_random_in_distribution_set_is_ordinary_unused_test_images(editor):
 
 
 def test_a_hypernetwork_edit_fixes_an_example(editor):
-    bench = editor.benchmark
-    index = int(bench.group_indices(0)[0])
-    edit = editor.edit(editor.benchmark_inputs(np.array([index])), int(bench.labels[index]), rho=0.1)
-    assert edit.info["mask_source"] == "hypernetwork"
-    assert edit.success
-    assert 0.0 <= editor.locality([edit]).rate <= 1.0
+    assert_a_hypernetwork_edit_fixes_the_first_group_sample(editor)
 
 
 def staged_photo(item: np.ndarray, rng: np.random.Generator) -> bytes:

@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from w2e import Editor, load_model
-from w2e.formats.benchmark_file import load_benchmark
 from w2e.formats.fingerprints import file_sha256
 from w2e.models.folder import world_dir
-from w2e.inputs.preprocess import normalise_array
 from w2e.worlds.locality import top2_gap
+
+from .shipped_checks import (assert_a_hypernetwork_edit_fixes_the_first_group_sample,
+                             assert_every_editing_sample_is_misclassified)
 
 MANIFEST = world_dir("glyphs") / "manifest.json"
 pytestmark = [pytest.mark.integration,
@@ -79,11 +80,7 @@ def test_benchmark_groups_and_locality_sets_have_the_required_sizes(editor, mani
 
 
 def test_every_editing_sample_is_misclassified_by_the_base_model(editor):
-    bench = editor.benchmark
-    groups = np.flatnonzero(bench.groups >= 0)
-    with torch.no_grad():
-        preds = editor.bundle.model(normalise_array(bench.images[groups], editor.bundle.preprocessing)).argmax(-1)
-    assert (preds.numpy() != bench.labels[groups]).all()
+    assert_every_editing_sample_is_misclassified(editor)
 
 
 def test_locality_images_are_near_the_boundary_and_no_benchmark_image(editor):
@@ -97,10 +94,7 @@ def test_locality_images_are_near_the_boundary_and_no_benchmark_image(editor):
 
 
 def test_a_hypernetwork_edit_fixes_an_example(editor):
-    bench = load_benchmark(editor.bundle.benchmark_path)
-    index = int(bench.group_indices(0)[0])
-    edit = editor.edit(editor.benchmark_inputs(np.array([index])), int(bench.labels[index]), rho=0.1)
-    assert edit.info["mask_source"] == "hypernetwork" and edit.success
+    assert_a_hypernetwork_edit_fixes_the_first_group_sample(editor)
 
 
 def test_the_app_offers_both_worlds_offline_and_shows_this_worlds_failures():
