@@ -730,9 +730,14 @@ def test_the_committed_glyph_sweep_supports_the_readme_verdicts() -> None:
     results = json.loads((Path(__file__).parents[1] / "benchmarks/results/bench-glyphs-full.json").read_text())
     assert sum(row["edits"] for row in results["summary"]) == 2052 and not results["skipped"]
     rows = {(r["baseline"], r["baseline_value"], r["reference_value"], r["stop"]): r for r in results["sign_tests"]["rows"]}
-    assert verdict(rows[("w2e-mean", 0.05, 0.05, "rule")]) == "win (GR, LR)"
-    assert verdict(rows[("search", 0.1, 0.1, "rule")]) == "win (GR, LR)"
-    assert verdict(rows[("kn", 0.05, 0.05, "rule")]) == "win (GR)"
+    for stop in ("rule", "first_right"):
+        assert verdict(rows[("w2e-mean", 0.05, 0.05, stop)]) == "win (GR, LR)"
+        assert verdict(rows[("w2e-mean", 0.1, 0.1, stop)]) == "win (GR, LR)"
+    assert verdict(rows[("search", 0.05, 0.05, "rule")]) == "win (GR)"
+    assert verdict(rows[("kn", 0.05, 0.05, "rule")]) == "tie"
     assert verdict(rows[("spt", 0.05, 0.05, "rule")]) == "trade-off (GR up, LR down)"
+    assert verdict(rows[("spt", 0.05, 0.05, "first_right")]) == "loss (LR)"
     front = format_front(results).split("Line through")[0]
-    assert "| w2e | rho=0.05 | 1.000 | 0.628 | 0.763 |" in front and "| w2e-mean |" not in front
+    assert "| w2e | rho=0.05 | 1.000 | 0.786 | 0.746 |" in front and "| w2e-mean |" not in front
+    front_first_right = format_front(results, stop="first_right").split("Line through")[0]
+    assert "| w2e |" not in front_first_right and "| ke |" in front_first_right
