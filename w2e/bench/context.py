@@ -119,7 +119,7 @@ class EvalLimits:
                 "ensemble_sizes": list(self.ensemble_sizes)}
 
 
-def mode_default(given, default):
+def mode_default(given: int | None, default: int | None) -> int | None:
     """``default`` where an option was left at -1 (the mode's value), else the option as given."""
     return default if given == -1 else given
 

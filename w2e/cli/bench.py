@@ -255,13 +255,14 @@ def _bench_on(args, device, methods: list[str] | None, ablations: tuple[str, ...
 
 
 def _run_sequential(args, bundle, data, methods, hypernetwork, source, bench_path: str) -> None:
+    from w2e.bench.context import mode_default
     from w2e.bench.methods import SettingsError
     from w2e.bench.sequential import SequentialInputError, SequentialOptions, run_sequential
     from w2e.bench.sequential_report import format_sequential_table
 
     options = SequentialOptions(methods=methods, quick=args.quick, seed=args.seed, steps=args.steps,
                                 stream_length=args.stream_length,
-                                edits_per_group=None if args.edits_per_group == -1 else args.edits_per_group,
+                                edits_per_group=mode_default(args.edits_per_group, None),
                                 max_group_eval=args.max_group_eval, max_locality=args.max_locality,
                                 knob_values=dict(args.knobs), method_settings=_method_settings(args))
     out = _out_dir(args)
